@@ -1,0 +1,53 @@
+# Everything a new machine needs is installed by the targets themselves: a venv with the
+# package, and Debian's ffmpeg when it is missing.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+SPEC ?= specs/moonlit-garden.yaml
+PYTEST_ARGS ?=
+
+.PHONY: install system-deps run validate plan test check lint bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml | system-deps
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+system-deps:
+	@if ! command -v ffmpeg >/dev/null || ! command -v ffprobe >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends ffmpeg; \
+	  else \
+	    echo "bridge needs ffmpeg and ffprobe: sudo apt-get install ffmpeg" >&2; exit 1; \
+	  fi; \
+	fi
+
+run: install
+	$(BIN)/bridge run $(SPEC)
+
+validate: install
+	$(BIN)/bridge validate $(SPEC)
+
+plan: install
+	$(BIN)/bridge plan $(SPEC)
+
+test: install
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+check: install
+	$(BIN)/ruff format --check bridge tests
+	$(BIN)/ruff check bridge tests
+
+lint: install
+	$(BIN)/ruff format bridge tests
+	$(BIN)/ruff check --fix bridge tests
+
+bench: install
+	$(BIN)/python -m tests.bench $(BENCH_ARGS)
+
+clean:
+	rm -rf $(VENV) output .bench .pytest_cache .ruff_cache
