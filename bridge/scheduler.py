@@ -1,0 +1,234 @@
+"""Runs a plan's jobs in dependency order, a bounded number at a time.
+
+The failure policy is explicit: a transient failure is retried with exponential backoff;
+any other failure is final, and every job downstream of it is skipped while independent
+jobs go on. A job that runs past its timeout is cancelled (the runner's job function
+interrupts it on the server) and fails as `timeout`.
+
+The scheduler emits events and calls the injected `run_job`; it knows nothing of ComfyUI,
+the database or the terminal, so tests drive it with plain coroutines and a fake clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+import networkx as nx
+
+from bridge.errors import BackendError, BridgeError, JobTimeout
+from bridge.events import (
+    Bus,
+    JobCached,
+    JobFailed,
+    JobProgress,
+    JobSkipped,
+    JobStarted,
+    JobSucceeded,
+)
+from bridge.plan import Job, Plan
+
+ProgressHook = Callable[[float, float], None]
+RunJob = Callable[[Job, int, ProgressHook], Awaitable[Any]]
+
+
+class JobState(StrEnum):
+    PENDING = "pending"  # waiting for its dependencies or a free slot
+    RUNNING = "running"  # run_job is under way (on the server or local ffmpeg)
+    SUCCEEDED = "succeeded"  # finished and its outputs passed their checks
+    CACHED = "cached"  # not run: an identical earlier output was reused
+    FAILED = "failed"  # final failure, after any retries
+    SKIPPED = "skipped"  # not run because a job it depends on failed
+    CANCELLED = "cancelled"  # the run was stopped (Ctrl-C, SIGTERM) before it finished
+
+
+@dataclass(frozen=True)
+class Policy:
+    max_remote: int = 3  # remote jobs in flight (MAX_CONCURRENT_JOBS plus queue prefetch)
+    max_local: int = 2  # local ffmpeg jobs at once
+    timeout: float = 900.0  # seconds without finishing, counted from the job's first progress
+    retries: int = 3  # extra attempts after a transient failure
+    backoff: float = 1.0  # first retry delay; doubles each time, capped at 30 s
+
+
+class Scheduler:
+    def __init__(
+        self,
+        plan: Plan,
+        run_job: RunJob,
+        *,
+        policy: Policy | None = None,
+        bus: Bus | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        self.plan = plan
+        self.run_job = run_job
+        self.policy = policy or Policy()
+        self.bus = bus or Bus()
+        self.sleep = sleep
+        self.clock = clock or (lambda: asyncio.get_running_loop().time())
+        self.states: dict[str, JobState] = dict.fromkeys(plan.order, JobState.PENDING)
+        self.index = {job_id: i for i, job_id in enumerate(plan.order)}
+        self.results: dict[str, Any] = {}
+        self.errors: dict[str, str] = {}
+
+    async def run(self, cached: dict[str, Any] | None = None) -> dict[str, JobState]:
+        """Run everything not in `cached`; returns the final state of every job.
+
+        Ready jobs start in plan order as slots free up, so with one slot the run order is
+        the plan's order exactly.
+        """
+        for job_id, result in (cached or {}).items():
+            self.states[job_id] = JobState.CACHED
+            self.results[job_id] = result
+            self.bus.emit(JobCached(job_id, result))
+        graph = self.plan.graph
+        index = self.index
+        waiting = {
+            j: sum(1 for d in graph.predecessors(j) if self.states[d] is not JobState.CACHED)
+            for j in self.plan.order
+            if self.states[j] is JobState.PENDING
+        }
+        limits = {True: self.policy.max_remote, False: self.policy.max_local}
+        ready: dict[bool, list[tuple[int, str]]] = {True: [], False: []}
+        running = {True: 0, False: 0}
+        attempts: dict[str, int] = {}
+        tasks: dict[asyncio.Task[Any], tuple[str, bool]] = {}  # task -> (job, is an attempt)
+
+        def make_ready(job_id: str) -> None:
+            heapq.heappush(ready[self.plan.job(job_id).kind.remote], (index[job_id], job_id))
+
+        def pump() -> None:
+            for remote, heap in ready.items():
+                while heap and running[remote] < limits[remote]:
+                    _, job_id = heapq.heappop(heap)
+                    running[remote] += 1
+                    attempts[job_id] = attempts.get(job_id, 0) + 1
+                    task = asyncio.create_task(self._attempt(job_id, attempts[job_id]))
+                    tasks[task] = (job_id, True)
+
+        for job_id, count in waiting.items():
+            if count == 0:
+                make_ready(job_id)
+        pump()
+        try:
+            while tasks:
+                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+                for task in sorted(done, key=lambda t: index[tasks[t][0]]):
+                    job_id, is_attempt = tasks.pop(task)
+                    if not is_attempt:  # a backoff delay ended
+                        make_ready(job_id)
+                        continue
+                    running[self.plan.job(job_id).kind.remote] -= 1
+                    outcome = task.result()
+                    if outcome == "ok":
+                        for child in graph.successors(job_id):
+                            if child in waiting:
+                                waiting[child] -= 1
+                                if waiting[child] == 0 and self.states[child] is JobState.PENDING:
+                                    make_ready(child)
+                    elif outcome == "retry":
+                        delay = min(30.0, self.policy.backoff * 2 ** (attempts[job_id] - 1))
+                        tasks[asyncio.create_task(self.sleep(delay))] = (job_id, False)
+                    else:
+                        self._skip_downstream(job_id, waiting)
+                pump()
+        except asyncio.CancelledError:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            for job_id, state in self.states.items():
+                if state in (JobState.PENDING, JobState.RUNNING):
+                    self.states[job_id] = JobState.CANCELLED
+            raise
+        return dict(self.states)
+
+    def _skip_downstream(self, failed: str, waiting: dict[str, int]) -> None:
+        for job_id in sorted(nx.descendants(self.plan.graph, failed), key=self.index.__getitem__):
+            if self.states[job_id] is JobState.PENDING:
+                self.states[job_id] = JobState.SKIPPED
+                waiting.pop(job_id, None)
+                self.bus.emit(JobSkipped(job_id, failed))
+
+    async def _attempt(self, job_id: str, attempt: int) -> str:
+        """One try at a job: 'ok', 'retry' (transient, budget left) or 'failed'."""
+        job = self.plan.job(job_id)
+        self.states[job_id] = JobState.RUNNING
+        self.bus.emit(JobStarted(job_id, attempt))
+        started = self.clock()
+        try:
+            result = await self._with_timeout(job, attempt)
+        except asyncio.CancelledError:
+            self.states[job_id] = JobState.CANCELLED
+            self.bus.emit(JobFailed(job_id, "cancelled", "cancelled", attempt, True))
+            raise
+        except BridgeError as exc:
+            kind = _kind(exc)
+            retry = kind == "transient" and attempt <= self.policy.retries
+            self.bus.emit(JobFailed(job_id, exc.message, kind, attempt, not retry))
+            if retry:
+                self.states[job_id] = JobState.PENDING
+                return "retry"
+            self._fail(job_id, exc.message)
+            return "failed"
+        except Exception as exc:  # a bug in a job function fails that job only
+            message = f"internal error: {type(exc).__name__}: {exc}"
+            self.bus.emit(JobFailed(job_id, message, "internal", attempt, True))
+            self._fail(job_id, message)
+            return "failed"
+        self.states[job_id] = JobState.SUCCEEDED
+        self.results[job_id] = result
+        self.bus.emit(JobSucceeded(job_id, self.clock() - started, result))
+        return "ok"
+
+    def _fail(self, job_id: str, message: str) -> None:
+        self.states[job_id] = JobState.FAILED
+        self.errors[job_id] = message
+
+    async def _with_timeout(self, job: Job, attempt: int) -> Any:
+        """Run the job; fail it as a timeout when it outlives its deadline.
+
+        The deadline starts at submission and restarts at the first progress report, so a
+        job waiting in a server's queue behind another is not charged for the wait.
+        """
+        timeout = self.policy.timeout
+        deadline = self.clock() + timeout
+        first = True
+
+        def progress(value: float, maximum: float) -> None:
+            nonlocal deadline, first
+            if first:
+                deadline, first = self.clock() + timeout, False
+            self.bus.emit(JobProgress(job.id, value, maximum))
+
+        task = asyncio.ensure_future(self.run_job(job, attempt, progress))
+        try:
+            while True:
+                remaining = deadline - self.clock()
+                if remaining <= 0:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await task
+                    raise JobTimeout(f"ran past the {timeout:g} s WORKFLOW_TIMEOUT; interrupted")
+                done, _ = await asyncio.wait({task}, timeout=remaining)
+                if done:
+                    return task.result()
+        except asyncio.CancelledError:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+            raise
+
+
+def _kind(exc: BridgeError) -> str:
+    if isinstance(exc, JobTimeout):
+        return "timeout"
+    if isinstance(exc, BackendError):
+        return "transient" if exc.transient else "permanent"
+    return "permanent"

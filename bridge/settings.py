@@ -1,0 +1,200 @@
+"""Settings, resolved once at the edge: flags > environment > config file > defaults.
+
+The environment is passed in as a mapping, so the core never reads os.environ and tests
+never depend on the developer's shell. Names of environment variables are the seed's.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlsplit, urlunsplit
+
+import yaml
+
+from bridge.errors import ConfigError
+
+COMFYUI_URL = "COMFYUI_URL"
+MAX_CONCURRENT_JOBS = "MAX_CONCURRENT_JOBS"
+WORKFLOW_TIMEOUT = "WORKFLOW_TIMEOUT"
+QUALITY_THRESHOLD = "QUALITY_THRESHOLD"
+LORA_PATH = "LORA_PATH"
+OUTPUT_PATH = "OUTPUT_PATH"
+DATABASE_URL = "DATABASE_URL"
+LOG_LEVEL = "LOG_LEVEL"
+BRIDGE_BACKEND = "BRIDGE_BACKEND"
+BRIDGE_API_TOKEN = "BRIDGE_API_TOKEN"
+BRIDGE_CONFIG = "BRIDGE_CONFIG"
+
+DEFAULT_MAX_CONCURRENT_JOBS = 3
+DEFAULT_WORKFLOW_TIMEOUT = 900.0
+DEFAULT_QUALITY_THRESHOLD = 0.7
+DEFAULT_OUTPUT_PATH = Path("output")
+BACKENDS = ("auto", "comfyui", "preview")
+
+
+@dataclass(frozen=True)
+class Settings:
+    comfyui_urls: tuple[str, ...] = ()
+    max_concurrent_jobs: int = DEFAULT_MAX_CONCURRENT_JOBS
+    workflow_timeout: float = DEFAULT_WORKFLOW_TIMEOUT
+    quality_threshold: float = DEFAULT_QUALITY_THRESHOLD
+    lora_path: Path | None = None
+    output_path: Path = DEFAULT_OUTPUT_PATH
+    database_url: str = ""  # empty: SQLite at OUTPUT_PATH/bridge.db
+    log_level: str = "INFO"
+    backend: str = "auto"  # auto: ComfyUI when one answers, else the preview animatic
+    api_token: str | None = field(default=None, repr=False)
+
+    @property
+    def database(self) -> str:
+        return self.database_url or f"sqlite:///{self.output_path / 'bridge.db'}"
+
+    def public(self) -> dict[str, Any]:
+        """The settings with secrets removed, for logs, manifests and the database."""
+        return {
+            "comfyui_urls": list(self.comfyui_urls),
+            "max_concurrent_jobs": self.max_concurrent_jobs,
+            "workflow_timeout": self.workflow_timeout,
+            "quality_threshold": self.quality_threshold,
+            "lora_path": str(self.lora_path) if self.lora_path else None,
+            "output_path": str(self.output_path),
+            "database": mask_url(self.database),
+            "backend": self.backend,
+        }
+
+
+def mask_url(url: str) -> str:
+    """The URL with any password replaced by ***."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable url>"
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+
+
+_ENV = {
+    "comfyui_urls": COMFYUI_URL,
+    "max_concurrent_jobs": MAX_CONCURRENT_JOBS,
+    "workflow_timeout": WORKFLOW_TIMEOUT,
+    "quality_threshold": QUALITY_THRESHOLD,
+    "lora_path": LORA_PATH,
+    "output_path": OUTPUT_PATH,
+    "database_url": DATABASE_URL,
+    "log_level": LOG_LEVEL,
+    "backend": BRIDGE_BACKEND,
+    "api_token": BRIDGE_API_TOKEN,
+}
+
+
+def resolve(
+    flags: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+    config_file: str | Path | None = None,
+) -> Settings:
+    """Merge the layers and check every value; a bad one is a ConfigError naming its source."""
+    environ = environ or {}
+    layers: list[tuple[str, Mapping[str, Any]]] = []
+    path = config_file or environ.get(BRIDGE_CONFIG)
+    if path:
+        layers.append((f"config file {path}", _read_config(Path(path))))
+    env_values = {name: environ[var] for name, var in _ENV.items() if environ.get(var)}
+    if "database_url" not in env_values and environ.get("POSTGRES_HOST"):
+        env_values["database_url"] = _postgres_url(environ)
+    layers.append(("environment", env_values))
+    layers.append(("flags", {k: v for k, v in (flags or {}).items() if v is not None}))
+    values: dict[str, Any] = {}
+    for source, layer in layers:
+        for name, raw in layer.items():
+            values[name] = _coerce(name, raw, source)
+    return Settings(**values)
+
+
+def _read_config(path: Path) -> Mapping[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must be a mapping of setting: value")
+    known = {f.name for f in fields(Settings)}
+    aliases = {var.lower(): name for name, var in _ENV.items()}
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        name = aliases.get(str(key).lower(), str(key).lower())
+        if name not in known:
+            raise ConfigError(
+                f"config file {path}: unknown setting '{key}' (known: {', '.join(sorted(known))})"
+            )
+        out[name] = value
+    return out
+
+
+def _postgres_url(environ: Mapping[str, str]) -> str:
+    user = quote(environ.get("POSTGRES_USER", "postgres"), safe="")
+    password = environ.get("POSTGRES_PASSWORD")
+    auth = f"{user}:{quote(password, safe='')}" if password else user
+    host = environ["POSTGRES_HOST"]
+    port = environ.get("POSTGRES_PORT", "5432")
+    db = environ.get("POSTGRES_DB", "bridge")
+    return f"postgresql://{auth}@{host}:{port}/{db}"
+
+
+def _coerce(name: str, raw: Any, source: str) -> Any:
+    label = _ENV.get(name, name)
+
+    def bad(expected: str) -> ConfigError:
+        shown = "***" if name in ("api_token", "database_url") else repr(raw)
+        return ConfigError(f"{label}={shown} ({source}): expected {expected}")
+
+    try:
+        if name == "comfyui_urls":
+            items = raw if isinstance(raw, list | tuple) else re.split(r"[,\s]+", str(raw))
+            urls = tuple(u.rstrip("/") for u in map(str, items) if u)
+            for url in urls:
+                if not re.match(r"^https?://[^/\s]+", url):
+                    raise bad("http://host:port URLs separated by commas")
+            return urls
+        if name == "max_concurrent_jobs":
+            value = int(str(raw))
+            if not 1 <= value <= 256:
+                raise bad("a whole number from 1 to 256")
+            return value
+        if name == "workflow_timeout":
+            timeout = float(str(raw))
+            if not timeout > 0:
+                raise bad("a number of seconds above 0")
+            return timeout
+        if name == "quality_threshold":
+            threshold = float(str(raw))
+            if not 0 <= threshold <= 1:
+                raise bad("a number from 0 to 1")
+            return threshold
+        if name in ("lora_path", "output_path"):
+            return Path(str(raw)).expanduser()
+        if name == "backend":
+            if str(raw) not in BACKENDS:
+                raise bad(" or ".join(BACKENDS))
+            return str(raw)
+        if name == "log_level":
+            level = str(raw).upper()
+            if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+                raise bad("DEBUG, INFO, WARNING or ERROR")
+            return level
+        return str(raw)
+    except ValueError:
+        expected = {
+            "max_concurrent_jobs": "a whole number",
+            "workflow_timeout": "a number of seconds",
+            "quality_threshold": "a number from 0 to 1",
+        }.get(name, "a valid value")
+        raise bad(expected) from None
