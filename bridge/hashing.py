@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 HASH_VERSION = 1  # bump when what goes into a job hash changes meaning
 
 
 def canonical(obj: Any) -> bytes:
-    return json.dumps(
-        obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    ).encode()
+    """Sorted-key compact UTF-8 JSON; orjson because hashing dominates compiling big specs."""
+    return orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)
 
 
 def digest(obj: Any) -> str:

@@ -1,0 +1,179 @@
+"""`bridge`: argument parsing and dispatch only; every command is a core call.
+
+Exit codes: 0 success, 1 a user error (bad spec, failed job, bad setting), 2 usage,
+3 an internal error (with a log file to report), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import traceback
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from bridge import console
+from bridge.errors import BridgeError, SpecErrors, UsageError
+from bridge.settings import Settings, resolve
+
+Command = Callable[[argparse.Namespace], int]
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    flags = {
+        "comfyui_urls": getattr(args, "comfyui_url", None),
+        "max_concurrent_jobs": getattr(args, "max_concurrent_jobs", None),
+        "output_path": getattr(args, "output", None),
+        "backend": getattr(args, "backend", None),
+        "database_url": getattr(args, "database_url", None),
+    }
+    return resolve(flags, os.environ, getattr(args, "config", None))
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    """Errors go to stderr as text; JSON and GitHub annotations go to stdout for tools."""
+    from bridge.spec.validate import load_spec
+
+    failed = 0
+    reports = []
+    for path in args.specs:
+        try:
+            spec = load_spec(path)
+        except SpecErrors as exc:
+            failed += 1
+            reports.append(
+                {"file": path, "ok": False, "errors": [console.error_record(e) for e in exc.errors]}
+            )
+            if args.format == "text":
+                console.err(console.spec_errors(exc.errors))
+            elif args.format == "github":
+                console.out(console.spec_errors(exc.errors, "github"))
+            continue
+        shots = sum(len(s.shots) for s in spec.scenes)
+        reports.append({"file": path, "ok": True, "scenes": len(spec.scenes), "shots": shots})
+        if args.format == "text":
+            scenes = console.plural(len(spec.scenes), "scene")
+            console.out(f"ok {path}: {scenes}, {console.plural(shots, 'shot')}")
+    if args.format == "json":
+        console.out(json.dumps(reports, indent=2))
+    elif failed and args.format == "text":
+        console.err(f"{failed} of {console.plural(len(args.specs), 'spec')} failed validation")
+    return 1 if failed else 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from bridge.compile import compile_plan
+    from bridge.spec.validate import load_spec
+
+    plan = compile_plan(load_spec(args.spec))
+    if args.format == "dot":
+        console.out(console.plan_dot(plan))
+        return 0
+    summary = console.plan_summary(plan)
+    if args.format == "json":
+        console.out(json.dumps(summary, indent=2))
+    else:
+        console.out(console.plan_text(summary))
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from bridge.compile import compile_plan
+    from bridge.runner import Runner, Selection
+    from bridge.spec.validate import load_spec
+
+    settings = _settings(args)
+    spec = load_spec(args.spec)
+    if args.project_id and args.project_id != spec.project.id:
+        raise UsageError(
+            f"--project-id {args.project_id!r} is not this spec's project ({spec.project.id!r})"
+        )
+    selection = Selection(
+        scene_ids=tuple(args.scene_id or ()), only=tuple(args.only or ()), force=args.force
+    )
+    plan = selection.narrow(compile_plan(spec))
+    display = console.Progress(len(plan))
+    runner = Runner(settings, notify=lambda text: console.err(f"!! {text}"))
+    runner.bus.subscribe(display)
+    try:
+        report = asyncio.run(runner.run_plan(spec, plan, selection))
+    finally:
+        display.close()
+    counts = ", ".join(f"{n} {state}" for state, n in report.counts().items())
+    console.out(f"run {report.run_id}: {counts}")
+    console.out(f"manifest: {report.manifest}")
+    if report.preview:
+        console.err("!! this was a PREVIEW animatic, not a ComfyUI render")
+    for job_id, error in report.errors.items():
+        console.err(f"failed {job_id}: {error}")
+    return 0 if report.ok else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bridge", description="Render YAML production specs on ComfyUI."
+    )
+    parser.add_argument("--config", help="YAML settings file (also BRIDGE_CONFIG)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("validate", help="check specs and report every error with its position")
+    p.add_argument("specs", nargs="+", metavar="SPEC")
+    p.add_argument("--format", choices=console.ERROR_FORMATS, default="text")
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("plan", help="show the jobs a spec compiles to")
+    p.add_argument("spec", metavar="SPEC")
+    p.add_argument("--format", choices=("text", "json", "dot"), default="text")
+    p.set_defaults(func=cmd_plan)
+
+    p = sub.add_parser("run", help="render a spec: ComfyUI when one answers, else a preview")
+    p.add_argument("spec", metavar="SPEC")
+    p.add_argument("--scene-id", action="append", help="only this scene (repeatable)")
+    p.add_argument("--project-id", help="refuse to run unless the spec is this project")
+    p.add_argument(
+        "--only", action="append", metavar="SHOT", help="only this shot: s01 or scene/s01"
+    )
+    p.add_argument("--force", action="store_true", help="render even what is cached")
+    p.add_argument("--comfyui-url", help="server URL(s), comma-separated (COMFYUI_URL)")
+    p.add_argument("--backend", choices=("auto", "comfyui", "preview"))
+    p.add_argument("--max-concurrent-jobs", type=int)
+    p.add_argument("--output", help="output folder (OUTPUT_PATH)")
+    p.set_defaults(func=cmd_run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    try:
+        func: Command = args.func
+        return func(args)
+    except SpecErrors as exc:
+        console.out(console.spec_errors(exc.errors))
+        return 1
+    except UsageError as exc:
+        console.err(f"bridge: {exc}")
+        return 2
+    except BridgeError as exc:
+        console.err(f"bridge: {exc}")
+        return 1
+    except KeyboardInterrupt:
+        console.err("bridge: interrupted")
+        return 130
+    except Exception:
+        log = Path(tempfile.gettempdir()) / "bridge-crash.log"
+        log.write_text(traceback.format_exc())
+        console.err(f"bridge: internal error; please report it with {log}")
+        return 3
+
+
+def run() -> None:
+    sys.exit(main())

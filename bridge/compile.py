@@ -1,0 +1,285 @@
+"""Spec → Plan: jobs with resolved ComfyUI prompts, expectations and content hashes.
+
+Pure: no network, no database, and no file reads beyond hashing start images. The same
+spec always compiles to the same graph, the same workflows and the same hashes.
+
+A job's hash covers everything that determines its output: the template's own hash, the
+parameters injected into it, the LoRAs, what it must produce, its start image's bytes (or
+the hash of the job that makes that image), and the hashes of its inputs. Because
+injection is deterministic, hashing those inputs is the same as hashing the workflow, and
+far cheaper than serialising every workflow.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import networkx as nx
+
+from bridge import gcpause
+from bridge.hashing import HASH_VERSION, derive_seed, digest, file_digest
+from bridge.plan import Job, JobKind, Media, Plan, StartImage
+from bridge.presets import PRESETS
+from bridge.spec.model import Scene, Shot, Spec
+from bridge.templates import Template, frames_for, inject
+
+
+@dataclass
+class _Draft:
+    id: str
+    kind: JobKind
+    scene: str | None
+    shot: str | None
+    expect: Media
+    deps: list[str] = field(default_factory=list)
+    template: Template | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    loras: tuple[tuple[str, float], ...] = ()
+    start: StartImage | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def compile_plan(spec: Spec) -> Plan:
+    with gcpause.paused():
+        return _compile(spec)
+
+
+def _compile(spec: Spec) -> Plan:
+    drafts: dict[str, _Draft] = {}
+    project = spec.project.id
+    scene_jobs: list[str] = []
+    for scene in spec.scenes:
+        renders = [_shot_jobs(spec, scene, shot, drafts) for shot in scene.shots]
+        if spec.assemble:
+            scene_jobs.append(_assemble_scene(spec, scene, renders, drafts))
+    for d in drafts.values():
+        if d.kind is JobKind.FRAME:
+            src = drafts[d.deps[0]].expect
+            d.expect = Media("image", src.width, src.height)
+    if spec.assemble and scene_jobs:
+        first = drafts[scene_jobs[0]].expect
+        fps = first.fps or 24.0
+        seconds = sum(drafts[j].expect.seconds or 0.0 for j in scene_jobs)
+        drafts[f"assemble:{project}"] = _Draft(
+            id=f"assemble:{project}",
+            kind=JobKind.ASSEMBLE,
+            scene=None,
+            shot=None,
+            expect=Media("video", first.width, first.height, fps, round(seconds * fps)),
+            deps=scene_jobs,
+            meta={"project": project, "title": spec.project.title, "inputs": scene_jobs},
+        )
+
+    graph: nx.DiGraph = nx.DiGraph()
+    position = {job_id: i for i, job_id in enumerate(drafts)}
+    graph.add_nodes_from(drafts)
+    graph.add_edges_from((dep, d.id) for d in drafts.values() for dep in d.deps)
+    order = tuple(nx.lexicographical_topological_sort(graph, key=position.__getitem__))
+    hashes: dict[str, str] = {}
+    template_hashes = {
+        name: digest(
+            {
+                "workflow": t.workflow,
+                "bind": {k: [asdict(b) for b in v] for k, v in t.bind.items()},
+                "lora": asdict(t.lora) if t.lora else None,
+                "output": t.output,
+            }
+        )
+        for name, t in spec.templates.items()
+    }
+    for job_id in order:
+        job = _finish(spec, drafts[job_id], hashes, template_hashes)
+        hashes[job_id] = job.hash
+        graph.nodes[job_id]["job"] = job
+    return Plan(
+        project=project,
+        graph=graph,
+        order=order,
+        meta={"spec": spec.file, "revision": spec.revision, "title": spec.project.title},
+    )
+
+
+def _shot_jobs(spec: Spec, scene: Scene, shot: Shot, drafts: dict[str, _Draft]) -> str:
+    """Add the render job of a shot, with the keyframe and frame jobs it needs."""
+    preset = PRESETS[shot.preset]
+    p = shot.params
+    template = spec.templates[shot.template]
+    frames = shot.frames or preset.frames
+    seconds = frames / shot.fps
+    if template.fixed_fps:
+        fps, frames = template.fixed_fps, round(seconds * template.fixed_fps)
+    else:
+        fps = shot.fps
+    context = int(p.get("context", preset.context))
+    frames = frames_for(template, frames, context)
+    width, height = int(p.get("width", preset.width)), int(p.get("height", preset.height))
+    characters = [spec.characters[c] for c in shot.characters]
+    lora_scale = preset.lora_scale * float(p.get("lora_scale", 1.0))
+    loras = tuple(
+        (c.lora.file, round(c.lora.strength * lora_scale, 4)) for c in characters if c.lora
+    )
+    prompt = shot.prompt or _join(
+        spec.project.style,
+        scene.visual_description,
+        *(c.design_prompt for c in characters),
+        *(w for c in characters for w in c.trigger_words),
+        shot.action,
+        shot.camera,
+    )
+    negative = _join(spec.project.negative, shot.negative)
+    seed = shot.seed if shot.seed is not None else derive_seed(spec.project.id, scene.id, shot.id)
+    sampling = {
+        "steps": int(p.get("steps", preset.steps)),
+        "cfg": float(p.get("cfg", preset.cfg)),
+        "sampler": p.get("sampler", preset.sampler),
+        "scheduler": p.get("scheduler", preset.scheduler),
+        "denoise": float(p.get("denoise", preset.denoise)),
+    }
+    meta = {
+        "project": spec.project.id,
+        "project_title": spec.project.title,
+        "scene_title": scene.title,
+        "action": shot.action,
+        "camera": shot.camera,
+        "characters": [c.name for c in characters],
+        "preset": shot.preset,
+        "seed": seed,
+        "prompt": prompt,
+        "negative": negative,
+        "seconds": round(frames / fps, 4),
+        "quality_threshold": shot.quality_threshold,
+        "quality_retries": shot.quality_retries,
+    }
+    render_id = f"render:{shot.key}"
+    render = _Draft(
+        id=render_id,
+        kind=JobKind.RENDER,
+        scene=scene.id,
+        shot=shot.id,
+        expect=Media("video", width, height, fps, frames, template.frames_tolerance),
+        template=template,
+        params={
+            "prompt": prompt,
+            "negative": negative,
+            "seed": seed,
+            **sampling,
+            "width": width,
+            "height": height,
+            "frames": frames,
+            "fps": fps,
+            "seconds": round(frames / fps, 4),
+            "context": context,
+        },
+        loras=loras,
+        meta={**meta, "template": template.name},
+    )
+    start = template.bind.get("start_image")
+    if start:
+        node, input_name = start[0].node, start[0].input
+        if shot.start_image:
+            render.start = StartImage(node, input_name, file=str(spec.folder / shot.start_image))
+        elif shot.continue_from:
+            source = "/".join(shot.continue_from)
+            frame_id = f"frame:{source}"
+            if frame_id not in drafts:  # its size is filled in once every render exists
+                drafts[frame_id] = _Draft(
+                    id=frame_id,
+                    kind=JobKind.FRAME,
+                    scene=shot.continue_from[0],
+                    shot=shot.continue_from[1],
+                    expect=Media("image", 0, 0),
+                    deps=[f"render:{source}"],
+                )
+            render.start = StartImage(node, input_name, job=frame_id)
+            render.deps.append(frame_id)
+        else:
+            key_template = spec.templates[shot.keyframe]
+            key_id = f"keyframe:{shot.key}"
+            drafts[key_id] = _Draft(
+                id=key_id,
+                kind=JobKind.KEYFRAME,
+                scene=scene.id,
+                shot=shot.id,
+                expect=Media("image", width, height),
+                template=key_template,
+                params={
+                    "prompt": prompt,
+                    "negative": negative,
+                    "seed": seed,
+                    **sampling,
+                    "width": width,
+                    "height": height,
+                },
+                loras=loras,
+                meta={**meta, "template": key_template.name},
+            )
+            render.start = StartImage(node, input_name, job=key_id)
+            render.deps.append(key_id)
+    render.deps.extend(f"render:{a}/{b}" for a, b in shot.after)
+    drafts[render_id] = render
+    return render_id
+
+
+def _assemble_scene(spec: Spec, scene: Scene, renders: list[str], drafts: dict[str, _Draft]) -> str:
+    first = drafts[renders[0]].expect
+    seconds = sum(drafts[r].expect.seconds or 0.0 for r in renders)
+    job_id = f"assemble:{scene.id}"
+    drafts[job_id] = _Draft(
+        id=job_id,
+        kind=JobKind.ASSEMBLE,
+        scene=scene.id,
+        shot=None,
+        expect=Media("video", first.width, first.height, scene.fps, round(seconds * scene.fps)),
+        deps=list(renders),
+        meta={"project": spec.project.id, "title": scene.title, "inputs": renders},
+    )
+    return job_id
+
+
+def _finish(
+    spec: Spec, d: _Draft, hashes: Mapping[str, str], template_hashes: Mapping[str, str]
+) -> Job:
+    template = d.template
+    start: Any = None
+    if d.start is not None:
+        start = file_digest(d.start.file) if d.start.file else hashes[d.start.job or ""]
+    job_hash = digest(
+        {
+            "v": HASH_VERSION,
+            "kind": d.kind.value,
+            "template": template_hashes[template.name] if template else None,
+            "params": d.params,
+            "loras": d.loras,
+            "expect": _media_key(d.expect),
+            "start": start,
+            "deps": [hashes[dep] for dep in d.deps],
+        }
+    )
+    workflow: dict[str, Any] = {}
+    if template is not None:
+        prefix = f"bridge/{spec.project.id}/{d.scene}/{d.shot}/{d.kind.value}-{job_hash[:12]}"
+        workflow = inject(template, {**d.params, "filename_prefix": prefix}, d.loras)
+    return Job(
+        id=d.id,
+        kind=d.kind,
+        scene=d.scene,
+        shot=d.shot,
+        template=template.name if template else None,
+        workflow=workflow,
+        expect=d.expect,
+        hash=job_hash,
+        deps=tuple(d.deps),
+        start_image=d.start,
+        output_node=template.output if template else None,
+        meta=d.meta,
+    )
+
+
+def _media_key(m: Media) -> tuple[Any, ...]:
+    return (m.kind, m.width, m.height, m.fps, m.frames, m.frame_tolerance)
+
+
+def _join(*parts: str) -> str:
+    return ", ".join(p.strip() for p in parts if p and p.strip())

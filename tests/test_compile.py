@@ -1,0 +1,103 @@
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from bridge.compile import compile_plan
+from bridge.plan import JobKind
+from bridge.spec.validate import load_spec
+
+ROOT = Path(__file__).resolve().parent.parent
+SPECS = ROOT / "specs"
+
+
+def plan_of(path: Path):
+    return compile_plan(load_spec(path))
+
+
+def test_moonlit_garden_graph_matches_the_seed() -> None:
+    plan = plan_of(SPECS / "moonlit-garden.yaml")
+    assert list(plan.order) == [
+        "keyframe:garden/s01",
+        "render:garden/s01",
+        "frame:garden/s01",
+        "render:garden/s02",
+        "assemble:garden",
+        "assemble:moonlit-garden",
+    ]
+    render = plan.job("render:garden/s01")
+    inputs = render.workflow["12"]["inputs"]
+    assert (inputs["seed"], inputs["steps"], inputs["guidance_scale"]) == (1234, 28, 7.0)
+    assert render.workflow["8"]["inputs"]["width"] == 704
+    assert render.workflow["2"]["inputs"]["lora"] == "mei_character_v1.safetensors"
+    assert render.workflow["2"]["inputs"]["strength"] == 0.85
+    prompt = render.workflow["4"]["inputs"]["text"]
+    assert prompt.startswith("anime key visual") and "mei_v1" in prompt
+    assert render.expect.width == 704 and render.expect.fps == 30
+    key = plan.job("keyframe:garden/s01").workflow
+    assert key["3"]["inputs"]["sampler_name"] == "dpmpp_2m"
+    assert key["3"]["inputs"]["scheduler"] == "karras"
+    assert plan.job("render:garden/s02").start_image.job == "frame:garden/s01"
+    assert plan.job("frame:garden/s01").expect.width == 704
+
+
+def test_same_spec_compiles_to_identical_bytes(tmp_path: Path) -> None:
+    def dump(path: Path) -> str:
+        plan = plan_of(path)
+        return json.dumps([(j.id, j.hash, j.workflow) for j in plan.jobs()], sort_keys=True)
+
+    first = dump(SPECS / "episode-1.yaml")
+    shutil.copy(SPECS / "episode-1.yaml", tmp_path / "episode-1.yaml")
+    assert dump(tmp_path / "episode-1.yaml") == first  # hashes do not depend on the folder
+
+
+def test_unset_seeds_are_derived_from_ids_and_differ() -> None:
+    plan = plan_of(SPECS / "smoke.yaml")
+    seeds = [j.meta["seed"] for j in plan.jobs() if j.kind is JobKind.RENDER]
+    assert len(set(seeds)) == len(seeds)
+    assert seeds == [
+        j.meta["seed"] for j in plan_of(SPECS / "smoke.yaml").jobs() if j.kind is JobKind.RENDER
+    ]
+
+
+def _hashes(path: Path) -> dict[str, str]:
+    return {j.id: j.hash for j in plan_of(path).jobs()}
+
+
+def test_changing_one_prompt_changes_that_shot_and_what_depends_on_it(tmp_path: Path) -> None:
+    text = (SPECS / "moonlit-garden.yaml").read_text()
+    spec = tmp_path / "m.yaml"
+    spec.write_text(text)
+    before = _hashes(spec)
+    spec.write_text(text.replace("close-up, Mei looks up", "close-up, Mei smiles"))
+    after = _hashes(spec)
+    changed = {k for k in before if before[k] != after[k]}
+    assert changed == {"render:garden/s02", "assemble:garden", "assemble:moonlit-garden"}
+
+
+def test_start_image_bytes_are_part_of_the_hash(tmp_path: Path) -> None:
+    (tmp_path / "start.png").write_bytes(b"one")
+    spec = tmp_path / "s.yaml"
+    spec.write_text(
+        "version: 1\nproject: {id: p}\n"
+        "scenes: [{id: a, shots: [{id: s01, start_image: start.png, duration: 1s}]}]\n"
+    )
+    before = _hashes(spec)["render:a/s01"]
+    (tmp_path / "start.png").write_bytes(b"two")
+    assert _hashes(spec)["render:a/s01"] != before
+
+
+def test_filename_prefix_names_project_scene_shot_and_hash() -> None:
+    plan = plan_of(SPECS / "smoke.yaml")
+    job = next(j for j in plan.jobs() if j.kind is JobKind.RENDER)
+    prefix = job.workflow[job.output_node]["inputs"]["filename_prefix"]
+    assert prefix == f"bridge/{plan.project}/{job.scene}/{job.shot}/render-{job.hash[:12]}"
+
+
+@pytest.mark.parametrize("name", ["moonlit-garden", "episode-1", "smoke"])
+def test_examples_validate_and_every_job_has_a_hash(name: str) -> None:
+    plan = plan_of(SPECS / f"{name}.yaml")
+    assert all(len(j.hash) == 64 for j in plan.jobs())
