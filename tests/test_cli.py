@@ -25,7 +25,8 @@ def test_validate_reports_every_file(capsys) -> None:
     code = main(["validate", str(ROOT / "specs" / "smoke.yaml"), str(BAD / "cycle.yaml")])
     assert code == 1
     captured = capsys.readouterr()
-    assert "smoke.yaml" in captured.out and "dependency cycle" in captured.err
+    assert "smoke.yaml" in captured.out
+    assert "dependency cycle" in captured.err
 
 
 def test_validate_json_and_github_formats(capsys) -> None:
@@ -35,7 +36,8 @@ def test_validate_json_and_github_formats(capsys) -> None:
     assert (error["line"], error["column"], error["pointer"]) == (3, 20, "/defaults/preset")
     assert main(["validate", "--format", "github", str(BAD / "unknown_preset.yaml")]) == 1
     line = capsys.readouterr().out.strip()
-    assert line.startswith("::error file=") and ",line=3,col=20," in line
+    assert line.startswith("::error file=")
+    assert ",line=3,col=20," in line
 
 
 def test_usage_errors_exit_2(capsys) -> None:
@@ -63,4 +65,5 @@ def test_python_dash_m_and_no_traceback_on_bad_yaml() -> None:
         check=False,
     )
     assert proc.returncode == 1
-    assert "Traceback" not in proc.stderr and "alias bomb" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "alias bomb" in proc.stderr

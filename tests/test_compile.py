@@ -35,8 +35,10 @@ def test_moonlit_garden_graph_matches_the_seed() -> None:
     assert render.workflow["2"]["inputs"]["lora"] == "mei_character_v1.safetensors"
     assert render.workflow["2"]["inputs"]["strength"] == 0.85
     prompt = render.workflow["4"]["inputs"]["text"]
-    assert prompt.startswith("anime key visual") and "mei_v1" in prompt
-    assert render.expect.width == 704 and render.expect.fps == 30
+    assert prompt.startswith("anime key visual")
+    assert "mei_v1" in prompt
+    assert render.expect.width == 704
+    assert render.expect.fps == 30
     key = plan.job("keyframe:garden/s01").workflow
     assert key["3"]["inputs"]["sampler_name"] == "dpmpp_2m"
     assert key["3"]["inputs"]["scheduler"] == "karras"

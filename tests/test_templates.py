@@ -63,7 +63,8 @@ def test_lora_loaders_chain_for_several_characters() -> None:
 def test_framepack_lora_select_chains_through_prev_lora_or_disappears() -> None:
     t = bundled()["framepack-i2v"]
     none = inject(t, {})
-    assert "2" not in none and "lora" not in none["1"]["inputs"]
+    assert "2" not in none
+    assert "lora" not in none["1"]["inputs"]
     two = inject(t, {}, (("a.safetensors", 1.0), ("b.safetensors", 0.5)))
     assert two["16"]["inputs"]["prev_lora"] == ["2", 0]
     assert two["1"]["inputs"]["lora"] == ["16", 0]
