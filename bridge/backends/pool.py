@@ -1,0 +1,101 @@
+"""Several backends as one: jobs go to the least busy healthy server with a free slot.
+
+A server that stops answering is marked unhealthy by its own failed request; its jobs fail
+as transient, the scheduler retries them, and the retry is leased to another server. A
+background probe brings a server back when /system_stats answers again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+from bridge.errors import TransientBackendError
+
+log = logging.getLogger(__name__)
+
+
+class ServerPool:
+    def __init__(self, backends: Sequence[Any], *, health_interval: float = 2.0) -> None:
+        if not backends:
+            raise ValueError("a pool needs at least one backend")
+        self.backends = list(backends)
+        self.health_interval = health_interval
+        self.in_flight = {b.name: 0 for b in self.backends}
+        self._changed = asyncio.Condition()
+        self._probe: asyncio.Task[None] | None = None
+
+    @property
+    def slots(self) -> int:
+        return sum(b.slots for b in self.backends)
+
+    @property
+    def names(self) -> list[str]:
+        return [b.name for b in self.backends]
+
+    async def start(self) -> None:
+        """Start every backend; fine while at least one answers."""
+        results = await asyncio.gather(*(b.start() for b in self.backends), return_exceptions=True)
+        problems = []
+        for backend, result in zip(self.backends, results, strict=True):
+            if isinstance(result, BaseException):
+                backend.healthy = False
+                problems.append(f"{backend.name}: {result}")
+                log.warning("%s is not answering: %s", backend.name, result)
+            else:
+                backend.healthy = True
+        if len(problems) == len(self.backends):
+            raise TransientBackendError("no server answered: " + "; ".join(problems))
+        self._probe = asyncio.create_task(self._watch_health(), name="pool health")
+
+    async def close(self) -> None:
+        if self._probe is not None:
+            self._probe.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._probe
+        await asyncio.gather(*(b.close() for b in self.backends), return_exceptions=True)
+
+    def healthy(self) -> list[Any]:
+        return [b for b in self.backends if getattr(b, "healthy", True)]
+
+    @contextlib.asynccontextmanager
+    async def lease(self, prefer: str | None = None) -> AsyncIterator[Any]:
+        """A healthy backend with a free slot, `prefer` first; waits while all are busy."""
+        async with self._changed:
+            while True:
+                healthy = self.healthy()
+                if not healthy:
+                    raise TransientBackendError("no server is answering: " + ", ".join(self.names))
+                free = [b for b in healthy if self.in_flight[b.name] < b.slots]
+                if free:
+                    chosen = next((b for b in free if b.name == prefer), None) or min(
+                        free,
+                        key=lambda b: (self.in_flight[b.name] / b.slots, self.in_flight[b.name]),
+                    )
+                    self.in_flight[chosen.name] += 1
+                    break
+                await self._changed.wait()
+        try:
+            yield chosen
+        finally:
+            async with self._changed:
+                self.in_flight[chosen.name] -= 1
+                self._changed.notify_all()
+
+    async def _watch_health(self) -> None:
+        while True:
+            await asyncio.sleep(self.health_interval)
+            for backend in self.backends:
+                if getattr(backend, "healthy", True):
+                    continue
+                try:
+                    await backend.start()
+                except Exception:  # still down; try again next round
+                    continue
+                log.warning("%s is answering again", backend.name)
+                backend.healthy = True
+                async with self._changed:
+                    self._changed.notify_all()

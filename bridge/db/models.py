@@ -1,0 +1,166 @@
+"""SQLModel tables: the seed's production tables plus runs, jobs, assets and an event log.
+
+The same models run on SQLite (the embedded default) and PostgreSQL. JSON columns hold
+what is a list or a mapping in the spec (traits, characters, the LoRA mapping).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, Column, Index, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _json(default: Any = None) -> Any:
+    return Field(default=default, sa_column=Column(JSON, nullable=True))
+
+
+class Project(SQLModel, table=True):
+    __tablename__ = "projects"
+    id: str = Field(primary_key=True, max_length=64)
+    title: str = ""
+    style: str = ""
+    negative: str = ""
+    spec_file: str = ""
+    revision: str = ""  # sha256 of the spec text last synced
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class Character(SQLModel, table=True):
+    __tablename__ = "characters"
+    project_id: str = Field(primary_key=True, foreign_key="projects.id", max_length=64)
+    id: str = Field(primary_key=True, max_length=64)
+    name: str = ""
+    description: str = ""
+    design_prompt: str = ""
+    traits: dict[str, Any] | None = _json()
+    lora_file: str | None = None
+    lora_strength: float | None = None
+
+
+class Scene(SQLModel, table=True):
+    __tablename__ = "scenes"
+    project_id: str = Field(primary_key=True, foreign_key="projects.id", max_length=64)
+    id: str = Field(primary_key=True, max_length=64)
+    position: int = 0
+    title: str = ""
+    description: str = ""
+    visual_description: str = ""
+    characters: list[str] | None = _json()
+    character_lora_mapping: dict[str, Any] | None = _json()
+    frame_count: int | None = None
+    fps: float = 24.0
+    shot_list: list[str] | None = _json()
+
+
+class Shot(SQLModel, table=True):
+    __tablename__ = "shots"
+    project_id: str = Field(primary_key=True, max_length=64)
+    scene_id: str = Field(primary_key=True, max_length=64)
+    id: str = Field(primary_key=True, max_length=64)
+    position: int = 0
+    action: str = ""
+    camera: str = ""
+    frames: int | None = None
+    seed: int | None = None
+    preset: str = ""
+    template: str = ""
+    continue_from: str | None = None
+
+
+class Run(SQLModel, table=True):
+    __tablename__ = "runs"
+    id: int | None = Field(default=None, primary_key=True)
+    project_id: str = Field(index=True, max_length=64)
+    spec_file: str = ""
+    revision: str = ""
+    backend: str = ""
+    preview: bool = False
+    status: str = "running"  # running | succeeded | failed | cancelled | interrupted
+    pid: int | None = None
+    started_at: datetime = Field(default_factory=utcnow)
+    finished_at: datetime | None = None
+    counts: dict[str, int] | None = _json()
+    manifest: str | None = None
+    settings: dict[str, Any] | None = _json()
+
+
+class JobRecord(SQLModel, table=True):
+    """One job of one run. prompt_id and server are written before the prompt is posted."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (
+        UniqueConstraint("run_id", "job_id"),
+        Index("ix_jobs_hash_state", "hash", "state"),
+    )
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: int = Field(foreign_key="runs.id", index=True)
+    job_id: str = Field(max_length=200)
+    kind: str = ""
+    scene_id: str | None = None
+    shot_id: str | None = None
+    hash: str = Field(max_length=64)
+    state: str = "pending"  # pending|submitted|running|succeeded|cached|failed|skipped|cancelled
+    reason: str = ""  # why it ran: new, changed, output missing, forced
+    server: str | None = None
+    prompt_id: str | None = Field(default=None, max_length=64)
+    attempts: int = 0
+    submitted_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    seconds: float | None = None
+    error: str | None = None
+    error_kind: str | None = None
+    quality: dict[str, Any] | None = _json()
+
+
+class GeneratedAsset(SQLModel, table=True):
+    """A file a job produced; its job hash is the cache key of incremental re-runs."""
+
+    __tablename__ = "generated_assets"
+    id: int | None = Field(default=None, primary_key=True)
+    project_id: str = Field(index=True, max_length=64)
+    run_id: int = Field(foreign_key="runs.id")
+    job_id: str = Field(max_length=200)
+    job_hash: str = Field(index=True, max_length=64)
+    kind: str = ""
+    scene_id: str | None = None
+    shot_id: str | None = None
+    path: str = ""
+    sha256: str = Field(max_length=64)
+    bytes: int = 0
+    probe: dict[str, Any] | None = _json()
+    quality: dict[str, Any] | None = _json()
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class SsotTracking(SQLModel, table=True):
+    """Each asset traced to the spec revision, job hash and run that made it."""
+
+    __tablename__ = "ssot_tracking"
+    id: int | None = Field(default=None, primary_key=True)
+    asset_id: int = Field(foreign_key="generated_assets.id", index=True)
+    project_id: str = Field(max_length=64)
+    spec_file: str = ""
+    spec_revision: str = Field(max_length=64)
+    job_hash: str = Field(max_length=64)
+    run_id: int = Field(foreign_key="runs.id")
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class EventRecord(SQLModel, table=True):
+    """Append-only: what happened, in order; never updated."""
+
+    __tablename__ = "events"
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: int | None = Field(default=None, index=True)
+    job_id: str | None = None
+    at: datetime = Field(default_factory=utcnow)
+    kind: str = ""
+    data: dict[str, Any] | None = _json()

@@ -1,0 +1,417 @@
+"""The job store: every state change of a run, written as it happens.
+
+Writes are small and synchronous; a run does a few per job, far fewer than the seconds
+each job takes, so they are not worth a thread. SQLite runs in WAL mode so `bridge status`
+can read while a run writes. Ordering matters in one place: `mark_submitting` commits the
+prompt_id before the prompt is posted, which is what makes a killed run resumable.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event, func
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
+from sqlmodel import Session, SQLModel, col, create_engine, select
+
+from bridge.db.models import (
+    Character,
+    EventRecord,
+    GeneratedAsset,
+    JobRecord,
+    Project,
+    Run,
+    Scene,
+    Shot,
+    SsotTracking,
+    utcnow,
+)
+from bridge.errors import ConfigError
+from bridge.plan import Job
+from bridge.settings import mask_url
+from bridge.spec.model import Spec
+
+UNFINISHED = ("pending", "submitted", "running")
+
+
+@dataclass(frozen=True)
+class Resumable:
+    """A prompt an earlier, interrupted run posted and never saw finish."""
+
+    prompt_id: str
+    server: str | None
+
+
+def engine_for(url: str) -> Engine:
+    """An engine for `url`; SQLite gets WAL, a busy timeout and its folder created."""
+    if url.startswith("sqlite:///"):
+        path = Path(url.removeprefix("sqlite:///"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+
+        return engine
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
+    return create_engine(url, pool_pre_ping=True)
+
+
+class Store:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        try:
+            self.engine = engine_for(url)
+            SQLModel.metadata.create_all(self.engine)
+        except (SQLAlchemyError, OSError, ValueError) as exc:
+            raise ConfigError(
+                f"cannot open the database {mask_url(url)}: {_first_line(exc)}"
+            ) from None
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def session(self) -> Session:
+        return Session(self.engine, expire_on_commit=False)
+
+    # -- the spec's rows -----------------------------------------------------------------
+
+    def sync_spec(self, spec: Spec) -> None:
+        """Replace the project's characters, scenes and shots with the spec's."""
+        pid = spec.project.id
+        with self.session() as s:
+            project = s.get(Project, pid) or Project(id=pid)
+            project.title = spec.project.title
+            project.style = spec.project.style
+            project.negative = spec.project.negative
+            project.spec_file = spec.file
+            project.revision = spec.revision
+            project.updated_at = utcnow()
+            s.add(project)
+            s.flush()
+            for model in (Shot, Scene, Character):
+                for row in s.exec(select(model).where(model.project_id == pid)):
+                    s.delete(row)
+            s.flush()
+            for c in spec.characters.values():
+                s.add(
+                    Character(
+                        project_id=pid,
+                        id=c.id,
+                        name=c.name,
+                        description=c.description,
+                        design_prompt=c.design_prompt,
+                        traits=dict(c.traits),
+                        lora_file=c.lora.file if c.lora else None,
+                        lora_strength=c.lora.strength if c.lora else None,
+                    )
+                )
+            for scene in spec.scenes:
+                mapping = {
+                    cid: {
+                        "file": spec.characters[cid].lora.file,
+                        "strength": spec.characters[cid].lora.strength,
+                    }
+                    for cid in scene.characters
+                    if spec.characters[cid].lora is not None
+                }
+                s.add(
+                    Scene(
+                        project_id=pid,
+                        id=scene.id,
+                        position=scene.position,
+                        title=scene.title,
+                        description=scene.description,
+                        visual_description=scene.visual_description,
+                        characters=list(scene.characters),
+                        character_lora_mapping=mapping,
+                        frame_count=scene.frame_count,
+                        fps=scene.fps,
+                        shot_list=[sh.action for sh in scene.shots],
+                    )
+                )
+                for shot in scene.shots:
+                    s.add(
+                        Shot(
+                            project_id=pid,
+                            scene_id=scene.id,
+                            id=shot.id,
+                            position=shot.position,
+                            action=shot.action,
+                            camera=shot.camera,
+                            frames=shot.frames,
+                            seed=shot.seed,
+                            preset=shot.preset,
+                            template=shot.template,
+                            continue_from="/".join(shot.continue_from)
+                            if shot.continue_from
+                            else None,
+                        )
+                    )
+            s.commit()
+
+    # -- runs and jobs -------------------------------------------------------------------
+
+    def create_run(
+        self, spec: Spec, backend: str, *, preview: bool, settings: Mapping[str, Any]
+    ) -> int:
+        """A new run; earlier runs of the project left 'running' by a dead process are
+        marked interrupted, so status never shows a ghost."""
+        with self.session() as s:
+            for old in s.exec(
+                select(Run).where(Run.project_id == spec.project.id, Run.status == "running")
+            ):
+                if old.pid is None or not _alive(old.pid):
+                    old.status = "interrupted"
+                    old.finished_at = old.finished_at or utcnow()
+                    s.add(old)
+            run = Run(
+                project_id=spec.project.id,
+                spec_file=spec.file,
+                revision=spec.revision,
+                backend=backend,
+                preview=preview,
+                pid=os.getpid(),
+                settings=dict(settings),
+            )
+            s.add(run)
+            s.commit()
+            assert run.id is not None
+            return run.id
+
+    def add_jobs(self, run_id: int, jobs: Iterable[Job], reasons: Mapping[str, str]) -> None:
+        with self.session() as s:
+            s.add_all(
+                JobRecord(
+                    run_id=run_id,
+                    job_id=j.id,
+                    kind=j.kind.value,
+                    scene_id=j.scene,
+                    shot_id=j.shot,
+                    hash=j.hash,
+                    reason=reasons.get(j.id, "new"),
+                )
+                for j in jobs
+            )
+            s.commit()
+
+    def _update(self, run_id: int, job_id: str, **values: Any) -> None:
+        with self.session() as s:
+            row = s.exec(
+                select(JobRecord).where(JobRecord.run_id == run_id, JobRecord.job_id == job_id)
+            ).one()
+            for key, value in values.items():
+                setattr(row, key, value)
+            s.add(row)
+            s.commit()
+
+    def mark_submitting(
+        self, run_id: int, job_id: str, prompt_id: str, server: str, attempt: int
+    ) -> None:
+        """Committed before POST /prompt: a crash after this line can be re-attached."""
+        self._update(
+            run_id,
+            job_id,
+            state="submitted",
+            prompt_id=prompt_id,
+            server=server,
+            attempts=attempt,
+            submitted_at=utcnow(),
+        )
+
+    def mark_running(self, run_id: int, job_id: str, attempt: int) -> None:
+        self._update(run_id, job_id, state="running", attempts=attempt, started_at=utcnow())
+
+    def mark_done(
+        self,
+        run_id: int,
+        job_id: str,
+        state: str,
+        *,
+        seconds: float | None = None,
+        error: str | None = None,
+        error_kind: str | None = None,
+        quality: Mapping[str, Any] | None = None,
+    ) -> None:
+        values: dict[str, Any] = {"state": state, "finished_at": utcnow(), "error": error}
+        if seconds is not None:
+            values["seconds"] = seconds
+        if error_kind is not None:
+            values["error_kind"] = error_kind
+        if quality is not None:
+            values["quality"] = dict(quality)
+        self._update(run_id, job_id, **values)
+
+    def finish_run(
+        self, run_id: int, status: str, counts: Mapping[str, int], manifest: str | None
+    ) -> None:
+        with self.session() as s:
+            run = s.get(Run, run_id)
+            if run is None:
+                return
+            run.status = status
+            run.counts = dict(counts)
+            run.manifest = manifest
+            run.finished_at = utcnow()
+            s.add(run)
+            s.commit()
+
+    def resumable(self, project_id: str, hashes: Iterable[str]) -> dict[str, Resumable]:
+        """Prompts posted by runs of this project that never finished, newest per hash."""
+        wanted = set(hashes)
+        out: dict[str, Resumable] = {}
+        with self.session() as s:
+            rows = s.exec(
+                select(JobRecord)
+                .join(Run, col(Run.id) == JobRecord.run_id)
+                .where(
+                    Run.project_id == project_id,
+                    col(JobRecord.state).in_(("submitted", "running")),
+                    col(JobRecord.prompt_id).is_not(None),
+                )
+                .order_by(col(JobRecord.id))
+            )
+            for row in rows:
+                if row.hash in wanted and row.prompt_id:
+                    out[row.hash] = Resumable(row.prompt_id, row.server)
+        return out
+
+    # -- assets --------------------------------------------------------------------------
+
+    def add_asset(
+        self,
+        run_id: int,
+        spec: Spec,
+        job: Job,
+        *,
+        path: str,
+        sha256: str,
+        size: int,
+        probe: Mapping[str, Any] | None,
+        quality: Mapping[str, Any] | None,
+    ) -> int:
+        with self.session() as s:
+            asset = GeneratedAsset(
+                project_id=spec.project.id,
+                run_id=run_id,
+                job_id=job.id,
+                job_hash=job.hash,
+                kind=job.kind.value,
+                scene_id=job.scene,
+                shot_id=job.shot,
+                path=path,
+                sha256=sha256,
+                bytes=size,
+                probe=dict(probe) if probe else None,
+                quality=dict(quality) if quality else None,
+            )
+            s.add(asset)
+            s.flush()
+            assert asset.id is not None
+            s.add(
+                SsotTracking(
+                    asset_id=asset.id,
+                    project_id=spec.project.id,
+                    spec_file=spec.file,
+                    spec_revision=spec.revision,
+                    job_hash=job.hash,
+                    run_id=run_id,
+                )
+            )
+            s.commit()
+            return asset.id
+
+    def find_assets(self, project_id: str, hashes: Iterable[str]) -> dict[str, GeneratedAsset]:
+        """The newest asset for each job hash (main output first), if any."""
+        wanted = list(set(hashes))
+        out: dict[str, GeneratedAsset] = {}
+        with self.session() as s:
+            for start in range(0, len(wanted), 500):
+                chunk = wanted[start : start + 500]
+                rows = s.exec(
+                    select(GeneratedAsset)
+                    .where(
+                        GeneratedAsset.project_id == project_id,
+                        col(GeneratedAsset.job_hash).in_(chunk),
+                    )
+                    .order_by(col(GeneratedAsset.id))
+                )
+                for row in rows:
+                    out.setdefault(row.job_hash, row)
+        return out
+
+    def known_job_ids(self, project_id: str) -> set[str]:
+        """Job ids that have ever produced an asset in this project."""
+        with self.session() as s:
+            rows = s.exec(
+                select(GeneratedAsset.job_id)
+                .where(GeneratedAsset.project_id == project_id)
+                .distinct()
+            )
+            return set(rows)
+
+    # -- the event log -------------------------------------------------------------------
+
+    def log(self, run_id: int | None, kind: str, job_id: str | None = None, **data: Any) -> None:
+        with self.session() as s:
+            s.add(EventRecord(run_id=run_id, job_id=job_id, kind=kind, data=data or None))
+            s.commit()
+
+    # -- reading -------------------------------------------------------------------------
+
+    def run(self, run_id: int) -> Run | None:
+        with self.session() as s:
+            return s.get(Run, run_id)
+
+    def runs(self, limit: int = 20, project_id: str | None = None) -> list[Run]:
+        with self.session() as s:
+            query = select(Run).order_by(col(Run.id).desc()).limit(limit)
+            if project_id:
+                query = query.where(Run.project_id == project_id)
+            return list(s.exec(query))
+
+    def jobs(self, run_id: int, state: str | None = None) -> list[JobRecord]:
+        with self.session() as s:
+            query = select(JobRecord).where(JobRecord.run_id == run_id)
+            if state:
+                query = query.where(JobRecord.state == state)
+            return list(s.exec(query.order_by(col(JobRecord.id))))
+
+    def events(self, run_id: int) -> list[EventRecord]:
+        with self.session() as s:
+            query = select(EventRecord).where(EventRecord.run_id == run_id)
+            return list(s.exec(query.order_by(col(EventRecord.id))))
+
+    def count_jobs(self, run_id: int) -> dict[str, int]:
+        with self.session() as s:
+            rows = s.exec(
+                select(JobRecord.state, func.count())
+                .where(JobRecord.run_id == run_id)
+                .group_by(JobRecord.state)
+            )
+            return dict(rows.all())
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

@@ -1,0 +1,84 @@
+"""The job store on SQLite and on the PostgreSQL at 127.0.0.1:5432."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bridge.compile import compile_plan
+from bridge.db.models import Run
+from bridge.db.store import Resumable, Store
+from bridge.errors import ConfigError
+from bridge.spec.validate import load_spec
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_spec_rows_runs_jobs_assets_and_resume(database_url: str) -> None:
+    spec = load_spec(ROOT / "specs" / "moonlit-garden.yaml")
+    plan = compile_plan(spec)
+    store = Store(database_url)
+    try:
+        store.sync_spec(spec)
+        store.sync_spec(spec)  # idempotent: replaced, not duplicated
+        run_id = store.create_run(spec, "http://a", preview=False, settings={"x": 1})
+        store.add_jobs(run_id, plan.jobs(), {"render:garden/s01": "changed"})
+        render = plan.job("render:garden/s01")
+        store.mark_submitting(run_id, render.id, "p-1", "http://a", 1)
+        assert store.resumable("moonlit-garden", [render.hash]) == {
+            render.hash: Resumable("p-1", "http://a")
+        }
+        store.mark_done(run_id, render.id, "succeeded", seconds=1.5)
+        assert store.resumable("moonlit-garden", [render.hash]) == {}
+        asset_id = store.add_asset(
+            run_id,
+            spec,
+            render,
+            path="moonlit-garden/garden/s01/render.mp4",
+            sha256="ab" * 32,
+            size=10,
+            probe={"width": 704},
+            quality={"score": 1.0},
+        )
+        assert asset_id > 0
+        found = store.find_assets("moonlit-garden", [render.hash, "nope"])
+        assert list(found) == [render.hash]
+        assert found[render.hash].probe == {"width": 704}
+        assert store.known_job_ids("moonlit-garden") == {render.id}
+        store.log(run_id, "job_succeeded", render.id, seconds=1.5)
+        assert [e.kind for e in store.events(run_id)] == ["job_succeeded"]
+        counts = store.count_jobs(run_id)
+        assert counts["succeeded"] == 1
+        assert counts["pending"] == len(plan) - 1
+        store.finish_run(run_id, "succeeded", counts, "manifest.json")
+        run = store.run(run_id)
+        assert isinstance(run, Run)
+        assert run.status == "succeeded"
+        jobs = {j.job_id: j for j in store.jobs(run_id)}
+        assert jobs[render.id].reason == "changed"
+        assert jobs[render.id].prompt_id == "p-1"
+    finally:
+        store.close()
+
+
+def test_dead_runs_are_marked_interrupted(database_url: str) -> None:
+    spec = load_spec(ROOT / "specs" / "smoke.yaml")
+    store = Store(database_url)
+    try:
+        first = store.create_run(spec, "preview", preview=True, settings={})
+        with store.session() as s:
+            row = s.get(Run, first)
+            row.pid = 2**22 + 12345  # no such process
+            s.add(row)
+            s.commit()
+        store.create_run(spec, "preview", preview=True, settings={})
+        assert store.run(first).status == "interrupted"
+    finally:
+        store.close()
+
+
+def test_unreachable_database_is_a_config_error_without_the_password() -> None:
+    with pytest.raises(ConfigError, match="cannot open the database") as info:
+        Store("postgresql://postgres:secret@127.0.0.1:1/none")
+    assert "secret" not in str(info.value)
