@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import tempfile
@@ -30,7 +31,13 @@ def _settings(args: argparse.Namespace) -> Settings:
         "backend": getattr(args, "backend", None),
         "database_url": getattr(args, "database_url", None),
     }
-    return resolve(flags, os.environ, getattr(args, "config", None))
+    settings = resolve(flags, os.environ, getattr(args, "config", None))
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    return settings
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -84,7 +91,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     import asyncio
 
     from bridge.compile import compile_plan
-    from bridge.runner import Runner, Selection
+    from bridge.runner import Runner, Selection, run_cancellable
     from bridge.spec.validate import load_spec
 
     settings = _settings(args)
@@ -93,25 +100,35 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise UsageError(
             f"--project-id {args.project_id!r} is not this spec's project ({spec.project.id!r})"
         )
-    selection = Selection(
-        scene_ids=tuple(args.scene_id or ()), only=tuple(args.only or ()), force=args.force
-    )
+    scene_ids = tuple(args.scene_id or ())
+    unknown = [s for s in scene_ids if s not in {sc.id for sc in spec.scenes}]
+    if unknown:
+        raise UsageError(f"--scene-id {unknown[0]!r} is not a scene of {spec.project.id!r}")
+    selection = Selection(scene_ids=scene_ids, only=tuple(args.only or ()), force=args.force)
     plan = selection.narrow(compile_plan(spec))
-    display = console.Progress(len(plan))
-    runner = Runner(settings, notify=lambda text: console.err(f"!! {text}"))
-    runner.bus.subscribe(display)
+
+    async def go() -> int:
+        runner = Runner(settings, notify=lambda text: console.err(f"!! {text}"))
+        display = console.Progress(len(plan))
+        runner.bus.subscribe(display)
+        try:
+            report = await runner.run(spec, plan, selection, bus=runner.bus)
+        finally:
+            display.close()
+            await runner.close()
+        console.out(f"run {report.run_id}: {console.counts(report.counts())}")
+        console.out(f"manifest: {report.manifest}")
+        for job_id, error in report.errors.items():
+            console.err(f"failed {job_id}: {error}")
+        if report.preview:
+            console.err("!! this was a PREVIEW animatic, not a ComfyUI render")
+        return 0 if report.ok else 1
+
     try:
-        report = asyncio.run(runner.run_plan(spec, plan, selection))
-    finally:
-        display.close()
-    counts = ", ".join(f"{n} {state}" for state, n in report.counts().items())
-    console.out(f"run {report.run_id}: {counts}")
-    console.out(f"manifest: {report.manifest}")
-    if report.preview:
-        console.err("!! this was a PREVIEW animatic, not a ComfyUI render")
-    for job_id, error in report.errors.items():
-        console.err(f"failed {job_id}: {error}")
-    return 0 if report.ok else 1
+        return asyncio.run(run_cancellable(go()))
+    except asyncio.CancelledError:
+        console.err("cancelled: queued prompts were deleted and running ones interrupted")
+        return 130
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -157,7 +174,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         func: Command = args.func
         return func(args)
     except SpecErrors as exc:
-        console.out(console.spec_errors(exc.errors))
+        console.err(console.spec_errors(exc.errors))
         return 1
     except UsageError as exc:
         console.err(f"bridge: {exc}")

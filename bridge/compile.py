@@ -67,7 +67,7 @@ def _compile(spec: Spec) -> Plan:
             kind=JobKind.ASSEMBLE,
             scene=None,
             shot=None,
-            expect=Media("video", first.width, first.height, fps, round(seconds * fps)),
+            expect=Media("video", first.width, first.height, fps, round(seconds * fps), 1),
             deps=scene_jobs,
             meta={"project": project, "title": spec.project.title, "inputs": scene_jobs},
         )
@@ -231,7 +231,7 @@ def _assemble_scene(spec: Spec, scene: Scene, renders: list[str], drafts: dict[s
         kind=JobKind.ASSEMBLE,
         scene=scene.id,
         shot=None,
-        expect=Media("video", first.width, first.height, scene.fps, round(seconds * scene.fps)),
+        expect=Media("video", first.width, first.height, scene.fps, round(seconds * scene.fps), 1),
         deps=list(renders),
         meta={"project": spec.project.id, "title": scene.title, "inputs": renders},
     )

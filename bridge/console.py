@@ -230,3 +230,7 @@ class Progress:
 
 def plural(count: int, noun: str) -> str:
     return f"{count:,} {noun}{'' if count == 1 else 's'}"
+
+
+def counts(by_state: dict[str, int]) -> str:
+    return ", ".join(f"{n} {state}" for state, n in by_state.items()) or "nothing to do"

@@ -45,7 +45,7 @@ class Settings:
     lora_path: Path | None = None
     output_path: Path = DEFAULT_OUTPUT_PATH
     database_url: str = ""  # empty: SQLite at OUTPUT_PATH/bridge.db
-    log_level: str = "INFO"
+    log_level: str = "WARNING"
     backend: str = "auto"  # auto: ComfyUI when one answers, else the preview animatic
     api_token: str | None = field(default=None, repr=False)
 

@@ -44,7 +44,7 @@ class ServerPool:
             if isinstance(result, BaseException):
                 backend.healthy = False
                 problems.append(f"{backend.name}: {result}")
-                log.warning("%s is not answering: %s", backend.name, result)
+                log.info("%s is not answering: %s", backend.name, result)
             else:
                 backend.healthy = True
         if len(problems) == len(self.backends):

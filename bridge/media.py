@@ -1,0 +1,156 @@
+"""ffmpeg operations on finished files: continuity frames, assembly and thumbnails.
+
+Commands are built with ffmpeg-python and run as asyncio subprocesses, so a long encode
+never blocks the event loop, and every output is written to a temporary name and renamed,
+so a crash never leaves a half file where a finished one is expected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import ffmpeg
+
+from bridge.errors import ProbeError
+from bridge.probe import afacts
+
+
+async def run(stream: ffmpeg.nodes.OutputStream | list[str], what: str) -> None:
+    args = stream if isinstance(stream, list) else ffmpeg.compile(stream, overwrite_output=True)
+    proc = await asyncio.create_subprocess_exec(
+        args[0],
+        "-hide_banner",
+        "-loglevel",
+        "error",
+        *args[1:],
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        _, err = await proc.communicate()
+    except asyncio.CancelledError:
+        proc.kill()
+        await proc.wait()
+        raise
+    if proc.returncode != 0:
+        tail = " ".join(err.decode(errors="replace").strip().splitlines()[-2:])
+        raise ProbeError(f"ffmpeg could not {what}: {tail}")
+
+
+def _tmp(target: Path) -> Path:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.stem}.", suffix=target.suffix)
+    os.close(fd)
+    return Path(name)
+
+
+async def _atomic(target: Path, make: object, what: str) -> Path:
+    tmp = _tmp(target)
+    try:
+        await run(make(tmp), what)  # type: ignore[operator]
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target
+
+
+async def last_frame(video: Path, png: Path) -> Path:
+    """The exact last frame: decode the final second and keep overwriting one image."""
+    return await _atomic(
+        png,
+        lambda tmp: ffmpeg.input(str(video), sseof=-1).output(
+            str(tmp), update=1, **{"frames:v": 1000000, "f": "image2", "vcodec": "png"}
+        ),
+        f"take the last frame of {video.name}",
+    )
+
+
+async def first_frame(video: Path, png: Path) -> Path:
+    return await _atomic(
+        png,
+        lambda tmp: ffmpeg.input(str(video)).output(
+            str(tmp), **{"frames:v": 1, "f": "image2", "vcodec": "png"}
+        ),
+        f"take the first frame of {video.name}",
+    )
+
+
+async def concat(
+    inputs: Sequence[Path], output: Path, *, width: int, height: int, fps: float
+) -> Path:
+    """Join clips in order; stream copy when they already match, else re-encode to match."""
+    if not inputs:
+        raise ProbeError("nothing to assemble")
+    infos = [await afacts(p) for p in inputs]
+    same = all(
+        (i.codec, i.width, i.height, i.pix_fmt) == ("h264", width, height, "yuv420p")
+        and i.fps is not None
+        and abs(i.fps - fps) < 0.01
+        for i in infos
+    )
+    if same:
+        listing = _tmp(output.with_suffix(".txt"))
+        listing.write_text("".join(f"file '{_quote(p.resolve())}'\n" for p in inputs))
+        try:
+            return await _atomic(
+                output,
+                lambda tmp: ffmpeg.input(str(listing), f="concat", safe=0).output(
+                    str(tmp), c="copy", movflags="+faststart"
+                ),
+                f"join {len(inputs)} clips",
+            )
+        finally:
+            listing.unlink(missing_ok=True)
+    streams = [
+        ffmpeg.input(str(path))
+        .video.filter("scale", width, height, force_original_aspect_ratio="decrease")
+        .filter("pad", width, height, "(ow-iw)/2", "(oh-ih)/2")
+        .filter("setsar", 1)
+        for path in inputs
+    ]
+    # One frame-rate conversion after joining, so rounding happens once, not per clip.
+    joined = ffmpeg.concat(*streams, v=1, a=0).filter("fps", fps=fps)
+    return await _atomic(
+        output,
+        lambda tmp: joined.output(
+            str(tmp),
+            vcodec="libx264",
+            pix_fmt="yuv420p",
+            r=fps,
+            movflags="+faststart",
+            preset="veryfast",
+            crf=18,
+        ),
+        f"re-encode and join {len(inputs)} clips",
+    )
+
+
+def _quote(path: Path) -> str:
+    return str(path).replace("'", "'\\''")
+
+
+async def thumbnails(video: Path, folder: Path, count: int = 4, width: int = 160) -> list[Path]:
+    """Evenly spaced JPEG thumbnails, for a report's contact sheet."""
+    info = await afacts(video)
+    folder.mkdir(parents=True, exist_ok=True)
+    frames = info.frames or 1
+    out = []
+    for i in range(count):
+        index = min(frames - 1, round((i + 0.5) * frames / count))
+        target = folder / f"{video.stem}-{i + 1}.jpg"
+        await _atomic(
+            target,
+            lambda tmp, n=index: (
+                ffmpeg.input(str(video))
+                .filter("select", f"gte(n,{n})")
+                .filter("scale", width, -2)
+                .output(str(tmp), **{"frames:v": 1, "q:v": 4})
+            ),
+            f"take a thumbnail of {video.name}",
+        )
+        out.append(target)
+    return out
