@@ -15,6 +15,7 @@ import tempfile
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from bridge import console
 from bridge.errors import BridgeError, SpecErrors, UsageError
@@ -72,6 +73,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
+    """The plan by stage, and why each job would run, from the run history when there is one."""
     from bridge.compile import compile_plan
     from bridge.spec.validate import load_spec
 
@@ -79,12 +81,130 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if args.format == "dot":
         console.out(console.plan_dot(plan))
         return 0
-    summary = console.plan_summary(plan)
+    settings = _settings(args)
+    reasons = _reasons(settings, plan, args.force)
+    summary = console.plan_summary(plan, reasons)
+    problems: list[str] = []
+    if args.object_info:
+        problems = _offline_preflight(plan, Path(args.object_info))
+        summary["preflight"] = problems
     if args.format == "json":
         console.out(json.dumps(summary, indent=2))
     else:
         console.out(console.plan_text(summary))
-    return 0
+        if args.object_info:
+            if problems:
+                console.err("preflight against " + args.object_info + " failed:")
+                console.err(console.bullet(problems))
+            else:
+                console.out(f"preflight against {args.object_info}: ok")
+    return 1 if problems else 0
+
+
+def _reasons(settings: Settings, plan: Any, force: bool) -> dict[str, str]:
+    """Reasons from the job store; no history (or no database yet) means everything is new."""
+    from bridge.db.store import Store
+    from bridge.runner import plan_reasons
+
+    url = settings.database
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
+        return {j.id: "forced" if force else "new" for j in plan.jobs()}
+    store = Store(url)
+    try:
+        return plan_reasons(store, plan, settings.output_path, force=force)
+    finally:
+        store.close()
+
+
+def _offline_preflight(plan: Any, path: Path) -> list[str]:
+    from bridge import preflight
+
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"--object-info {path}: cannot read it as JSON: {exc}") from None
+    if not isinstance(info, dict):
+        raise UsageError(f"--object-info {path}: expected the JSON object /object_info returns")
+    info = info.get("nodes", info) if "nodes" in info and "source" in info else info
+    return preflight.problems([j for j in plan.jobs() if j.kind.remote], info)
+
+
+def cmd_capabilities(args: argparse.Namespace) -> int:
+    """What the configured servers offer; --save stores /object_info for offline preflight."""
+    import asyncio
+
+    from bridge import preflight
+    from bridge.backends.comfyui import ComfyUIBackend
+    from bridge.templates import bundled
+
+    settings = _settings(args)
+    urls = settings.comfyui_urls or ("http://127.0.0.1:8188",)
+
+    async def fetch(url: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        backend = ComfyUIBackend(url)
+        try:
+            await backend.start()
+            return await backend.system_stats(), dict(await backend.object_info())
+        finally:
+            await backend.close()
+
+    failed = 0
+    for url in urls:
+        try:
+            stats, info = asyncio.run(fetch(url))
+        except BridgeError as exc:
+            console.err(f"{url}: {exc}")
+            failed += 1
+            continue
+        version = stats.get("system", {}).get("comfyui_version", "?")
+        loras = preflight.combo_options(
+            info.get("LoraLoader", {}).get("input", {}).get("required", {}).get("lora_name")
+        )
+        usable = [
+            name for name, t in bundled().items() if not preflight.problems_for(t.workflow, info)
+        ]
+        console.out(f"{url}: ComfyUI {version}, {len(info)} node classes")
+        console.out(f"  LoRAs: {', '.join(loras) if loras else 'none installed'}")
+        console.out(f"  bundled templates that validate here: {', '.join(usable) or 'none'}")
+        if args.save:
+            from bridge.outputs import atomic_write_json
+
+            atomic_write_json(Path(args.save), info)
+            console.out(f"  saved /object_info to {args.save}")
+            args.save = None  # the first server's
+    return 1 if failed else 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Runs from the job store: the recent ones, or one run's jobs."""
+    from bridge.db.store import Store
+
+    settings = _settings(args)
+    store = Store(settings.database)
+    try:
+        if args.run is None:
+            runs = store.runs(limit=args.limit)
+            if not runs:
+                console.out("no runs yet")
+            for r in runs:
+                counts = console.counts(r.counts or store.count_jobs(r.id or 0))
+                preview = " PREVIEW" if r.preview else ""
+                console.out(f"run {r.id}  {r.project_id:<20} {r.status:<11}{preview}  {counts}")
+            return 0
+        run = store.run(args.run)
+        if run is None:
+            raise UsageError(f"there is no run {args.run}")
+        console.out(f"run {run.id}: {run.project_id} {run.status} on {run.backend}")
+        console.out(f"spec {run.spec_file} (revision {run.revision[:12]})")
+        if run.manifest:
+            console.out(f"manifest {run.manifest}")
+        for j in store.jobs(args.run):
+            extra = f"  {j.error}" if j.error else ""
+            took = f"{j.seconds:.1f}s" if j.seconds else ""
+            console.out(f"  {j.job_id:<34} {j.state:<10} {took:>7} {j.server or ''}{extra}")
+        return 0
+    finally:
+        store.close()
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -146,7 +266,23 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plan", help="show the jobs a spec compiles to")
     p.add_argument("spec", metavar="SPEC")
     p.add_argument("--format", choices=("text", "json", "dot"), default="text")
+    p.add_argument(
+        "--object-info", metavar="FILE", help="preflight offline against a saved /object_info"
+    )
+    p.add_argument("--force", action="store_true", help="show every job as forced")
+    p.add_argument("--output", help="output folder (OUTPUT_PATH)")
     p.set_defaults(func=cmd_plan)
+
+    p = sub.add_parser("capabilities", help="what the ComfyUI servers offer")
+    p.add_argument("--comfyui-url", help="server URL(s), comma-separated (COMFYUI_URL)")
+    p.add_argument("--save", metavar="FILE", help="store the first server's /object_info")
+    p.set_defaults(func=cmd_capabilities)
+
+    p = sub.add_parser("status", help="recent runs, or one run's jobs")
+    p.add_argument("run", nargs="?", type=int, metavar="RUN")
+    p.add_argument("--limit", type=int, default=20)
+    p.add_argument("--output", help="output folder (OUTPUT_PATH)")
+    p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("run", help="render a spec: ComfyUI when one answers, else a preview")
     p.add_argument("spec", metavar="SPEC")

@@ -92,19 +92,8 @@ async def concat(
         and abs(i.fps - fps) < 0.01
         for i in infos
     )
-    if same:
-        listing = _tmp(output.with_suffix(".txt"))
-        listing.write_text("".join(f"file '{_quote(p.resolve())}'\n" for p in inputs))
-        try:
-            return await _atomic(
-                output,
-                lambda tmp: ffmpeg.input(str(listing), f="concat", safe=0).output(
-                    str(tmp), c="copy", movflags="+faststart"
-                ),
-                f"join {len(inputs)} clips",
-            )
-        finally:
-            listing.unlink(missing_ok=True)
+    if same and await _copy_join(inputs, output, fps, sum(i.frames or 0 for i in infos)):
+        return output
     streams = [
         ffmpeg.input(str(path))
         .video.filter("scale", width, height, force_original_aspect_ratio="decrease")
@@ -127,6 +116,29 @@ async def concat(
         ),
         f"re-encode and join {len(inputs)} clips",
     )
+
+
+async def _copy_join(inputs: Sequence[Path], output: Path, fps: float, frames: int) -> bool:
+    """Join without re-encoding; False (and nothing written) when the result's timing is off,
+    which stream copy can do with some encoders' edit lists."""
+    listing = _tmp(output.with_suffix(".txt"))
+    listing.write_text("".join(f"file '{_quote(p.resolve())}'\n" for p in inputs))
+    joined = _tmp(output)
+    try:
+        await run(
+            ffmpeg.input(str(listing), f="concat", safe=0).output(
+                str(joined), c="copy", movflags="+faststart"
+            ),
+            f"join {len(inputs)} clips",
+        )
+        got = await afacts(joined)
+        if got.frames != frames or got.fps is None or abs(got.fps - fps) > 0.01:
+            return False
+        os.replace(joined, output)
+        return True
+    finally:
+        listing.unlink(missing_ok=True)
+        joined.unlink(missing_ok=True)
 
 
 def _quote(path: Path) -> str:

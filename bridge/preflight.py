@@ -34,30 +34,47 @@ def _input_specs(info: Mapping[str, Any]) -> dict[str, Any]:
     return {**inputs.get("required", {}), **inputs.get("optional", {})}
 
 
+def problems_for(workflow: Mapping[str, Any], object_info: Mapping[str, Any]) -> list[str]:
+    """Problems of one bare workflow (a template before binding), ungrouped."""
+    grouped: dict[str, list[str]] = defaultdict(list)
+    _collect(workflow, object_info, None, "template", grouped)
+    return list(grouped)
+
+
 def problems(jobs: Iterable[Job], object_info: Mapping[str, Any]) -> list[str]:
     """Every way the jobs' workflows would fail validation on this server, grouped."""
     grouped: dict[str, list[str]] = defaultdict(list)
     for job in jobs:
         skip = (job.start_image.node, job.start_image.input) if job.start_image else None
-        for node_id, node in job.workflow.items():
-            cls = node.get("class_type")
-            info = object_info.get(cls)
-            if info is None:
-                grouped[f"node class '{cls}' is not installed on the server"].append(job.id)
-                continue
-            specs = _input_specs(info)
-            required = info.get("input", {}).get("required", {})
-            inputs = node.get("inputs", {})
-            for name in required:
-                if name not in inputs:
-                    grouped[f"{cls}.{name} is required but not set"].append(job.id)
-            for name, value in inputs.items():
-                if (node_id, name) == skip or isinstance(value, list):
-                    continue  # bound at run time, or a link
-                message = _check_value(cls, name, value, specs.get(name))
-                if message:
-                    grouped[message].append(job.id)
+        _collect(job.workflow, object_info, skip, job.id, grouped)
     return [_group(message, job_ids) for message, job_ids in grouped.items()]
+
+
+def _collect(
+    workflow: Mapping[str, Any],
+    object_info: Mapping[str, Any],
+    skip: tuple[str, str] | None,
+    job_id: str,
+    grouped: dict[str, list[str]],
+) -> None:
+    for node_id, node in workflow.items():
+        cls = node.get("class_type")
+        info = object_info.get(cls)
+        if info is None:
+            grouped[f"node class '{cls}' is not installed on the server"].append(job_id)
+            continue
+        specs = _input_specs(info)
+        required = info.get("input", {}).get("required", {})
+        inputs = node.get("inputs", {})
+        for name in required:
+            if name not in inputs:
+                grouped[f"{cls}.{name} is required but not set"].append(job_id)
+        for name, value in inputs.items():
+            if (node_id, name) == skip or isinstance(value, list):
+                continue  # bound at run time, or a link
+            message = _check_value(cls, name, value, specs.get(name))
+            if message:
+                grouped[message].append(job_id)
 
 
 def _check_value(cls: str, name: str, value: Any, spec: Any) -> str | None:

@@ -19,11 +19,14 @@ log = logging.getLogger(__name__)
 
 
 class ServerPool:
-    def __init__(self, backends: Sequence[Any], *, health_interval: float = 2.0) -> None:
+    def __init__(
+        self, backends: Sequence[Any], *, health_interval: float = 2.0, grace: float = 30.0
+    ) -> None:
         if not backends:
             raise ValueError("a pool needs at least one backend")
         self.backends = list(backends)
         self.health_interval = health_interval
+        self.grace = grace  # how long a lease waits for a server to come back
         self.in_flight = {b.name: 0 for b in self.backends}
         self._changed = asyncio.Condition()
         self._probe: asyncio.Task[None] | None = None
@@ -63,7 +66,10 @@ class ServerPool:
 
     @contextlib.asynccontextmanager
     async def lease(self, prefer: str | None = None) -> AsyncIterator[Any]:
-        """A healthy backend with a free slot, `prefer` first; waits while all are busy."""
+        """A healthy backend with a free slot, `prefer` first; waits while all are busy,
+        and for a while when none answers (a server restart takes seconds)."""
+        if not self.healthy():
+            await self._revive()
         async with self._changed:
             while True:
                 healthy = self.healthy()
@@ -85,17 +91,29 @@ class ServerPool:
                 self.in_flight[chosen.name] -= 1
                 self._changed.notify_all()
 
+    async def _revive(self) -> None:
+        """Probe the servers until one answers or the grace period ends (a restart)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.grace
+        while not self.healthy() and loop.time() < deadline:
+            await self._probe_down()
+            if not self.healthy():
+                await asyncio.sleep(min(0.5, self.health_interval))
+
+    async def _probe_down(self) -> None:
+        for backend in self.backends:
+            if getattr(backend, "healthy", True):
+                continue
+            try:
+                await backend.start()
+            except Exception:  # still down
+                continue
+            log.warning("%s is answering again", backend.name)
+            backend.healthy = True
+            async with self._changed:
+                self._changed.notify_all()
+
     async def _watch_health(self) -> None:
         while True:
             await asyncio.sleep(self.health_interval)
-            for backend in self.backends:
-                if getattr(backend, "healthy", True):
-                    continue
-                try:
-                    await backend.start()
-                except Exception:  # still down; try again next round
-                    continue
-                log.warning("%s is answering again", backend.name)
-                backend.healthy = True
-                async with self._changed:
-                    self._changed.notify_all()
+            await self._probe_down()

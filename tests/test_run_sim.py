@@ -1,0 +1,260 @@
+"""End to end on the simulator: the runner, the client, the pool and the store together.
+
+Each fault the simulator can inject has its test: what the user sees (the job's error),
+what the server saw (prompts posted, interrupted, deleted) and what was recorded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+
+from bridge.compile import compile_plan
+from bridge.errors import PreflightError
+from bridge.runner import Runner, RunReport, Selection
+from bridge.scheduler import JobState, Policy
+from bridge.settings import Settings
+from bridge.spec.validate import load_spec
+from tests.sim.comfyui import Simulator
+
+ROOT = Path(__file__).resolve().parent.parent
+SMOKE = ROOT / "specs" / "smoke.yaml"
+MANIFEST_SCHEMA = json.loads((ROOT / "schemas" / "manifest.schema.json").read_text())
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[Simulator]:
+    s = Simulator(job_seconds=0.05)
+    await s.start()
+    yield s
+    await s.stop()
+
+
+def settings_for(tmp_path: Path, *urls: str, **kw: Any) -> Settings:
+    return Settings(
+        comfyui_urls=urls,
+        output_path=tmp_path / "out",
+        database_url=f"sqlite:///{tmp_path / 'bridge.db'}",
+        backend="comfyui",
+        **kw,
+    )
+
+
+async def run(
+    settings: Settings,
+    spec_path: Path = SMOKE,
+    *,
+    policy: Policy | None = None,
+    selection: Selection | None = None,
+) -> RunReport:
+    spec = load_spec(spec_path)
+    plan = (selection or Selection()).narrow(compile_plan(spec))
+    runner = Runner(
+        settings, policy=policy or Policy(max_remote=3, timeout=30, retries=3, backoff=0.05)
+    )
+    try:
+        return await runner.run(spec, plan, selection)
+    finally:
+        await runner.close()
+
+
+def spec_file(tmp_path: Path, text: str, name: str = "spec.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+async def test_smoke_spec_renders_checks_records_and_reruns_for_free(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    settings = settings_for(tmp_path, sim.url)
+    report = await run(settings)
+    assert report.ok, report.errors
+    assert report.counts() == {"succeeded": 7}
+    assert len(sim.posted) == 4
+    assert len(set(sim.posted)) == 4
+    manifest = json.loads(report.manifest.read_text())
+    jsonschema.validate(manifest, MANIFEST_SCHEMA)
+    assert manifest["run"]["preview"] is False
+    jobs = {j["id"]: j for j in manifest["jobs"]}
+    shot = jobs["render:dusk/s02"]
+    assert shot["outputs"][0]["probe"]["width"] == 320
+    assert shot["outputs"][0]["quality"]["passed"] is True
+    assert (report.manifest.parent / shot["outputs"][0]["workflow"]).is_file()
+    scene = jobs["assemble:dusk"]["outputs"][0]
+    assert scene["probe"]["frames"] == 24  # two 1 s shots at 12 fps, the small one padded
+
+    again = await run(settings)
+    assert again.counts() == {"cached": 7}
+    assert len(sim.posted) == 4  # nothing submitted
+
+
+async def test_three_servers_share_the_work(tmp_path: Path) -> None:
+    sims = [Simulator(job_seconds=0.1) for _ in range(3)]
+    urls = [await s.start() for s in sims]
+    shots = "\n".join(f"      - {{id: s{i:02d}, action: shot {i}}}" for i in range(9))
+    path = spec_file(
+        tmp_path,
+        "version: 1\nproject: {id: wide}\n"
+        "defaults: {preset: draft, fps: 12, motion: core-smoke, duration: 1s}\n"
+        f"scenes:\n  - id: a\n    shots:\n{shots}\n",
+    )
+    try:
+        report = await run(settings_for(tmp_path, *urls), path, policy=Policy(max_remote=6))
+    finally:
+        for s in sims:
+            await s.stop()
+    assert report.ok, report.errors
+    assert sorted(len(s.posted) for s in sims) == [3, 3, 3]
+
+
+async def test_validation_error_fails_that_job_with_the_nodes_message(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    workflow = {
+        "1": {
+            "class_type": "EmptyImage",
+            "inputs": {"width": 64, "height": 64, "batch_size": 12, "color": 0},
+        },
+        "2": {"class_type": "CreateVideo", "inputs": {"images": ["1", 0], "fps": 12.0}},
+        "3": {
+            "class_type": "SaveVideo",
+            "inputs": {"video": ["2", 0], "filename_prefix": "x", "format": "mkv", "codec": "auto"},
+        },
+    }
+    (tmp_path / "bad_api.json").write_text(json.dumps(workflow))
+    path = spec_file(
+        tmp_path,
+        "version: 1\nproject: {id: p}\n"
+        "templates:\n  bad: {workflow: bad_api.json, bind: {filename_prefix: 3.filename_prefix}}\n"
+        "defaults: {preset: draft, fps: 12, motion: core-smoke, duration: 1s}\n"
+        "scenes:\n  - id: a\n    shots: [{id: s01, template: bad}, {id: s02}]\n",
+    )
+    with pytest.raises(PreflightError, match=r"SaveVideo.format: 'mkv' is not available"):
+        await run(settings_for(tmp_path, sim.url), path)
+    assert sim.posted == []  # preflight stops the run before anything is queued
+
+
+async def test_execution_error_fails_at_once_and_skips_dependents(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    sim.error_nodes = {"CreateVideo"}
+    report = await run(settings_for(tmp_path, sim.url), SMOKE)
+    assert not report.ok
+    error = report.errors["render:dawn/s01"]
+    assert "node 2 (CreateVideo) failed: RuntimeError: simulated failure in CreateVideo" in error
+    assert report.states["assemble:dawn"] is JobState.SKIPPED
+    assert len(sim.posted) == 4  # no retries for a permanent error
+
+
+async def test_http_500_is_retried(sim: Simulator, tmp_path: Path) -> None:
+    sim.fail_posts = 2
+    report = await run(settings_for(tmp_path, sim.url), SMOKE)
+    assert report.ok, report.errors
+    assert len(sim.posted) == 4
+
+
+async def test_server_restart_mid_job_resubmits_the_lost_prompt(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    sim.job_seconds = 0.6
+    settings = settings_for(tmp_path, sim.url)
+    task = asyncio.create_task(run(settings, SMOKE, selection=Selection(only=("dawn/s01",))))
+    while not sim.posted:
+        await asyncio.sleep(0.02)
+    await asyncio.sleep(0.1)
+    await sim.restart(down_for=0.3)
+    report = await task
+    assert report.ok, report.errors
+    assert len(sim.executed) == 1  # the first never finished; the resubmission did
+
+
+async def test_dropped_socket_falls_back_to_history(sim: Simulator, tmp_path: Path) -> None:
+    sim.drop_socket_after = 2
+    sim.job_seconds = 0.3
+    report = await run(
+        settings_for(tmp_path, sim.url), SMOKE, selection=Selection(only=("dawn/s01",))
+    )
+    assert report.ok, report.errors
+    assert sim.posted == sim.executed
+
+
+async def test_missing_output_fails_with_a_clear_message(sim: Simulator, tmp_path: Path) -> None:
+    sim.missing_outputs = True
+    report = await run(
+        settings_for(tmp_path, sim.url), SMOKE, selection=Selection(only=("dawn/s01",))
+    )
+    assert "does not have it (HTTP 404)" in report.errors["render:dawn/s01"]
+
+
+async def test_corrupt_output_fails_its_check(sim: Simulator, tmp_path: Path) -> None:
+    sim.corrupt_outputs = True
+    report = await run(
+        settings_for(tmp_path, sim.url), SMOKE, selection=Selection(only=("dawn/s01",))
+    )
+    assert "not a readable video or image" in report.errors["render:dawn/s01"]
+
+
+async def test_black_clip_fails_its_gate_and_passes_with_a_new_seed(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    sim.black_prompts = 1
+    path = spec_file(
+        tmp_path,
+        "version: 1\nproject: {id: p}\n"
+        "defaults: {preset: draft, fps: 12, motion: core-smoke, duration: 1s, quality: {retries: 1}}\n"
+        "scenes:\n  - id: a\n    shots: [{id: s01, seed: 5}]\n",
+    )
+    report = await run(settings_for(tmp_path, sim.url), path)
+    assert report.ok, report.errors
+    assert len(sim.posted) == 2
+    result = report.results["render:a/s01"]
+    assert result.attempts == 2
+    assert result.meta["seed"] != 5
+    workflow = json.loads(result.files[0].workflow.read_text())
+    assert workflow["1"]["inputs"]["color"] == result.meta["seed"] % 16777216
+
+
+async def test_timeout_interrupts_the_prompt(sim: Simulator, tmp_path: Path) -> None:
+    sim.job_seconds = 3.0
+    report = await run(
+        settings_for(tmp_path, sim.url),
+        SMOKE,
+        policy=Policy(max_remote=1, timeout=0.5, retries=0),
+        selection=Selection(only=("dawn/s01",)),
+    )
+    assert "WORKFLOW_TIMEOUT" in report.errors["render:dawn/s01"]
+    await asyncio.sleep(0.1)
+    assert sim.interrupted == sim.posted[:1]
+
+
+async def test_cancelling_a_run_deletes_and_interrupts_what_it_queued(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    sim.job_seconds = 2.0
+    settings = settings_for(tmp_path, sim.url)
+    task = asyncio.create_task(run(settings, SMOKE))
+    while len(sim.posted) < 3:
+        await asyncio.sleep(0.02)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await asyncio.sleep(0.6)
+    assert sim.interrupted == sim.posted[:1]
+    assert sorted(sim.deleted) == sorted(sim.posted[1:3])
+    from bridge.db.store import Store
+
+    store = Store(settings.database)
+    try:
+        (latest,) = store.runs(limit=1)
+        assert latest.status == "cancelled"
+        states = {j.job_id: j.state for j in store.jobs(latest.id)}
+        assert states["render:dawn/s01"] == "cancelled"
+    finally:
+        store.close()
