@@ -163,7 +163,7 @@ class Runner:
         s = self.settings
         if s.backend != "preview":
             urls = s.comfyui_urls or (DEFAULT_URL,)
-            per_server = max(2, -(-self.max_remote // len(urls)))
+            per_server = max(1, -(-self.max_remote // len(urls)))
             pool = ServerPool([ComfyUIBackend(u, slots=per_server) for u in urls])
             try:
                 await pool.start()
@@ -245,8 +245,11 @@ class _Run:
         store.log(self.run_id, "run_started", spec=self.spec.file, jobs=len(self.plan))
         self.resumable = store.resumable(self.plan.project, (j.hash for j in self.plan.jobs()))
         cached = self._cached(reasons)
+        # The pool's slots cap what is on the servers (MAX_CONCURRENT_JOBS); the scheduler
+        # may run as many again that are downloading or being checked, so a slot freed by
+        # a finished prompt is refilled while the last output is still being probed.
         policy = self.runner.policy or Policy(
-            max_remote=self.runner.max_remote,
+            max_remote=2 * self.pool.slots,
             timeout=self.runner.settings.workflow_timeout,
         )
         self.bus.subscribe(self._record)
@@ -451,6 +454,7 @@ class _Run:
 
         async with self.pool.lease(prefer=resume.server if resume else None) as backend:
             self.store.mark_submitting(self.run_id, job.id, prompt_id, backend.name, attempt)
+            report(0, 0)  # submitted: the WORKFLOW_TIMEOUT clock starts now
             try_ = Attempt(
                 job=job,
                 prompt_id=prompt_id,

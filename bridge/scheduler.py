@@ -194,18 +194,22 @@ class Scheduler:
     async def _with_timeout(self, job: Job, attempt: int) -> Any:
         """Run the job; fail it as a timeout when it outlives its deadline.
 
-        The deadline starts at submission and restarts at the first progress report, so a
-        job waiting in a server's queue behind another is not charged for the wait.
+        The deadline restarts when the job reports it was submitted (progress with max 0)
+        and again at its first real progress, so a job waiting for a free server, or in a
+        server's queue behind another, is not charged for the wait.
         """
         timeout = self.policy.timeout
         deadline = self.clock() + timeout
-        first = True
+        resets = {"submitted", "running"}
 
         def progress(value: float, maximum: float) -> None:
-            nonlocal deadline, first
-            if first:
-                deadline, first = self.clock() + timeout, False
-            self.bus.emit(JobProgress(job.id, value, maximum))
+            nonlocal deadline
+            phase = "submitted" if maximum == 0 else "running"
+            if phase in resets:
+                resets.discard(phase)
+                deadline = self.clock() + timeout
+            if maximum:
+                self.bus.emit(JobProgress(job.id, value, maximum))
 
         task = asyncio.ensure_future(self.run_job(job, attempt, progress))
         try:

@@ -114,6 +114,11 @@ def resolve(
     for source, layer in layers:
         for name, raw in layer.items():
             values[name] = _coerce(name, raw, source)
+    if "max_concurrent_jobs" not in values and len(values.get("comfyui_urls", ())) > 1:
+        # Unset: two prompts per server, one rendering and one waiting, so no GPU idles.
+        values["max_concurrent_jobs"] = max(
+            DEFAULT_MAX_CONCURRENT_JOBS, 2 * len(values["comfyui_urls"])
+        )
     return Settings(**values)
 
 

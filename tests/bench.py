@@ -116,11 +116,134 @@ def bench_compile(args: argparse.Namespace) -> dict[str, object]:
         }
 
 
+def _start_sims(count: int, job_seconds: float) -> tuple[list[subprocess.Popen], list[str]]:
+    procs, urls = [], []
+    for _ in range(count):
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.sim.comfyui", "--job-seconds", str(job_seconds)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        line = proc.stdout.readline().strip()  # type: ignore[union-attr]
+        procs.append(proc)
+        urls.append(line.removeprefix("listening on "))
+    return procs, urls
+
+
+def _busy_seconds(urls: list[str], since_ms: int) -> float:
+    """Sum over servers of execution time (execution_start to the end), from /history."""
+    import urllib.request
+
+    total = 0.0
+    for url in urls:
+        with urllib.request.urlopen(f"{url}/history?max_items=100000") as resp:
+            history = json.load(resp)
+        for entry in history.values():
+            stamps = [m[1]["timestamp"] for m in entry["status"]["messages"] if "timestamp" in m[1]]
+            if stamps and min(stamps) >= since_ms:
+                total += (max(stamps) - min(stamps)) / 1000
+    return total
+
+
+def _small_spec(folder: Path, jobs: int) -> Path:
+    shots = "\n".join(
+        f"      - {{id: s{i:03d}, action: shot {i}, params: {{width: 64, height: 64}}}}"
+        for i in range(jobs)
+    )
+    path = folder / "util.yaml"
+    path.write_text(
+        "version: 1\nproject: {id: util}\n"
+        "defaults: {preset: draft, fps: 12, motion: core-smoke, duration: 2f}\n"
+        "outputs: {assemble: false}\n"
+        f"scenes:\n  - id: a\n    shots:\n{shots}\n"
+    )
+    return path
+
+
+@bench
+def bench_utilisation(args: argparse.Namespace) -> dict[str, object]:
+    """3 simulated servers, 300 jobs of 0.2 s: bridge vs a naive submit-wait-download loop
+    per server. Utilisation = sum of job time / (servers x makespan); goal 0.97."""
+    import asyncio
+    import uuid
+
+    from bridge.backends.base import Attempt
+    from bridge.backends.comfyui import ComfyUIBackend
+    from bridge.compile import compile_plan
+    from bridge.runner import Runner
+    from bridge.settings import Settings
+    from bridge.spec.validate import load_spec
+
+    servers, jobs, seconds = 3, args.jobs, 0.2
+    procs, urls = _start_sims(servers, seconds)
+    figures: dict[str, object] = {"servers": servers, "jobs": jobs, "job seconds": seconds}
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = Path(tmp)
+            spec = load_spec(_small_spec(folder, jobs))
+            plan = compile_plan(spec)
+
+            async def with_bridge() -> float:
+                settings = Settings(
+                    comfyui_urls=tuple(urls),
+                    output_path=folder / "out",
+                    database_url=f"sqlite:///{folder / 'b.db'}",
+                    backend="comfyui",
+                    max_concurrent_jobs=2 * servers,
+                )
+                runner = Runner(settings)
+                await runner.backend()
+                started = time.time()
+                report = await runner.run(spec, plan)
+                await runner.close()
+                assert report.ok, report.errors
+                return time.time() - started
+
+            async def naive(seed_offset: int) -> float:
+                backends = [ComfyUIBackend(u, slots=1) for u in urls]
+                for b in backends:
+                    await b.start()
+                renders = list(plan.jobs())
+
+                async def loop(b: ComfyUIBackend, share: list) -> None:
+                    for job in share:
+                        wf = {k: dict(v, inputs=dict(v["inputs"])) for k, v in job.workflow.items()}
+                        wf["1"]["inputs"]["color"] = (
+                            wf["1"]["inputs"]["color"] + seed_offset
+                        ) % 2**24
+                        await b.execute(
+                            Attempt(job, str(uuid.uuid4()), folder / "naive", workflow=wf),
+                            lambda p: None,
+                        )
+
+                started = time.time()
+                await asyncio.gather(
+                    *(loop(b, renders[i::servers]) for i, b in enumerate(backends))
+                )
+                elapsed = time.time() - started
+                for b in backends:
+                    await b.close()
+                return elapsed
+
+            for name, fn in (("bridge", with_bridge), ("naive", lambda: naive(7))):
+                since = int(time.time() * 1000)
+                makespan = asyncio.run(fn())
+                busy = _busy_seconds(urls, since)
+                figures[f"{name} makespan s"] = round(makespan, 2)
+                figures[f"{name} utilisation"] = round(busy / (servers * makespan), 3)
+    finally:
+        for proc in procs:
+            proc.terminate()
+            proc.wait()
+    return figures
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="make bench")
     parser.add_argument("which", nargs="*", choices=[*BENCHES, []], metavar="BENCH")
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--shots", type=int, default=10_000)
+    parser.add_argument("--jobs", type=int, default=300)
     args = parser.parse_args(argv)
     for name in args.which or list(BENCHES):
         started = time.perf_counter()
