@@ -399,7 +399,7 @@ class _Run:
                 job, attempt, dest, start, workflow, prompt_id, resume, report
             )
             workflow_file = dest / f"{job.kind.value}-{job.hash[:12]}.workflow.json"
-            outputs.atomic_write_json(workflow_file, workflow)
+            outputs.atomic_write_json(workflow_file, outcome.workflow or workflow)
             try:
                 return await self._finish(
                     job,

@@ -258,3 +258,115 @@ async def test_cancelling_a_run_deletes_and_interrupts_what_it_queued(
         assert states["render:dawn/s01"] == "cancelled"
     finally:
         store.close()
+
+
+CHAIN = """\
+version: 1
+project: {id: chain, title: Chain}
+defaults: {preset: draft, fps: 16, motion: wan-i2v, duration: 1s}
+characters:
+  mei: {name: Mei, design_prompt: "mei, 1girl"}
+scenes:
+  - id: a
+    characters: [mei]
+    shots:
+      - {id: s01, start_image: start.png, action: walks}
+      - {id: s02, continue_from: s01, action: turns}
+      - {id: s03, continue_from: s02, action: waves}
+  - id: b
+    shots:
+      - {id: s01, continue_from: a/s03, action: "the sky"}
+"""
+
+
+def chain_spec(tmp_path: Path, text: str = CHAIN) -> Path:
+    import subprocess
+
+    start = tmp_path / "start.png"
+    if not start.exists():
+        subprocess.run(
+            [
+                "ffmpeg",
+                "-v",
+                "error",
+                "-f",
+                "lavfi",
+                "-i",
+                "testsrc2=s=64x48",
+                "-frames:v",
+                "1",
+                str(start),
+            ],
+            check=True,
+        )
+    return spec_file(tmp_path, text, "chain.yaml")
+
+
+async def test_continue_from_chain_uploads_each_last_frame_and_assembles(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    settings = settings_for(tmp_path, sim.url)
+    report = await run(settings, chain_spec(tmp_path))
+    assert report.ok, report.errors
+    # the start image and the last frames of a/s01, a/s02 and a/s03 went to the server
+    assert len(sim.uploads) == 4
+    s02 = json.loads(report.results["render:a/s02"].files[0].workflow.read_text())
+    frame = report.results["frame:a/s01"].main
+    assert s02["8"]["inputs"]["image"].startswith("bridge/")
+    from bridge.hashing import file_digest
+
+    assert s02["8"]["inputs"]["image"] == f"bridge/{file_digest(frame)[:16]}.png"
+    scene = report.results["assemble:a"].files[0].probe
+    shots = [report.results[f"render:a/s0{i}"].files[0].probe for i in (1, 2, 3)]
+    assert (
+        abs(scene["frames"] / scene["fps"] - sum(s["frames"] / s["fps"] for s in shots))
+        <= 1 / scene["fps"]
+    )
+    project = report.results["assemble:chain"].files[0].probe
+    assert (
+        project["frames"] == scene["frames"] + report.results["assemble:b"].files[0].probe["frames"]
+    )
+
+
+async def test_changing_one_prompt_rerenders_exactly_what_depends_on_it(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    settings = settings_for(tmp_path, sim.url)
+    path = chain_spec(tmp_path)
+    await run(settings, path)
+    posted = len(sim.posted)
+    path.write_text(CHAIN.replace("action: turns", "action: turns back"))
+    from bridge.db.store import Store
+    from bridge.runner import plan_reasons
+
+    plan = compile_plan(load_spec(path))
+    store = Store(settings.database)
+    try:
+        reasons = plan_reasons(store, plan, settings.output_path)
+    finally:
+        store.close()
+    rerun = {j for j, r in reasons.items() if r != "cached"}
+    assert rerun == {
+        "render:a/s02",
+        "frame:a/s02",
+        "render:a/s03",
+        "frame:a/s03",
+        "render:b/s01",
+        "assemble:a",
+        "assemble:b",
+        "assemble:chain",
+    }
+    assert {reasons[j] for j in rerun} == {"changed"}
+    report = await run(settings, path)
+    assert report.ok, report.errors
+    assert {j for j, s in report.states.items() if s is JobState.SUCCEEDED} == rerun
+    assert len(sim.posted) == posted + 3  # a/s02, a/s03 and b/s01
+
+
+async def test_deleted_output_is_rendered_again(sim: Simulator, tmp_path: Path) -> None:
+    settings = settings_for(tmp_path, sim.url)
+    first = await run(settings, SMOKE, selection=Selection(only=("dawn/s01",)))
+    first.results["render:dawn/s01"].main.unlink()
+    second = await run(settings, SMOKE, selection=Selection(only=("dawn/s01",)))
+    assert second.states["render:dawn/s01"] is JobState.SUCCEEDED
+    assert len(sim.posted) == 2

@@ -50,6 +50,7 @@ class Outcome:
     prompt_id: str
     cached: bool = False  # the server re-used outputs it already had
     submitted: bool = True  # False when a resumed attempt found the prompt already there
+    workflow: Mapping[str, Any] | None = None  # exactly what the server ran, start image bound
 
 
 ProgressFn = Callable[[Progress], None]

@@ -202,30 +202,33 @@ class ComfyUIBackend:
         self._watchers[prompt_id] = queue
         try:
             entry = None
-            submitted = False
+            posted: Mapping[str, Any] | None = None
             if attempt.resume:
                 entry = await self.history(prompt_id)
                 if entry is None and not await self.queued(prompt_id):
-                    submitted = True
-                    await self._submit(attempt)
+                    posted = await self._submit(attempt)
             else:
-                submitted = True
-                await self._submit(attempt)
+                posted = await self._submit(attempt)
+            submitted = posted is not None
             ran_nodes = False
             if entry is None:
                 entry, ran_nodes = await self._wait(attempt, queue, progress)
             files = await self._collect(attempt, entry)
+            recorded = entry.get("prompt")
+            if posted is None and isinstance(recorded, list) and len(recorded) > 2:
+                posted = recorded[2]
             return Outcome(
                 files=files,
                 server=self.name,
                 prompt_id=prompt_id,
                 cached=not ran_nodes,
                 submitted=submitted,
+                workflow=posted,
             )
         finally:
             self._watchers.pop(prompt_id, None)
 
-    async def _submit(self, attempt: Attempt) -> None:
+    async def _submit(self, attempt: Attempt) -> Mapping[str, Any]:
         workflow = dict(attempt.workflow or attempt.job.workflow)
         if attempt.start_image is not None and attempt.job.start_image is not None:
             name = await self.upload(attempt.start_image)
@@ -240,7 +243,7 @@ class ComfyUIBackend:
         }
         status, reply = await self._request("POST", "/prompt", json=body)
         if status == 200 and isinstance(reply, dict) and not reply.get("node_errors"):
-            return
+            return workflow
         if isinstance(reply, dict):
             raise PermanentBackendError(f"ComfyUI rejected the prompt: {rejection(reply)}")
         raise PermanentBackendError(f"ComfyUI rejected the prompt: HTTP {status}: {reply!s:.300}")
