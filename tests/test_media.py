@@ -72,7 +72,7 @@ async def test_last_frame_is_the_final_frame(tmp_path: Path) -> None:
     joined = tmp_path / "joined.mp4"
     await media.concat([red, blue], joined, width=64, height=48, fps=12)
     png = await media.last_frame(joined, tmp_path / "last.png")
-    r, g, b = mean_rgb(png)
+    r, _, b = mean_rgb(png)
     assert b > 200
     assert r < 60
     assert probe.facts(png).kind == "image"
