@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 SPEC ?= specs/moonlit-garden.yaml
 PYTEST_ARGS ?=
 
-.PHONY: install system-deps run validate plan test check lint bench clean
+.PHONY: install system-deps browser run validate plan test check lint bench clean
 
 install: $(VENV)/.installed
 
@@ -35,8 +35,18 @@ validate: install
 plan: install
 	$(BIN)/bridge plan $(SPEC)
 
-test: install
+test: install browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The HTML report is checked in a real headless browser (Debian's chromium).
+browser:
+	@if ! command -v chromium >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; \
+	  else \
+	    echo "the report test needs chromium: sudo apt-get install chromium (it is skipped without)" >&2; \
+	  fi; \
+	fi
 
 check: install
 	$(BIN)/ruff format --check bridge tests

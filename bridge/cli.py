@@ -175,6 +175,33 @@ def cmd_capabilities(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    """The HTML report of a run, from its own manifest, beside the outputs."""
+    import asyncio
+
+    from bridge import manifest as manifests
+    from bridge import report as html_report
+    from bridge.db.store import Store
+
+    settings = _settings(args)
+    store = Store(settings.database)
+    try:
+        run = store.run(args.run)
+    finally:
+        store.close()
+    if run is None or not run.manifest:
+        raise UsageError(f"there is no run {args.run} with a manifest")
+    folder = Path(run.manifest).parent
+    path = manifests.run_path(folder, args.run)
+    try:
+        document = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"run {args.run}'s manifest {path} cannot be read: {exc}") from None
+    page = asyncio.run(html_report.write(document, folder))
+    console.out(f"report: {page}")
+    return 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     """Runs from the job store: the recent ones, or one run's jobs."""
     from bridge.db.store import Store
@@ -238,6 +265,13 @@ def cmd_run(args: argparse.Namespace) -> int:
             await runner.close()
         console.out(f"run {report.run_id}: {console.counts(report.counts())}")
         console.out(f"manifest: {report.manifest}")
+        if spec.report and report.manifest is not None:
+            from bridge import report as html_report
+
+            page = await html_report.write(
+                json.loads(report.manifest.read_text()), report.manifest.parent
+            )
+            console.out(f"report: {page}")
         for job_id, error in report.errors.items():
             console.err(f"failed {job_id}: {error}")
         if report.preview:
@@ -277,6 +311,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--comfyui-url", help="server URL(s), comma-separated (COMFYUI_URL)")
     p.add_argument("--save", metavar="FILE", help="store the first server's /object_info")
     p.set_defaults(func=cmd_capabilities)
+
+    p = sub.add_parser("report", help="write a run's HTML report beside its outputs")
+    p.add_argument("run", type=int, metavar="RUN")
+    p.add_argument("--output", help="output folder (OUTPUT_PATH)")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("status", help="recent runs, or one run's jobs")
     p.add_argument("run", nargs="?", type=int, metavar="RUN")

@@ -115,6 +115,12 @@ def build(
 
 
 def write(root: Path, manifest: Mapping[str, Any]) -> Path:
+    """manifest.json describes the latest run; runs/<id>.json keeps each run's own."""
+    atomic_write_json(run_path(root, manifest["run"]["id"]), manifest)
     path = root / MANIFEST_NAME
     atomic_write_json(path, manifest)
     return path
+
+
+def run_path(root: Path, run_id: str | int) -> Path:
+    return root / "runs" / f"{run_id}.json"

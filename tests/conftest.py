@@ -28,7 +28,7 @@ def clean_environ(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
                 "DATABASE_URL",
                 "LOG_LEVEL",
             }
-        ) and name != "BRIDGE_REQUIRE_POSTGRES":
+        ) and name not in ("BRIDGE_REQUIRE_POSTGRES", "BRIDGE_REQUIRE_BROWSER"):
             monkeypatch.delenv(name)
     return
 
