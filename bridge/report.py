@@ -104,9 +104,10 @@ def _row(job: Mapping[str, Any], images: list[str]) -> str:
         if probe.get("frames"):
             facts += f", {probe['frames']} frames @ {probe.get('fps')} fps"
     checks = "".join(
-        f"<div class={'ok' if c['ok'] else 'bad'}>{e(c['name'])} {c['score']:.2f}: {e(c['reason'])}</div>"
+        f"<div class={'ok' if c['ok'] else 'bad'}>"
+        f"{e(c['name'])} {c['score']:.2f}: {e(c['reason'])}</div>"
         for c in quality.get("checks", [])
-        if c["name"] not in ("readable",)
+        if c["name"] != "readable"
     )
     score = f"<b>{quality['score']:.2f}</b>" if quality else ""
     strip = "".join(f"<img src='{e(src)}' alt='{e(job['id'])}'>" for src in images)
@@ -117,8 +118,9 @@ def _row(job: Mapping[str, Any], images: list[str]) -> str:
     if out.get("workflow"):
         links += f" <a href='{e(out['workflow'])}'>workflow</a>"
     error = f"<div class=bad>{e(job['error'])}</div>" if job.get("error") else ""
+    action = str((job.get("meta") or {}).get("action") or "")
     return (
-        f"<tr><td>{e(job['id'])}<div class=muted>{e(str((job.get('meta') or {}).get('action') or ''))}</div></td>"
+        f"<tr><td>{e(job['id'])}<div class=muted>{e(action)}</div></td>"
         f"<td class='state-{e(job['state'])}'>{e(job['state'])}{error}</td>"
         f"<td class=strip>{strip}</td><td>{e(facts)}</td><td>{score}{checks}</td>"
         f"<td>{e(seconds)}<div class=muted>{e(job.get('server') or '')}</div></td>"
