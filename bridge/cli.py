@@ -202,6 +202,38 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_watch(args: argparse.Namespace) -> int:
+    """Run every spec dropped into DIR; SIGTERM stops cleanly and loses nothing."""
+    import asyncio
+
+    from bridge.runner import Runner, run_cancellable
+    from bridge.watch import WatchFolder
+
+    settings = _settings(args)
+    folder = Path(args.folder)
+    if not folder.is_dir():
+        raise UsageError(f"{folder} is not a folder")
+
+    async def go() -> None:
+        runner = Runner(
+            settings,
+            notify=lambda text: console.err(f"!! {text}"),
+            detach=True,
+            environ=os.environ,
+        )
+        try:
+            console.out(f"watching {folder.resolve()} for .yaml specs (Ctrl-C or SIGTERM stops)")
+            await WatchFolder(folder, runner, settle=args.settle).serve()
+        finally:
+            await runner.close()
+
+    try:
+        asyncio.run(run_cancellable(go()))
+    except asyncio.CancelledError:
+        console.out("stopped; unfinished specs resume at the next start")
+    return 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     """Runs from the job store: the recent ones, or one run's jobs."""
     from bridge.db.store import Store
@@ -255,7 +287,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     plan = selection.narrow(compile_plan(spec))
 
     async def go() -> int:
-        runner = Runner(settings, notify=lambda text: console.err(f"!! {text}"))
+        runner = Runner(settings, notify=lambda text: console.err(f"!! {text}"), environ=os.environ)
         display = console.Progress(len(plan))
         runner.bus.subscribe(display)
         try:
@@ -311,6 +343,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--comfyui-url", help="server URL(s), comma-separated (COMFYUI_URL)")
     p.add_argument("--save", metavar="FILE", help="store the first server's /object_info")
     p.set_defaults(func=cmd_capabilities)
+
+    p = sub.add_parser("watch", help="validate and run every spec dropped into a folder")
+    p.add_argument("folder", metavar="DIR")
+    p.add_argument("--settle", type=float, default=0.5, help="seconds a file must be still")
+    p.add_argument("--comfyui-url", help="server URL(s), comma-separated (COMFYUI_URL)")
+    p.add_argument("--backend", choices=("auto", "comfyui", "preview"))
+    p.add_argument("--output", help="output folder (OUTPUT_PATH)")
+    p.set_defaults(func=cmd_watch)
 
     p = sub.add_parser("report", help="write a run's HTML report beside its outputs")
     p.add_argument("run", type=int, metavar="RUN")

@@ -13,7 +13,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -27,13 +27,14 @@ from bridge.backends.pool import ServerPool
 from bridge.backends.preview import PreviewBackend
 from bridge.db.store import Resumable, Store
 from bridge.errors import BridgeError, ConfigError, TransientBackendError, UsageError
-from bridge.events import Bus, Event, JobCached, JobFailed, JobSkipped, JobStarted, JobSucceeded
+from bridge.events import Bus, Event, JobFailed, JobSkipped, JobStarted, JobSucceeded
 from bridge.hashing import derive_seed, file_digest
 from bridge.manifest import JobResult, OutputFile
 from bridge.plan import Job, JobKind, Plan
 from bridge.scheduler import JobState, Policy, Scheduler
 from bridge.settings import Settings
 from bridge.spec.model import Spec
+from bridge.webhooks import Hook, Notifier, hooks_from_spec
 
 log = logging.getLogger(__name__)
 
@@ -136,11 +137,18 @@ class Runner:
         store: Store | None = None,
         notify: Callable[[str], None] = lambda _: None,
         policy: Policy | None = None,
+        detach: bool = False,
+        environ: Mapping[str, str] | None = None,
     ) -> None:
         self.settings = settings
         self.store = store or Store(settings.database)
         self.notify = notify
         self.policy = policy
+        # detach: a cancelled run leaves its prompts on the servers, still recorded as
+        # submitted, for the next start to re-attach to (the watch daemon's SIGTERM).
+        self.detach = detach
+        self.environ = dict(environ or {})
+        self.webhooks = Notifier()
         self.pool: ServerPool | None = None
         self.preview = False
         self.bus = Bus()
@@ -148,6 +156,7 @@ class Runner:
         self._remote_slots: asyncio.Semaphore | None = None
 
     async def close(self) -> None:
+        await self.webhooks.drain()
         if self.pool is not None:
             await self.pool.close()
         self.store.close()
@@ -184,15 +193,24 @@ class Runner:
         return self.settings.max_concurrent_jobs
 
     async def run(
-        self, spec: Spec, plan: Plan, selection: Selection | None = None, *, bus: Bus | None = None
+        self,
+        spec: Spec,
+        plan: Plan,
+        selection: Selection | None = None,
+        *,
+        bus: Bus | None = None,
+        hooks: Sequence[Hook] = (),
+        on_run: Callable[[int], None] | None = None,
     ) -> RunReport:
         """Render `plan`; returns when every job has ended. Cancelling the task stops the
-        run: queued prompts are deleted, running ones interrupted, and it is recorded."""
+        run: queued prompts are deleted, running ones interrupted, and it is recorded.
+        `on_run` hears the run's id as soon as it exists (the API answers with it)."""
         selection = selection or Selection()
         pool = await self.backend()
         if not self.preview:
             await self._preflight(pool, plan)
-        run = _Run(self, spec, plan, selection, pool, bus or Bus())
+        all_hooks = [*hooks_from_spec(spec.webhooks, self.environ), *hooks]
+        run = _Run(self, spec, plan, selection, pool, bus or Bus(), all_hooks, on_run)
         return await run.go()
 
     async def _preflight(self, pool: ServerPool, plan: Plan) -> None:
@@ -216,8 +234,12 @@ class _Run:
         selection: Selection,
         pool: ServerPool,
         bus: Bus,
+        hooks: list[Hook],
+        on_run: Callable[[int], None] | None,
     ) -> None:
         self.runner = runner
+        self.hooks = hooks
+        self.on_run = on_run
         self.spec = spec
         self.plan = plan
         self.selection = selection
@@ -242,6 +264,8 @@ class _Run:
             settings=self.runner.settings.public(),
         )
         store.add_jobs(self.run_id, self.plan.jobs(), reasons)
+        if self.on_run is not None:
+            self.on_run(self.run_id)
         store.log(self.run_id, "run_started", spec=self.spec.file, jobs=len(self.plan))
         self.resumable = store.resumable(self.plan.project, (j.hash for j in self.plan.jobs()))
         cached = self._cached(reasons)
@@ -274,7 +298,29 @@ class _Run:
             report.manifest = self._write_manifest(report, started)
             store.finish_run(self.run_id, report.status, report.counts(), str(report.manifest))
             store.log(self.run_id, "run_finished", status=report.status, **report.counts())
+            self._notify(
+                "run_finished",
+                {
+                    "run_id": self.run_id,
+                    "project": self.plan.project,
+                    "status": report.status,
+                    "counts": report.counts(),
+                    "manifest": str(report.manifest),
+                    "errors": report.errors,
+                    "preview": report.preview,
+                },
+            )
         return report
+
+    def _notify(self, event: str, payload: dict[str, Any]) -> None:
+        if not self.hooks:
+            return
+        run_id = self.run_id
+
+        def record(kind: str, data: Mapping[str, Any]) -> None:
+            self.store.log(run_id, kind, payload.get("job_id"), **data)
+
+        self.runner.webhooks.send(self.hooks, event, payload, record)
 
     def _cached(self, reasons: Mapping[str, str]) -> dict[str, JobResult]:
         cached_ids = {j for j, r in reasons.items() if r == "cached"}
@@ -326,15 +372,25 @@ class _Run:
         match event:
             case JobStarted(job_id, attempt):
                 store.mark_running(run_id, job_id, attempt)
-            case JobSucceeded(job_id, seconds, _):
+            case JobSucceeded(job_id, seconds, result):
                 store.mark_done(run_id, job_id, "succeeded", seconds=seconds)
                 store.log(run_id, "job_succeeded", job_id, seconds=round(seconds, 3))
-            case JobCached(job_id, _):
-                store.mark_done(run_id, job_id, "cached")
+                files = [str(f.path) for f in result.files] if result else []
+                self._notify(
+                    "job_finished",
+                    {"run_id": run_id, "job_id": job_id, "status": "succeeded", "outputs": files},
+                )
             case JobFailed(job_id, error, kind, attempt, final):
-                state = "cancelled" if kind == "cancelled" else "failed" if final else "submitted"
-                if final:
+                state = "cancelled" if kind == "cancelled" else "failed"
+                if kind == "cancelled" and self.runner.detach:
+                    pass  # left on the server as submitted, to be re-attached
+                elif final:
                     store.mark_done(run_id, job_id, state, error=error, error_kind=kind)
+                if final and kind != "cancelled":
+                    self._notify(
+                        "job_failed",
+                        {"run_id": run_id, "job_id": job_id, "status": "failed", "error": error},
+                    )
                 store.log(
                     run_id,
                     "job_failed",
@@ -466,7 +522,8 @@ class _Run:
             try:
                 outcome = await backend.execute(try_, progress)
             except asyncio.CancelledError:
-                await asyncio.shield(backend.cancel(try_))
+                if not self.runner.detach:
+                    await asyncio.shield(backend.cancel(try_))
                 raise
             if outcome.submitted:
                 self.submitted += 1

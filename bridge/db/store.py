@@ -191,6 +191,8 @@ class Store:
             return run.id
 
     def add_jobs(self, run_id: int, jobs: Iterable[Job], reasons: Mapping[str, str]) -> None:
+        """All of a run's jobs in one transaction; cached ones are born finished."""
+        now = utcnow()
         with self.session() as s:
             s.add_all(
                 JobRecord(
@@ -201,6 +203,8 @@ class Store:
                     shot_id=j.shot,
                     hash=j.hash,
                     reason=reasons.get(j.id, "new"),
+                    state="cached" if reasons.get(j.id) == "cached" else "pending",
+                    finished_at=now if reasons.get(j.id) == "cached" else None,
                 )
                 for j in jobs
             )
