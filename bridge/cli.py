@@ -222,7 +222,6 @@ def cmd_watch(args: argparse.Namespace) -> int:
             environ=os.environ,
         )
         try:
-            console.out(f"watching {folder.resolve()} for .yaml specs (Ctrl-C or SIGTERM stops)")
             await WatchFolder(folder, runner, settle=args.settle).serve()
         finally:
             await runner.close()
@@ -231,6 +230,29 @@ def cmd_watch(args: argparse.Namespace) -> int:
         asyncio.run(run_cancellable(go()))
     except asyncio.CancelledError:
         console.out("stopped; unfinished specs resume at the next start")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """The REST API on the same runner; beyond loopback it requires BRIDGE_API_TOKEN."""
+    import asyncio
+
+    from bridge.api import serve
+    from bridge.runner import Runner, run_cancellable
+
+    settings = _settings(args)
+
+    async def go() -> None:
+        runner = Runner(settings, notify=lambda text: console.err(f"!! {text}"), environ=os.environ)
+        try:
+            await serve(runner, args.host, args.port, settings.api_token)
+        finally:
+            await runner.close()
+
+    try:
+        asyncio.run(run_cancellable(go()))
+    except asyncio.CancelledError:
+        console.out("stopped")
     return 0
 
 
@@ -351,6 +373,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=("auto", "comfyui", "preview"))
     p.add_argument("--output", help="output folder (OUTPUT_PATH)")
     p.set_defaults(func=cmd_watch)
+
+    p = sub.add_parser("serve", help="the REST API (job status, webhooks, metrics)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8313)
+    p.add_argument("--comfyui-url", help="server URL(s), comma-separated (COMFYUI_URL)")
+    p.add_argument("--backend", choices=("auto", "comfyui", "preview"))
+    p.add_argument("--output", help="output folder (OUTPUT_PATH)")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("report", help="write a run's HTML report beside its outputs")
     p.add_argument("run", type=int, metavar="RUN")

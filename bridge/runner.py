@@ -75,6 +75,10 @@ class Selection:
         needed = set(keep)
         for job_id in keep:
             needed |= nx.ancestors(plan.graph, job_id)
+        for job_id in plan.order:  # an assembly whose every input is selected comes along
+            job = plan.job(job_id)
+            if job.kind is JobKind.ASSEMBLE and all(d in needed for d in job.deps):
+                needed.add(job_id)
         graph = plan.graph.subgraph(needed).copy()
         return replace(plan, graph=graph, order=tuple(j for j in plan.order if j in needed))
 
@@ -149,6 +153,7 @@ class Runner:
         self.detach = detach
         self.environ = dict(environ or {})
         self.webhooks = Notifier()
+        self._projects: dict[str, asyncio.Lock] = {}
         self.pool: ServerPool | None = None
         self.preview = False
         self.bus = Bus()
@@ -210,8 +215,10 @@ class Runner:
         if not self.preview:
             await self._preflight(pool, plan)
         all_hooks = [*hooks_from_spec(spec.webhooks, self.environ), *hooks]
-        run = _Run(self, spec, plan, selection, pool, bus or Bus(), all_hooks, on_run)
-        return await run.go()
+        # Runs of one project take turns, so the same spec dropped twice renders once.
+        async with self._projects.setdefault(plan.project, asyncio.Lock()):
+            run = _Run(self, spec, plan, selection, pool, bus or Bus(), all_hooks, on_run)
+            return await run.go()
 
     async def _preflight(self, pool: ServerPool, plan: Plan) -> None:
         remote = [j for j in plan.jobs() if j.kind.remote]

@@ -84,15 +84,17 @@ class WatchFolder:
         """Run until cancelled; on cancel, running specs stay claimed for the next start."""
         for name in FOLDERS:
             (self.folder / name).mkdir(parents=True, exist_ok=True)
+        # Watch first, then scan: a file landing in between is seen twice, never missed.
+        observer = Observer()
+        observer.schedule(_Events(asyncio.get_running_loop(), self._seen), str(self.folder))
+        observer.start()
         for left in sorted(self.processing.iterdir()):
             if wanted(left):
                 self.echo(f"resuming {left.name} (claimed by an earlier start)")
                 self._start(left)
         for path in sorted(self.folder.iterdir()):
             self._seen(path)
-        observer = Observer()
-        observer.schedule(_Events(asyncio.get_running_loop(), self._seen), str(self.folder))
-        observer.start()
+        self.echo(f"watching {self.folder.resolve()} for .yaml specs (SIGTERM stops)")
         try:
             while True:
                 await self._settle_round()

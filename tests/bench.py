@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -145,17 +146,21 @@ def _busy_seconds(urls: list[str], since_ms: int) -> float:
     return total
 
 
-def _small_spec(folder: Path, jobs: int) -> Path:
-    shots = "\n".join(
-        f"      - {{id: s{i:03d}, action: shot {i}, params: {{width: 64, height: 64}}}}"
-        for i in range(jobs)
-    )
+def _small_spec(folder: Path, jobs: int, *, assemble: bool = False) -> Path:
+    """Tiny core-smoke shots (64x64, 2 frames), ten to a scene."""
+    scenes = []
+    for start in range(0, jobs, 10):
+        shots = "\n".join(
+            f"      - {{id: s{i:03d}, action: shot {i}, params: {{width: 64, height: 64}}}}"
+            for i in range(start, min(jobs, start + 10))
+        )
+        scenes.append(f"  - id: c{start // 10:03d}\n    shots:\n{shots}\n")
     path = folder / "util.yaml"
     path.write_text(
         "version: 1\nproject: {id: util}\n"
         "defaults: {preset: draft, fps: 12, motion: core-smoke, duration: 2f}\n"
-        "outputs: {assemble: false}\n"
-        f"scenes:\n  - id: a\n    shots:\n{shots}\n"
+        f"outputs: {{assemble: {str(assemble).lower()}, report: false}}\n"
+        "scenes:\n" + "".join(scenes)
     )
     return path
 
@@ -238,12 +243,39 @@ def bench_utilisation(args: argparse.Namespace) -> dict[str, object]:
     return figures
 
 
+@bench
+def bench_rerun(args: argparse.Namespace) -> dict[str, object]:
+    """`bridge run` of an unchanged 1,000-shot spec after a full run: submits nothing
+    (goal < 3 s median). The first run renders on the preview backend."""
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        path = _small_spec(folder, args.rerun_shots, assemble=True)
+        env = {**os.environ, "OUTPUT_PATH": str(folder / "out"), "BRIDGE_BACKEND": "preview"}
+        command = [sys.executable, "-m", "bridge", "run", str(path)]
+        started = time.perf_counter()
+        subprocess.run(command, env=env, check=True, capture_output=True)
+        first = time.perf_counter() - started
+        times = []
+        for _ in range(args.repeat):
+            started = time.perf_counter()
+            out = subprocess.run(command, env=env, check=True, capture_output=True, text=True)
+            times.append(time.perf_counter() - started)
+            assert "cached" in out.stdout, out.stdout
+            assert "succeeded" not in out.stdout, out.stdout
+        return {
+            "shots": args.rerun_shots,
+            "first run (preview renders) s": round(first, 1),
+            "unchanged re-run median": median_of(times),
+        }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="make bench")
     parser.add_argument("which", nargs="*", choices=[*BENCHES, []], metavar="BENCH")
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--shots", type=int, default=10_000)
     parser.add_argument("--jobs", type=int, default=300)
+    parser.add_argument("--rerun-shots", type=int, default=1000)
     args = parser.parse_args(argv)
     for name in args.which or list(BENCHES):
         started = time.perf_counter()
