@@ -45,7 +45,7 @@ def wanted(path: Path) -> bool:
 
 
 class _Events(FileSystemEventHandler):
-    def __init__(self, loop: asyncio.AbstractEventLoop, seen: Callable[[Path], None]) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, seen: Callable[[Path, bool], None]) -> None:
         self.loop = loop
         self.seen = seen
 
@@ -54,7 +54,9 @@ class _Events(FileSystemEventHandler):
             return
         target = getattr(event, "dest_path", "") or event.src_path
         path = Path(os.fsdecode(target))
-        self.loop.call_soon_threadsafe(self.seen, path)
+        # A writer closing the file, or a rename into the folder, means it is complete.
+        complete = event.event_type in ("closed", "moved")
+        self.loop.call_soon_threadsafe(self.seen, path, complete)
 
 
 class WatchFolder:
@@ -75,10 +77,18 @@ class WatchFolder:
         self._running: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
 
-    def _seen(self, path: Path) -> None:
-        if path.parent == self.folder and wanted(path):
+    def _seen(self, path: Path, complete: bool = False) -> None:
+        if path.parent != self.folder or not wanted(path):
+            return
+        if complete:
+            try:
+                st = path.stat()
+            except FileNotFoundError:
+                return
+            self._pending[path] = (st.st_size, st.st_mtime, time.monotonic() - self.settle)
+        else:
             self._pending.setdefault(path, (-1, -1.0, time.monotonic()))
-            self._wake.set()
+        self._wake.set()
 
     async def serve(self) -> None:
         """Run until cancelled; on cancel, running specs stay claimed for the next start."""
@@ -109,7 +119,7 @@ class WatchFolder:
         if not self._pending:
             self._wake.clear()
             await self._wake.wait()
-        await asyncio.sleep(min(0.1, self.settle))
+        await asyncio.sleep(min(0.05, self.settle))
         now = time.monotonic()
         for path, (size, mtime, since) in list(self._pending.items()):
             try:

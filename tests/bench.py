@@ -269,6 +269,75 @@ def bench_rerun(args: argparse.Namespace) -> dict[str, object]:
         }
 
 
+def _daemon(args: list[str], env: dict[str, str]) -> tuple[subprocess.Popen, str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bridge", *args], env=env, stdout=subprocess.PIPE, text=True
+    )
+    return proc, proc.stdout.readline().strip()  # type: ignore[union-attr]
+
+
+@bench
+def bench_frontdoors(args: argparse.Namespace) -> dict[str, object]:
+    """Watch: drop-to-run-started latency (goal < 1 s median). API: GET /api/status
+    requests per second while 3 runs render."""
+    import asyncio
+    import urllib.request
+
+    import aiohttp
+
+    figures: dict[str, object] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        env = {**os.environ, "OUTPUT_PATH": str(folder / "out"), "BRIDGE_BACKEND": "preview"}
+        drop = folder / "drop"
+        drop.mkdir()
+        proc, _ = _daemon(["watch", str(drop)], env)
+        latencies = []
+        for i in range(args.repeat):
+            spec = _small_spec(folder, 2).read_text().replace("id: util", f"id: lat{i}")
+            started = time.perf_counter()
+            (drop / f"lat{i}.yaml").write_text(spec)  # written in place, like cp
+            while True:
+                line = proc.stdout.readline()  # type: ignore[union-attr]
+                if line.startswith(f"running lat{i}.yaml"):
+                    latencies.append(time.perf_counter() - started)
+                    break
+        proc.terminate()
+        proc.wait()
+        figures["drop-to-run-started median"] = median_of(latencies)
+
+        proc, line = _daemon(["serve", "--port", "0"], env)
+        url = line.removeprefix("listening on ")
+        try:
+            for k in range(3):
+                body = _small_spec(folder, 60).read_text().replace("id: util", f"id: api{k}")
+                request = urllib.request.Request(f"{url}/api/specs", data=body.encode())
+                with urllib.request.urlopen(request) as resp:
+                    json.load(resp)
+
+            async def hammer(seconds: float = 5.0, clients: int = 16) -> int:
+                done = 0
+                deadline = time.perf_counter() + seconds
+                async with aiohttp.ClientSession() as session:
+
+                    async def client() -> None:
+                        nonlocal done
+                        while time.perf_counter() < deadline:
+                            async with session.get(f"{url}/api/status/1") as resp:
+                                await resp.read()
+                                done += 1
+
+                    await asyncio.gather(*(client() for _ in range(clients)))
+                return done
+
+            count = asyncio.run(hammer())
+            figures["GET /api/status req/s under 3 runs"] = round(count / 5.0)
+        finally:
+            proc.terminate()
+            proc.wait()
+    return figures
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="make bench")
     parser.add_argument("which", nargs="*", choices=[*BENCHES, []], metavar="BENCH")
