@@ -552,11 +552,17 @@ class _Run:
         template = self.spec.templates.get(job.template or "")
         threshold = job.meta.get("quality_threshold") or self.runner.settings.quality_threshold
         try:
+            # Soft checks judge what a model made: not a still-by-design template's flat
+            # card, and not assemblies or frames, whose every input was checked already.
+            judged = job.kind in (JobKind.RENDER, JobKind.KEYFRAME) and not (
+                template and template.still
+            )
             facts, quality = await probe.check(
                 main,
                 job.expect,
                 threshold=float(threshold),
-                detect_frozen=not (template and template.still),
+                detect_black=judged,
+                detect_frozen=judged,
             )
         except BridgeError as exc:
             raise QualityFailed(f"{main.name}: {exc.message}") from None

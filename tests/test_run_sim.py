@@ -205,11 +205,14 @@ async def test_black_clip_fails_its_gate_and_passes_with_a_new_seed(
     sim: Simulator, tmp_path: Path
 ) -> None:
     sim.black_prompts = 1
+    (tmp_path / "start.png").write_bytes(
+        (ROOT / "tests" / "cases" / "bad" / "files" / "start.png").read_bytes()
+    )
     path = spec_file(
         tmp_path,
         "version: 1\nproject: {id: p}\n"
-        "defaults: {preset: draft, fps: 12, motion: core-smoke, duration: 1s, quality: {retries: 1}}\n"
-        "scenes:\n  - id: a\n    shots: [{id: s01, seed: 5}]\n",
+        "defaults: {preset: draft, fps: 16, motion: wan-i2v, duration: 1s, quality: {retries: 1}}\n"
+        "scenes:\n  - id: a\n    shots: [{id: s01, seed: 5, start_image: start.png}]\n",
     )
     report = await run(settings_for(tmp_path, sim.url), path)
     assert report.ok, report.errors
@@ -218,7 +221,15 @@ async def test_black_clip_fails_its_gate_and_passes_with_a_new_seed(
     assert result.attempts == 2
     assert result.meta["seed"] != 5
     workflow = json.loads(result.files[0].workflow.read_text())
-    assert workflow["1"]["inputs"]["color"] == result.meta["seed"] % 16777216
+    assert workflow["12"]["inputs"]["seed"] == result.meta["seed"]
+    from bridge.db.store import Store
+
+    store = Store(settings_for(tmp_path, sim.url).database)
+    try:
+        (event,) = [e for e in store.events(report.run_id) if e.kind == "quality_failed"]
+        assert "black" in event.data["reason"]
+    finally:
+        store.close()
 
 
 async def test_timeout_interrupts_the_prompt(sim: Simulator, tmp_path: Path) -> None:

@@ -671,12 +671,18 @@ class Simulator:
         ext = "mp4" if video else "png"
         existing = len(list(folder.glob(f"{base}_*_.{ext}")))
         name = f"{base}_{existing + 1:05d}_.{ext}"
-        w, h, frames, fps = _media(graph, nid)
+        w, h, frames, fps, color = _media(graph, nid)
         if video and (w % 2 or h % 2):
             raise ValueError(
                 "[Errno 542398533] Generic error in an external library: 'avcodec_open2(\"libx264\", {})'"
             )
-        source = f"color=c=black:s={w}x{h}:r={fps:g}" if black else f"testsrc2=s={w}x{h}:r={fps:g}"
+        # EmptyImage makes a flat colour, as on a real server; "model" nodes make motion.
+        if black:
+            source = f"color=c=black:s={w}x{h}:r={fps:g}"
+        elif color is not None:
+            source = f"color=c=0x{color:06x}:s={w}x{h}:r={fps:g}"
+        else:
+            source = f"testsrc2=s={w}x{h}:r={fps:g}"
         args = ["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", source]
         if video:
             args += [
@@ -762,9 +768,10 @@ def _node_key(graph: dict[str, Any], nid: str) -> str:
     return json.dumps([node["class_type"], inputs], sort_keys=True, default=str)
 
 
-def _media(graph: dict[str, Any], nid: str) -> tuple[int, int, int, float]:
-    """(width, height, frames, fps) the nodes upstream of `nid` would produce."""
-    found = {"w": 64, "h": 64, "frames": 1, "fps": 24.0}
+def _media(graph: dict[str, Any], nid: str) -> tuple[int, int, int, float, int | None]:
+    """(width, height, frames, fps, flat colour or None) upstream of `nid`."""
+    found: dict[str, Any] = {"w": 64, "h": 64, "frames": 1, "fps": 24.0, "color": None}
+    makers = {"KSampler", "FramePackSampler", "WanImageToVideo", "LoadImage"}
     done: set[str] = set()
 
     def walk(n: str) -> None:
@@ -783,6 +790,7 @@ def _media(graph: dict[str, Any], nid: str) -> tuple[int, int, int, float]:
             )
         if cls == "EmptyImage":
             found["frames"] = int(i.get("batch_size", 1))
+            found["color"] = int(i.get("color", 0)) % 2**24
         if cls == "ImageBatch":
             found["frames"] = found.get("batch_total", found["frames"])
         if cls == "WanImageToVideo":
@@ -806,7 +814,8 @@ def _media(graph: dict[str, Any], nid: str) -> tuple[int, int, int, float]:
                 for v in b["inputs"].values()
                 if isinstance(v, list)
             )
-    return int(found["w"]), int(found["h"]), int(found["frames"]), float(found["fps"])
+    color = None if any(graph[n]["class_type"] in makers for n in done) else found["color"]
+    return int(found["w"]), int(found["h"]), int(found["frames"]), float(found["fps"]), color
 
 
 async def _serve(port: int, job_seconds: float) -> None:
