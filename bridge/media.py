@@ -69,16 +69,6 @@ async def last_frame(video: Path, png: Path) -> Path:
     )
 
 
-async def first_frame(video: Path, png: Path) -> Path:
-    return await _atomic(
-        png,
-        lambda tmp: ffmpeg.input(str(video)).output(
-            str(tmp), **{"frames:v": 1, "f": "image2", "vcodec": "png"}
-        ),
-        f"take the first frame of {video.name}",
-    )
-
-
 async def concat(
     inputs: Sequence[Path], output: Path, *, width: int, height: int, fps: float
 ) -> Path:

@@ -79,11 +79,6 @@ class Job:
     output_node: str | None = None  # the workflow node whose output is this job's result
     meta: Mapping[str, Any] = field(default_factory=dict, hash=False, compare=False)
 
-    @property
-    def slug(self) -> str:
-        """The job's place under OUTPUT_PATH/<project>/: scene/shot, scene, or ''."""
-        return "/".join(p for p in (self.scene, self.shot) if p)
-
 
 @dataclass(frozen=True)
 class Plan:

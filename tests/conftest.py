@@ -85,3 +85,15 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
             yield f"postgresql://postgres@127.0.0.1:5432/{name}"
         finally:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def process_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    """The environment for a bridge subprocess: none of the developer's bridge settings,
+    outputs under tmp_path, and the repository importable (for the simulator)."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("BRIDGE_", "COMFYUI_")) and k not in ("OUTPUT_PATH", "DATABASE_URL")
+    }
+    env.update(OUTPUT_PATH=str(tmp_path / "out"), PYTHONPATH=str(ROOT), **extra)
+    return env

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -16,21 +15,15 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import process_env
+
 ROOT = Path(__file__).resolve().parent.parent
 BAD = ROOT / "tests" / "cases" / "bad"
 pytestmark = pytest.mark.slow
 
 
 def env_for(tmp_path: Path, **extra: str) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("BRIDGE_", "COMFYUI_")) and k not in ("OUTPUT_PATH", "DATABASE_URL")
-    }
-    env.update(
-        OUTPUT_PATH=str(tmp_path / "out"), BRIDGE_BACKEND="preview", PYTHONPATH=str(ROOT), **extra
-    )
-    return env
+    return process_env(tmp_path, BRIDGE_BACKEND="preview", **extra)
 
 
 def start(args: list[str], env: dict[str, str]) -> tuple[subprocess.Popen, str]:

@@ -4,7 +4,6 @@ bridge killed with SIGKILL mid-run and restarted."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -15,18 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import process_env
+
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
-
-
-def bridge_env(tmp_path: Path, **extra: str) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("BRIDGE_", "COMFYUI_")) and k not in ("OUTPUT_PATH", "DATABASE_URL")
-    }
-    env.update(OUTPUT_PATH=str(tmp_path / "out"), PYTHONPATH=str(ROOT), **extra)
-    return env
 
 
 @pytest.fixture
@@ -63,7 +54,7 @@ def bridge(*args: str, env: dict[str, str], **kw: object) -> subprocess.Popen:
 
 
 def test_run_without_comfyui_renders_a_preview_and_says_so(tmp_path: Path) -> None:
-    env = bridge_env(tmp_path, BRIDGE_BACKEND="preview")
+    env = process_env(tmp_path, BRIDGE_BACKEND="preview")
     proc = bridge("run", "specs/smoke.yaml", env=env)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
@@ -75,7 +66,7 @@ def test_run_without_comfyui_renders_a_preview_and_says_so(tmp_path: Path) -> No
 
 
 def test_run_against_a_simulator_process(sim_process: str, tmp_path: Path) -> None:
-    proc = bridge("run", "specs/smoke.yaml", env=bridge_env(tmp_path, COMFYUI_URL=sim_process))
+    proc = bridge("run", "specs/smoke.yaml", env=process_env(tmp_path, COMFYUI_URL=sim_process))
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     assert "run 1: 7 succeeded" in out
@@ -84,7 +75,7 @@ def test_run_against_a_simulator_process(sim_process: str, tmp_path: Path) -> No
 
 def test_unreachable_configured_server_is_a_clear_error(tmp_path: Path) -> None:
     proc = bridge(
-        "run", "specs/smoke.yaml", env=bridge_env(tmp_path, COMFYUI_URL="http://127.0.0.1:9")
+        "run", "specs/smoke.yaml", env=process_env(tmp_path, COMFYUI_URL="http://127.0.0.1:9")
     )
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 1
@@ -102,7 +93,7 @@ def test_sigkill_mid_run_then_restart_submits_nothing_twice(
         "defaults: {preset: draft, fps: 12, motion: core-smoke, duration: 1s}\n"
         f"scenes:\n  - id: a\n    shots:\n{shots}\n"
     )
-    env = bridge_env(tmp_path, COMFYUI_URL=sim_process, MAX_CONCURRENT_JOBS="3")
+    env = process_env(tmp_path, COMFYUI_URL=sim_process, MAX_CONCURRENT_JOBS="3")
     first = bridge("run", str(spec), env=env)
     deadline = time.monotonic() + 60
     while len(sim_state(sim_process)["posted"]) < 4 and time.monotonic() < deadline:
