@@ -457,6 +457,8 @@ class _Run:
         for reseed in range(retries + 1):
             workflow = self._reseeded(job, reseed)
             resume = self.resumable.pop(job.hash, None) if reseed == 0 else None
+            if resume is not None:
+                self.store.take_over(self.run_id, job.hash)
             prompt_id = resume.prompt_id if resume else str(uuid.uuid4())
             outcome = await self._execute(
                 job, attempt, dest, start, workflow, prompt_id, resume, report

@@ -29,8 +29,10 @@ def test_spec_rows_runs_jobs_assets_and_resume(database_url: str) -> None:
         assert store.resumable("moonlit-garden", [render.hash]) == {
             render.hash: Resumable("p-1", "http://a")
         }
-        store.mark_done(run_id, render.id, "succeeded", seconds=1.5)
+        later = store.create_run(spec, "http://a", preview=False, settings={})
+        store.take_over(later, render.hash)
         assert store.resumable("moonlit-garden", [render.hash]) == {}
+        store.mark_done(run_id, render.id, "succeeded", seconds=1.5)
         asset_id = store.add_asset(
             run_id,
             spec,

@@ -291,6 +291,23 @@ class Store:
                     out[row.hash] = Resumable(row.prompt_id, row.server)
         return out
 
+    def take_over(self, run_id: int, job_hash: str) -> None:
+        """This run now owns the prompt earlier runs left behind for `job_hash`; their rows
+        stop being resumable, so no later run re-attaches to it again."""
+        with self.session() as s:
+            rows = s.exec(
+                select(JobRecord).where(
+                    JobRecord.hash == job_hash,
+                    JobRecord.run_id != run_id,
+                    col(JobRecord.state).in_(("submitted", "running")),
+                )
+            )
+            for row in rows:
+                row.state = "interrupted"
+                row.error = f"re-attached by run {run_id}"
+                s.add(row)
+            s.commit()
+
     # -- assets --------------------------------------------------------------------------
 
     def add_asset(
