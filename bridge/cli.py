@@ -77,12 +77,13 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from bridge.compile import compile_plan
     from bridge.spec.validate import load_spec
 
-    plan = compile_plan(load_spec(args.spec))
+    spec = load_spec(args.spec)
+    plan = compile_plan(spec)
     if args.format == "dot":
         console.out(console.plan_dot(plan))
         return 0
     settings = _settings(args)
-    reasons = _reasons(settings, plan, args.force)
+    reasons = _reasons(settings, plan, spec.templates, args.force)
     summary = console.plan_summary(plan, reasons)
     problems: list[str] = []
     if args.object_info:
@@ -101,7 +102,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
-def _reasons(settings: Settings, plan: Any, force: bool) -> dict[str, str]:
+def _reasons(settings: Settings, plan: Any, templates: Any, force: bool) -> dict[str, str]:
     """Reasons from the job store; no history (or no database yet) means everything is new."""
     from bridge.db.store import Store
     from bridge.runner import plan_reasons
@@ -111,7 +112,7 @@ def _reasons(settings: Settings, plan: Any, force: bool) -> dict[str, str]:
         return {j.id: "forced" if force else "new" for j in plan.jobs()}
     store = Store(url)
     try:
-        return plan_reasons(store, plan, settings.output_path, force=force)
+        return plan_reasons(store, plan, settings.output_path, templates, force=force)
     finally:
         store.close()
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import networkx as nx
+import orjson
 
 from bridge import manifest, media, outputs, preflight, probe
 from bridge.backends.base import Attempt, Outcome, Progress
@@ -34,6 +35,7 @@ from bridge.plan import Job, JobKind, Plan
 from bridge.scheduler import JobState, Policy, Scheduler
 from bridge.settings import Settings
 from bridge.spec.model import Spec
+from bridge.templates import Template
 from bridge.webhooks import Hook, Notifier, hooks_from_spec
 
 log = logging.getLogger(__name__)
@@ -113,12 +115,20 @@ class RunReport:
         return dict(sorted(out.items()))
 
 
-def plan_reasons(store: Store, plan: Plan, root: Path, *, force: bool = False) -> dict[str, str]:
-    """Why each job would run: cached, new, changed, output missing or forced."""
+def plan_reasons(
+    store: Store,
+    plan: Plan,
+    root: Path,
+    templates: Mapping[str, Template],
+    *,
+    force: bool = False,
+) -> dict[str, str]:
+    """Why each job would run: cached, new, changed (and what), output missing or forced."""
     assets = store.find_assets(plan.project, (j.hash for j in plan.jobs()))
-    previous = store.known_job_ids(plan.project)
-    reasons = {}
-    for job in plan.jobs():
+    previous = store.latest_by_job(plan.project)
+    reasons: dict[str, str] = {}
+    for job_id in plan.order:  # inputs before the jobs that use them
+        job = plan.job(job_id)
         asset = assets.get(job.hash)
         if force:
             reasons[job.id] = "forced"
@@ -127,10 +137,50 @@ def plan_reasons(store: Store, plan: Plan, root: Path, *, force: bool = False) -
         elif asset is not None:
             reasons[job.id] = "output missing"
         elif job.id in previous:
-            reasons[job.id] = "changed"
+            old = root / previous[job.id].path
+            reasons[job.id] = "changed " + _what_changed(job, old, templates, reasons)
         else:
             reasons[job.id] = "new"
     return reasons
+
+
+def _what_changed(
+    job: Job, old_output: Path, templates: Mapping[str, Template], reasons: Mapping[str, str]
+) -> str:
+    """The parameters whose bound values differ from the last render's saved workflow, and
+    the inputs that are rendered again."""
+    names: list[str] = []
+    template = templates.get(job.template or "")
+    if template is not None:
+        try:
+            old = orjson.loads(old_output.with_suffix(".workflow.json").read_bytes())
+        except (OSError, ValueError):
+            old = None
+        if isinstance(old, dict):
+            for param, bindings in template.bind.items():
+                if param in ("filename_prefix", "start_image"):
+                    continue
+                if any(_value(job.workflow, b) != _value(old, b) for b in bindings):
+                    names.append(param)
+            if template.lora and _loras(job.workflow, template) != _loras(old, template):
+                names.append("loras")
+    names += [f"input {d}" for d in job.deps if reasons.get(d) != "cached"]
+    return ", ".join(names) if names else "(template or settings)"
+
+
+def _value(workflow: Mapping[str, Any], b: Any) -> Any:
+    return workflow.get(b.node, {}).get("inputs", {}).get(b.input)
+
+
+def _loras(workflow: Mapping[str, Any], template: Template) -> list[str]:
+    slot = template.lora
+    assert slot is not None
+    cls = template.workflow[slot.node]["class_type"]
+    return sorted(
+        str([n["inputs"].get(slot.name), *(n["inputs"].get(k) for k in slot.strength)])
+        for n in workflow.values()
+        if isinstance(n, dict) and n.get("class_type") == cls
+    )
 
 
 class Runner:
@@ -262,7 +312,9 @@ class _Run:
 
     async def go(self) -> RunReport:
         store = self.store
-        reasons = plan_reasons(store, self.plan, self.root, force=self.selection.force)
+        reasons = plan_reasons(
+            store, self.plan, self.root, self.spec.templates, force=self.selection.force
+        )
         store.sync_spec(self.spec)
         self.run_id = store.create_run(
             self.spec,

@@ -353,7 +353,7 @@ async def test_changing_one_prompt_rerenders_exactly_what_depends_on_it(
     plan = compile_plan(load_spec(path))
     store = Store(settings.database)
     try:
-        reasons = plan_reasons(store, plan, settings.output_path)
+        reasons = plan_reasons(store, plan, settings.output_path, load_spec(path).templates)
     finally:
         store.close()
     rerun = {j for j, r in reasons.items() if r != "cached"}
@@ -367,7 +367,10 @@ async def test_changing_one_prompt_rerenders_exactly_what_depends_on_it(
         "assemble:b",
         "assemble:chain",
     }
-    assert {reasons[j] for j in rerun} == {"changed"}
+    assert reasons["render:a/s02"] == "changed prompt"
+    assert reasons["frame:a/s02"] == "changed input render:a/s02"
+    assert reasons["render:a/s03"] == "changed input frame:a/s02"
+    assert reasons["assemble:a"] == "changed input render:a/s02, input render:a/s03"
     report = await run(settings, path)
     assert report.ok, report.errors
     assert {j for j, s in report.states.items() if s is JobState.SUCCEEDED} == rerun

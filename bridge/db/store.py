@@ -372,15 +372,18 @@ class Store:
                     out.setdefault(row.job_hash, row)
         return out
 
-    def known_job_ids(self, project_id: str) -> set[str]:
-        """Job ids that have ever produced an asset in this project."""
+    def latest_by_job(self, project_id: str) -> dict[str, GeneratedAsset]:
+        """The newest asset of every job id this project ever rendered."""
+        out: dict[str, GeneratedAsset] = {}
         with self.session() as s:
             rows = s.exec(
-                select(GeneratedAsset.job_id)
+                select(GeneratedAsset)
                 .where(GeneratedAsset.project_id == project_id)
-                .distinct()
+                .order_by(col(GeneratedAsset.id))
             )
-            return set(rows)
+            for row in rows:
+                out[row.job_id] = row
+        return out
 
     # -- the event log -------------------------------------------------------------------
 
