@@ -20,24 +20,25 @@ from typing import Any
 import orjson
 from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from bridge import console
 from bridge.compile import compile_plan
-from bridge.db.models import JobRecord, Project, Run, Scene
+from bridge.db.models import JobRecord, Run
 from bridge.errors import BridgeError, ConfigError, SpecErrors
+from bridge.events import SUBSCRIBER_ERRORS
 from bridge.presets import PRESETS
 from bridge.runner import Runner, Selection
 from bridge.spec.load import load_bytes
 from bridge.spec.model import Spec
 from bridge.spec.validate import load_spec, validate
+from bridge.states import JobState, RunState
 from bridge.templates import bundled
 from bridge.webhooks import Hook
 
 log = logging.getLogger(__name__)
 
 MAX_BODY = 1024 * 1024
-RUN_STATES = ("running", "succeeded", "failed", "cancelled", "interrupted")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -125,10 +126,7 @@ class Api:
 
     async def health(self, request: web.Request) -> web.Response:
         pool = self.runner.pool
-        servers = [
-            {"name": b.name, "healthy": bool(getattr(b, "healthy", True))}
-            for b in (pool.backends if pool else [])
-        ]
+        servers = [{"name": b.name, "healthy": b.healthy} for b in (pool.backends if pool else [])]
         return _json(
             {
                 "status": "ok",
@@ -144,7 +142,7 @@ class Api:
         pool = await self.runner.backend()
         servers = []
         for b in pool.backends:
-            entry: dict[str, Any] = {"name": b.name, "healthy": bool(getattr(b, "healthy", True))}
+            entry: dict[str, Any] = {"name": b.name, "healthy": b.healthy}
             if entry["healthy"] and not self.runner.preview:
                 try:
                     info = await b.object_info()
@@ -184,7 +182,7 @@ class Api:
     def _run_view(self, run: Run) -> dict[str, Any]:
         counts = self.store.count_jobs(run.id or 0)
         total = sum(counts.values())
-        finished = sum(n for s, n in counts.items() if s not in ("pending", "submitted", "running"))
+        finished = sum(n for s, n in counts.items() if JobState(s).finished)
         return {
             "job_id": run.id,
             "run_id": run.id,
@@ -208,18 +206,17 @@ class Api:
         return _json(view)
 
     async def jobs(self, request: web.Request) -> web.Response:
-        status = request.query.get("status")
-        if status is not None and status not in RUN_STATES:
-            return _problem(400, f"status must be one of {', '.join(RUN_STATES)}")
+        raw_status = request.query.get("status")
+        if raw_status is not None and raw_status not in set(RunState):
+            return _problem(400, f"status must be one of {', '.join(RunState)}")
+        status = RunState(raw_status) if raw_status is not None else None
         try:
             limit = int(request.query.get("limit", "50"))
         except ValueError:
             return _problem(400, "limit must be a whole number")
         if not 1 <= limit <= 500:
             return _problem(400, "limit must be from 1 to 500")
-        runs = self.store.runs(limit=500 if status else limit)
-        if status:
-            runs = [r for r in runs if r.status == status][:limit]
+        runs = self.store.runs(limit=limit, status=status)
         return _json({"jobs": [self._run_view(r) for r in runs]})
 
     async def metrics(self, request: web.Request) -> web.Response:
@@ -263,8 +260,7 @@ class Api:
         return preset, _hooks(body.get("notify_webhook"))
 
     def _spec_of(self, project_id: str) -> Spec:
-        with self.store.session() as s:
-            project = s.get(Project, project_id)
+        project = self.store.project(project_id)
         if project is None or not project.spec_file:
             raise web.HTTPNotFound(reason=f"no project {project_id!r}")
         return load_spec(project.spec_file)
@@ -277,10 +273,7 @@ class Api:
     async def generate_scene(self, request: web.Request) -> web.Response:
         preset, hooks = await self._options(request)
         scene_id = request.match_info["scene_id"]
-        from sqlmodel import select
-
-        with self.store.session() as s:
-            scene = s.exec(select(Scene).where(Scene.id == scene_id)).first()
+        scene = self.store.scene(scene_id)
         if scene is None:
             raise web.HTTPNotFound(reason=f"no scene {scene_id!r}")
         spec = self._spec_of(scene.project_id)
@@ -312,7 +305,7 @@ class Api:
             {
                 "job_id": run_id,
                 "run_id": run_id,
-                "status": "running",
+                "status": RunState.RUNNING.value,
                 "jobs": len(plan),
                 "links": {"status": f"/api/status/{run_id}", "run": f"/api/runs/{run_id}"},
             },
@@ -357,19 +350,18 @@ class _Collector:
         self.api = api
 
     def collect(self) -> Any:
-        from sqlalchemy import func
-        from sqlmodel import select
-
-        store = self.api.store
-        with store.session() as s:
-            by_state = s.exec(select(JobRecord.state, func.count()).group_by(JobRecord.state)).all()
-            seconds = s.exec(select(func.sum(JobRecord.seconds))).one() or 0.0
+        by_state, seconds = self.api.store.job_totals()
         jobs = GaugeMetricFamily("bridge_jobs", "Jobs recorded, by state", labels=["state"])
-        for state, n in by_state:
+        for state, n in by_state.items():
             jobs.add_metric([state], n)
         yield jobs
         yield GaugeMetricFamily(
-            "bridge_render_seconds", "Wall seconds of finished jobs", value=float(seconds)
+            "bridge_render_seconds", "Wall seconds of finished jobs", value=seconds
+        )
+        yield CounterMetricFamily(
+            "bridge_subscriber_errors",
+            "Event subscribers (displays) that raised; each is logged with its traceback",
+            value=SUBSCRIBER_ERRORS.value,
         )
         pool = self.api.runner.pool
         depth = sum(pool.in_flight.values()) if pool else 0
@@ -377,7 +369,7 @@ class _Collector:
         yield GaugeMetricFamily("bridge_runs_active", "Runs under way", value=len(self.api.tasks))
         up = GaugeMetricFamily("bridge_server_up", "1 when the server answers", labels=["server"])
         for b in pool.backends if pool else []:
-            up.add_metric([b.name], 1.0 if getattr(b, "healthy", True) else 0.0)
+            up.add_metric([b.name], 1.0 if b.healthy else 0.0)
         yield up
 
 

@@ -104,17 +104,19 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 def _reasons(settings: Settings, plan: Any, templates: Any, force: bool) -> dict[str, str]:
     """Reasons from the job store; no history (or no database yet) means everything is new."""
+    from bridge import freshness
     from bridge.db.store import Store
-    from bridge.runner import plan_reasons
 
     url = settings.database
     if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
-        return {j.id: "forced" if force else "new" for j in plan.jobs()}
+        reason = freshness.FORCED if force else freshness.NEW
+        return {j.id: reason.text for j in plan.jobs()}
     store = Store(url)
     try:
-        return plan_reasons(store, plan, settings.output_path, templates, force=force)
+        reasons = freshness.reasons(store, plan, settings.output_path, templates, force=force)
     finally:
         store.close()
+    return freshness.as_text(reasons)
 
 
 def _offline_preflight(plan: Any, path: Path) -> list[str]:

@@ -20,7 +20,7 @@ import networkx as nx
 
 from bridge import gcpause
 from bridge.hashing import HASH_VERSION, derive_seed, digest, file_digest
-from bridge.plan import Job, JobKind, Media, Plan, StartImage
+from bridge.plan import Job, JobKind, Media, Plan, Quality, SeedBinding, StartImage
 from bridge.presets import PRESETS
 from bridge.spec.model import Scene, Shot, Spec
 from bridge.templates import Template, frames_for, inject
@@ -38,6 +38,8 @@ class _Draft:
     params: dict[str, Any] = field(default_factory=dict)
     loras: tuple[tuple[str, float], ...] = ()
     start: StartImage | None = None
+    seed: int | None = None
+    quality: Quality = field(default_factory=Quality)
     meta: dict[str, Any] = field(default_factory=dict)
 
 
@@ -149,8 +151,6 @@ def _shot_jobs(spec: Spec, scene: Scene, shot: Shot, drafts: dict[str, _Draft]) 
         "prompt": prompt,
         "negative": negative,
         "seconds": round(frames / fps, 4),
-        "quality_threshold": shot.quality_threshold,
-        "quality_retries": shot.quality_retries,
     }
     render_id = f"render:{shot.key}"
     render = _Draft(
@@ -173,6 +173,8 @@ def _shot_jobs(spec: Spec, scene: Scene, shot: Shot, drafts: dict[str, _Draft]) 
             "context": context,
         },
         loras=loras,
+        seed=seed,
+        quality=_quality(shot, template),
         meta={**meta, "template": template.name},
     )
     start = template.bind.get("start_image")
@@ -213,6 +215,8 @@ def _shot_jobs(spec: Spec, scene: Scene, shot: Shot, drafts: dict[str, _Draft]) 
                     "height": height,
                 },
                 loras=loras,
+                seed=seed,
+                quality=_quality(shot, key_template),
                 meta={**meta, "template": key_template.name},
             )
             render.start = StartImage(node, input_name, job=key_id)
@@ -220,6 +224,16 @@ def _shot_jobs(spec: Spec, scene: Scene, shot: Shot, drafts: dict[str, _Draft]) 
     render.deps.extend(f"render:{a}/{b}" for a, b in shot.after)
     drafts[render_id] = render
     return render_id
+
+
+def _quality(shot: Shot, template: Template) -> Quality:
+    judged = not template.still
+    return Quality(
+        threshold=shot.quality_threshold,
+        retries=shot.quality_retries,
+        detect_black=judged,
+        detect_frozen=judged,
+    )
 
 
 def _assemble_scene(spec: Spec, scene: Scene, renders: list[str], drafts: dict[str, _Draft]) -> str:
@@ -273,6 +287,13 @@ def _finish(
         deps=tuple(d.deps),
         start_image=d.start,
         output_node=template.output if template else None,
+        seed=d.seed,
+        seed_bindings=tuple(
+            SeedBinding(b.node, b.input, b.mod) for b in template.bind.get("seed", ())
+        )
+        if template
+        else (),
+        quality=d.quality,
         meta=d.meta,
     )
 

@@ -1,14 +1,19 @@
-"""What happens during a run, as plain events; subscribers turn them into rows and displays.
+"""What happens during a run, as plain events, for displays to follow.
 
-The scheduler only emits. The job store, the progress display, webhooks and metrics
-subscribe, so none of them is a dependency of the scheduler.
+The scheduler awaits its recorder (the job store) on each event first and only then
+emits it here, so nothing recorded depends on a subscriber. Subscribers are displays:
+the progress bars, the watch log. One that raises is logged with its traceback and
+counted (`/metrics` shows the count), and the run goes on.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,11 +62,20 @@ Subscriber = Callable[[Event], None]
 
 
 @dataclass
+class Tally:
+    """A process-wide count, read by the metrics collector."""
+
+    value: int = 0
+
+
+SUBSCRIBER_ERRORS = Tally()
+
+
+@dataclass
 class Bus:
     """A tiny synchronous fan-out; a failing subscriber must not stop the run."""
 
     subscribers: list[Subscriber] = field(default_factory=list)
-    errors: list[BaseException] = field(default_factory=list)
 
     def subscribe(self, fn: Subscriber) -> None:
         self.subscribers.append(fn)
@@ -70,5 +84,6 @@ class Bus:
         for fn in self.subscribers:
             try:
                 fn(event)
-            except Exception as exc:  # a display or webhook bug must not lose the run
-                self.errors.append(exc)
+            except Exception:  # a display bug must not lose the run
+                SUBSCRIBER_ERRORS.value += 1
+                log.exception("event subscriber %r failed on %r", fn, event)

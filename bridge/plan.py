@@ -64,6 +64,31 @@ class StartImage:
     job: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class SeedBinding:
+    """A workflow input the seed is bound to; a quality retry writes a new seed there."""
+
+    node: str
+    input: str
+    mod: int | None = None  # the input's range, for nodes whose seed is e.g. a colour
+
+
+@dataclass(frozen=True, slots=True)
+class Quality:
+    """How a job's main output is judged, decided by the compiler.
+
+    `threshold` None means the QUALITY_THRESHOLD setting; 0 switches the score gate off.
+    The soft checks (a black or a frozen picture) judge what a model made, so they are off
+    for frames and assemblies, whose inputs were checked already, and for templates that
+    are still by design.
+    """
+
+    threshold: float | None = None
+    retries: int = 0  # renders again with a new seed when the checks fail
+    detect_black: bool = False
+    detect_frozen: bool = False
+
+
 @dataclass(frozen=True)
 class Job:
     id: str  # "render:garden/s02", unique in the plan
@@ -77,6 +102,10 @@ class Job:
     deps: tuple[str, ...] = ()
     start_image: StartImage | None = None
     output_node: str | None = None  # the workflow node whose output is this job's result
+    seed: int | None = None
+    seed_bindings: tuple[SeedBinding, ...] = ()
+    quality: Quality = Quality()
+    # what the job is about, for people: manifest, preview cards; nothing decides on it
     meta: Mapping[str, Any] = field(default_factory=dict, hash=False, compare=False)
 
 

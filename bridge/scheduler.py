@@ -5,8 +5,10 @@ any other failure is final, and every job downstream of it is skipped while inde
 jobs go on. A job that runs past its timeout is cancelled (the runner's job function
 interrupts it on the server) and fails as `timeout`.
 
-The scheduler emits events and calls the injected `run_job`; it knows nothing of ComfyUI,
-the database or the terminal, so tests drive it with plain coroutines and a fake clock.
+The scheduler calls the injected `run_job` and, for every event of a job's life, awaits
+the injected `record` before it emits the event on the bus: recording is a step of the
+run (its failure ends the run loudly), displays are not. It knows nothing of ComfyUI, the
+database or the terminal, so tests drive it with plain coroutines and a fake clock.
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ import contextlib
 import heapq
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any
 
 import networkx as nx
@@ -24,6 +25,7 @@ import networkx as nx
 from bridge.errors import BackendError, BridgeError, JobTimeout
 from bridge.events import (
     Bus,
+    Event,
     JobCached,
     JobFailed,
     JobProgress,
@@ -32,19 +34,17 @@ from bridge.events import (
     JobSucceeded,
 )
 from bridge.plan import Job, Plan
+from bridge.states import JobState
+
+__all__ = ["JobState", "Policy", "Record", "RunJob", "Scheduler"]
 
 ProgressHook = Callable[[float, float], None]
 RunJob = Callable[[Job, int, ProgressHook], Awaitable[Any]]
+Record = Callable[[Event], Awaitable[None]]
 
 
-class JobState(StrEnum):
-    PENDING = "pending"  # waiting for its dependencies or a free slot
-    RUNNING = "running"  # run_job is under way (on the server or local ffmpeg)
-    SUCCEEDED = "succeeded"  # finished and its outputs passed their checks
-    CACHED = "cached"  # not run: an identical earlier output was reused
-    FAILED = "failed"  # final failure, after any retries
-    SKIPPED = "skipped"  # not run because a job it depends on failed
-    CANCELLED = "cancelled"  # the run was stopped (Ctrl-C, SIGTERM) before it finished
+async def _nothing(event: Event) -> None:
+    return None
 
 
 @dataclass(frozen=True)
@@ -64,6 +64,7 @@ class Scheduler:
         *,
         policy: Policy | None = None,
         bus: Bus | None = None,
+        record: Record = _nothing,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         clock: Callable[[], float] | None = None,
     ) -> None:
@@ -71,6 +72,7 @@ class Scheduler:
         self.run_job = run_job
         self.policy = policy or Policy()
         self.bus = bus or Bus()
+        self.record = record
         self.sleep = sleep
         self.clock = clock or (lambda: asyncio.get_running_loop().time())
         self.states: dict[str, JobState] = dict.fromkeys(plan.order, JobState.PENDING)
@@ -87,7 +89,7 @@ class Scheduler:
         for job_id, result in (cached or {}).items():
             self.states[job_id] = JobState.CACHED
             self.results[job_id] = result
-            self.bus.emit(JobCached(job_id, result))
+            await self._event(JobCached(job_id, result))
         graph = self.plan.graph
         index = self.index
         waiting = {
@@ -137,9 +139,9 @@ class Scheduler:
                         delay = min(30.0, self.policy.backoff * 2 ** (attempts[job_id] - 1))
                         tasks[asyncio.create_task(self.sleep(delay))] = (job_id, False)
                     else:
-                        self._skip_downstream(job_id, waiting)
+                        await self._skip_downstream(job_id, waiting)
                 pump()
-        except asyncio.CancelledError:
+        except BaseException:  # cancelled, or a record could not be written
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -149,29 +151,34 @@ class Scheduler:
             raise
         return dict(self.states)
 
-    def _skip_downstream(self, failed: str, waiting: dict[str, int]) -> None:
+    async def _event(self, event: Event) -> None:
+        """Record the event, then show it: a display never runs ahead of the record."""
+        await self.record(event)
+        self.bus.emit(event)
+
+    async def _skip_downstream(self, failed: str, waiting: dict[str, int]) -> None:
         for job_id in sorted(nx.descendants(self.plan.graph, failed), key=self.index.__getitem__):
             if self.states[job_id] is JobState.PENDING:
                 self.states[job_id] = JobState.SKIPPED
                 waiting.pop(job_id, None)
-                self.bus.emit(JobSkipped(job_id, failed))
+                await self._event(JobSkipped(job_id, failed))
 
     async def _attempt(self, job_id: str, attempt: int) -> str:
         """One try at a job: 'ok', 'retry' (transient, budget left) or 'failed'."""
         job = self.plan.job(job_id)
         self.states[job_id] = JobState.RUNNING
-        self.bus.emit(JobStarted(job_id, attempt))
+        await self._event(JobStarted(job_id, attempt))
         started = self.clock()
         try:
             result = await self._with_timeout(job, attempt)
         except asyncio.CancelledError:
             self.states[job_id] = JobState.CANCELLED
-            self.bus.emit(JobFailed(job_id, "cancelled", "cancelled", attempt, True))
+            await self._event(JobFailed(job_id, "cancelled", "cancelled", attempt, True))
             raise
         except BridgeError as exc:
             kind = _kind(exc)
             retry = kind == "transient" and attempt <= self.policy.retries
-            self.bus.emit(JobFailed(job_id, exc.message, kind, attempt, not retry))
+            await self._event(JobFailed(job_id, exc.message, kind, attempt, not retry))
             if retry:
                 self.states[job_id] = JobState.PENDING
                 return "retry"
@@ -179,12 +186,12 @@ class Scheduler:
             return "failed"
         except Exception as exc:  # a bug in a job function fails that job only
             message = f"internal error: {type(exc).__name__}: {exc}"
-            self.bus.emit(JobFailed(job_id, message, "internal", attempt, True))
+            await self._event(JobFailed(job_id, message, "internal", attempt, True))
             self._fail(job_id, message)
             return "failed"
         self.states[job_id] = JobState.SUCCEEDED
         self.results[job_id] = result
-        self.bus.emit(JobSucceeded(job_id, self.clock() - started, result))
+        await self._event(JobSucceeded(job_id, self.clock() - started, result))
         return "ok"
 
     def _fail(self, job_id: str, message: str) -> None:

@@ -347,16 +347,16 @@ async def test_changing_one_prompt_rerenders_exactly_what_depends_on_it(
     await run(settings, path)
     posted = len(sim.posted)
     path.write_text(CHAIN.replace("action: turns", "action: turns back"))
+    from bridge import freshness
     from bridge.db.store import Store
-    from bridge.runner import plan_reasons
 
     plan = compile_plan(load_spec(path))
     store = Store(settings.database)
     try:
-        reasons = plan_reasons(store, plan, settings.output_path, load_spec(path).templates)
+        found = freshness.reasons(store, plan, settings.output_path, load_spec(path).templates)
     finally:
         store.close()
-    rerun = {j for j, r in reasons.items() if r != "cached"}
+    rerun = {j for j, r in found.items() if r.runs}
     assert rerun == {
         "render:a/s02",
         "frame:a/s02",
@@ -367,9 +367,13 @@ async def test_changing_one_prompt_rerenders_exactly_what_depends_on_it(
         "assemble:b",
         "assemble:chain",
     }
+    changed = freshness.ReasonKind.CHANGED
+    assert found["render:a/s02"] == freshness.Reason(changed, params=("prompt",))
+    assert found["frame:a/s02"] == freshness.Reason(changed, inputs=("render:a/s02",))
+    assert found["render:a/s03"] == freshness.Reason(changed, inputs=("frame:a/s02",))
+    reasons = freshness.as_text(found)
     assert reasons["render:a/s02"] == "changed prompt"
     assert reasons["frame:a/s02"] == "changed input render:a/s02"
-    assert reasons["render:a/s03"] == "changed input frame:a/s02"
     assert reasons["assemble:a"] == "changed input render:a/s02, input render:a/s03"
     report = await run(settings, path)
     assert report.ok, report.errors

@@ -11,6 +11,7 @@ from bridge.db.models import Run
 from bridge.db.store import Resumable, Store
 from bridge.errors import ConfigError
 from bridge.spec.validate import load_spec
+from bridge.states import JobState, RunState
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -32,7 +33,7 @@ def test_spec_rows_runs_jobs_assets_and_resume(database_url: str) -> None:
         later = store.create_run(spec, "http://a", preview=False, settings={})
         store.take_over(later, render.hash)
         assert store.resumable("moonlit-garden", [render.hash]) == {}
-        store.mark_done(run_id, render.id, "succeeded", seconds=1.5)
+        store.mark_done(run_id, render.id, JobState.SUCCEEDED, seconds=1.5)
         asset_id = store.add_asset(
             run_id,
             spec,
@@ -48,15 +49,27 @@ def test_spec_rows_runs_jobs_assets_and_resume(database_url: str) -> None:
         assert list(found) == [render.hash]
         assert found[render.hash].probe == {"width": 704}
         assert store.latest_by_job("moonlit-garden")[render.id].id == asset_id
-        store.log(run_id, "job_succeeded", render.id, seconds=1.5)
-        assert [e.kind for e in store.events(run_id)] == ["job_succeeded"]
+        store.log(run_id, "job_failed", render.id, data={"kind": "timeout", "final": True})
+        (event,) = store.events(run_id)
+        assert (event.kind, event.job_id) == ("job_failed", render.id)
+        assert event.data == {"kind": "timeout", "final": True}
         counts = store.count_jobs(run_id)
         assert counts["succeeded"] == 1
         assert counts["pending"] == len(plan) - 1
-        store.finish_run(run_id, "succeeded", counts, "manifest.json")
+        store.finish_run(run_id, RunState.SUCCEEDED, counts, "manifest.json")
         run = store.run(run_id)
         assert isinstance(run, Run)
         assert run.status == "succeeded"
+        assert [r.id for r in store.runs(status=RunState.SUCCEEDED)] == [run_id]
+        assert [r.id for r in store.runs(status=RunState.RUNNING)] == [later]
+        by_state, seconds = store.job_totals()
+        assert by_state["succeeded"] == 1
+        assert seconds == 1.5
+        assert store.project("moonlit-garden").spec_file == spec.file
+        assert store.scene("garden").project_id == "moonlit-garden"
+        assert store.scene("nope") is None
+        with pytest.raises(LookupError):
+            store.finish_run(10**6, RunState.FAILED, {}, None)
         jobs = {j.job_id: j for j in store.jobs(run_id)}
         assert jobs[render.id].reason == "changed"
         assert jobs[render.id].prompt_id == "p-1"

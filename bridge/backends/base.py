@@ -59,6 +59,8 @@ ProgressFn = Callable[[Progress], None]
 class Backend(Protocol):
     name: str  # shown in logs, manifest and DB: a server URL or "preview"
     slots: int  # jobs it should be given at once to stay busy
+    # False while it does not answer: the pool leases it no jobs, health and metrics show it
+    healthy: bool
 
     async def start(self) -> None:
         """Open connections; raise TransientBackendError when the backend cannot be reached."""

@@ -11,8 +11,8 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Sequence
-from typing import Any
 
+from bridge.backends.base import Backend
 from bridge.errors import TransientBackendError
 
 log = logging.getLogger(__name__)
@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 class ServerPool:
     def __init__(
-        self, backends: Sequence[Any], *, health_interval: float = 2.0, grace: float = 30.0
+        self, backends: Sequence[Backend], *, health_interval: float = 2.0, grace: float = 30.0
     ) -> None:
         if not backends:
             raise ValueError("a pool needs at least one backend")
@@ -61,11 +61,11 @@ class ServerPool:
                 await self._probe
         await asyncio.gather(*(b.close() for b in self.backends), return_exceptions=True)
 
-    def healthy(self) -> list[Any]:
-        return [b for b in self.backends if getattr(b, "healthy", True)]
+    def healthy(self) -> list[Backend]:
+        return [b for b in self.backends if b.healthy]
 
     @contextlib.asynccontextmanager
-    async def lease(self, prefer: str | None = None) -> AsyncIterator[Any]:
+    async def lease(self, prefer: str | None = None) -> AsyncIterator[Backend]:
         """A healthy backend with a free slot, `prefer` first; waits while all are busy,
         and for a while when none answers (a server restart takes seconds)."""
         if not self.healthy():
@@ -102,7 +102,7 @@ class ServerPool:
 
     async def _probe_down(self) -> None:
         for backend in self.backends:
-            if getattr(backend, "healthy", True):
+            if backend.healthy:
                 continue
             try:
                 await backend.start()

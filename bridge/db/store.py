@@ -9,7 +9,7 @@ prompt_id before the prompt is posted, which is what makes a killed run resumabl
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,8 +35,7 @@ from bridge.errors import ConfigError
 from bridge.plan import Job
 from bridge.settings import mask_url
 from bridge.spec.model import Spec
-
-UNFINISHED = ("pending", "submitted", "running")
+from bridge.states import RESUMABLE, JobState, RunState
 
 
 @dataclass(frozen=True)
@@ -170,10 +169,12 @@ class Store:
         marked interrupted, so status never shows a ghost."""
         with self.session() as s:
             for old in s.exec(
-                select(Run).where(Run.project_id == spec.project.id, Run.status == "running")
+                select(Run).where(
+                    Run.project_id == spec.project.id, Run.status == RunState.RUNNING.value
+                )
             ):
                 if old.pid is None or not _alive(old.pid):
-                    old.status = "interrupted"
+                    old.status = RunState.INTERRUPTED.value
                     old.finished_at = old.finished_at or utcnow()
                     s.add(old)
             run = Run(
@@ -190,8 +191,16 @@ class Store:
             assert run.id is not None
             return run.id
 
-    def add_jobs(self, run_id: int, jobs: Iterable[Job], reasons: Mapping[str, str]) -> None:
-        """All of a run's jobs in one transaction; cached ones are born finished."""
+    def add_jobs(
+        self,
+        run_id: int,
+        jobs: Iterable[Job],
+        reasons: Mapping[str, str],
+        *,
+        cached: Collection[str] = (),
+    ) -> None:
+        """All of a run's jobs in one transaction, with why each runs; `cached` ones are
+        born finished."""
         now = utcnow()
         with self.session() as s:
             s.add_all(
@@ -203,8 +212,8 @@ class Store:
                     shot_id=j.shot,
                     hash=j.hash,
                     reason=reasons.get(j.id, "new"),
-                    state="cached" if reasons.get(j.id) == "cached" else "pending",
-                    finished_at=now if reasons.get(j.id) == "cached" else None,
+                    state=(JobState.CACHED if j.id in cached else JobState.PENDING).value,
+                    finished_at=now if j.id in cached else None,
                 )
                 for j in jobs
             )
@@ -227,7 +236,7 @@ class Store:
         self._update(
             run_id,
             job_id,
-            state="submitted",
+            state=JobState.SUBMITTED.value,
             prompt_id=prompt_id,
             server=server,
             attempts=attempt,
@@ -235,20 +244,22 @@ class Store:
         )
 
     def mark_running(self, run_id: int, job_id: str, attempt: int) -> None:
-        self._update(run_id, job_id, state="running", attempts=attempt, started_at=utcnow())
+        self._update(
+            run_id, job_id, state=JobState.RUNNING.value, attempts=attempt, started_at=utcnow()
+        )
 
     def mark_done(
         self,
         run_id: int,
         job_id: str,
-        state: str,
+        state: JobState,
         *,
         seconds: float | None = None,
         error: str | None = None,
         error_kind: str | None = None,
         quality: Mapping[str, Any] | None = None,
     ) -> None:
-        values: dict[str, Any] = {"state": state, "finished_at": utcnow(), "error": error}
+        values: dict[str, Any] = {"state": state.value, "finished_at": utcnow(), "error": error}
         if seconds is not None:
             values["seconds"] = seconds
         if error_kind is not None:
@@ -258,13 +269,13 @@ class Store:
         self._update(run_id, job_id, **values)
 
     def finish_run(
-        self, run_id: int, status: str, counts: Mapping[str, int], manifest: str | None
+        self, run_id: int, status: RunState, counts: Mapping[str, int], manifest: str | None
     ) -> None:
         with self.session() as s:
             run = s.get(Run, run_id)
             if run is None:
-                return
-            run.status = status
+                raise LookupError(f"run {run_id} is not in the job store")
+            run.status = status.value
             run.counts = dict(counts)
             run.manifest = manifest
             run.finished_at = utcnow()
@@ -281,7 +292,7 @@ class Store:
                 .join(Run, col(Run.id) == JobRecord.run_id)
                 .where(
                     Run.project_id == project_id,
-                    col(JobRecord.state).in_(("submitted", "running")),
+                    col(JobRecord.state).in_([state.value for state in RESUMABLE]),
                     col(JobRecord.prompt_id).is_not(None),
                 )
                 .order_by(col(JobRecord.id))
@@ -299,11 +310,11 @@ class Store:
                 select(JobRecord).where(
                     JobRecord.hash == job_hash,
                     JobRecord.run_id != run_id,
-                    col(JobRecord.state).in_(("submitted", "running")),
+                    col(JobRecord.state).in_([state.value for state in RESUMABLE]),
                 )
             )
             for row in rows:
-                row.state = "interrupted"
+                row.state = JobState.INTERRUPTED.value
                 row.error = f"re-attached by run {run_id}"
                 s.add(row)
             s.commit()
@@ -387,9 +398,18 @@ class Store:
 
     # -- the event log -------------------------------------------------------------------
 
-    def log(self, run_id: int | None, kind: str, job_id: str | None = None, **data: Any) -> None:
+    def log(
+        self,
+        run_id: int | None,
+        kind: str,
+        job_id: str | None = None,
+        data: Mapping[str, Any] | None = None,
+    ) -> None:
+        """One entry of the run's event log; `data` is stored as given (JSON)."""
         with self.session() as s:
-            s.add(EventRecord(run_id=run_id, job_id=job_id, kind=kind, data=data or None))
+            s.add(
+                EventRecord(run_id=run_id, job_id=job_id, kind=kind, data=dict(data or {}) or None)
+            )
             s.commit()
 
     # -- reading -------------------------------------------------------------------------
@@ -398,12 +418,34 @@ class Store:
         with self.session() as s:
             return s.get(Run, run_id)
 
-    def runs(self, limit: int = 20, project_id: str | None = None) -> list[Run]:
+    def runs(
+        self, limit: int = 20, project_id: str | None = None, status: RunState | None = None
+    ) -> list[Run]:
+        """The newest runs first, of one project or status if given."""
         with self.session() as s:
             query = select(Run).order_by(col(Run.id).desc()).limit(limit)
             if project_id:
                 query = query.where(Run.project_id == project_id)
+            if status is not None:
+                query = query.where(Run.status == status.value)
             return list(s.exec(query))
+
+    def project(self, project_id: str) -> Project | None:
+        with self.session() as s:
+            return s.get(Project, project_id)
+
+    def scene(self, scene_id: str) -> Scene | None:
+        """The scene with this id in any project (the seed API names scenes alone)."""
+        with self.session() as s:
+            return s.exec(select(Scene).where(Scene.id == scene_id)).first()
+
+    def job_totals(self) -> tuple[dict[str, int], float]:
+        """Jobs of every run by state, and the wall seconds of the finished ones."""
+        with self.session() as s:
+            rows = s.exec(select(JobRecord.state, func.count()).group_by(JobRecord.state))
+            by_state = dict(rows.all())
+            seconds = s.exec(select(func.sum(JobRecord.seconds))).one()
+        return by_state, float(seconds or 0.0)
 
     def jobs(self, run_id: int, state: str | None = None) -> list[JobRecord]:
         with self.session() as s:

@@ -1,0 +1,223 @@
+"""What a run leaves behind: its rows in the job store, its manifest and its webhooks.
+
+Every write here is a step the run awaits (the scheduler awaits `Recorder.__call__` on each
+event of a job's life before any display hears of it), so a write that fails ends the run
+with its error instead of leaving a record that silently lacks it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bridge import manifest, outputs
+from bridge.db.store import Resumable, Store
+from bridge.events import Event, JobFailed, JobSkipped, JobStarted, JobSucceeded
+from bridge.freshness import Reason, as_text
+from bridge.manifest import JobResult, OutputFile
+from bridge.plan import Job, Plan
+from bridge.spec.model import Spec
+from bridge.states import JobState, RunState
+from bridge.webhooks import Hook, Notifier
+
+
+@dataclass
+class RunReport:
+    run_id: int
+    project: str
+    states: dict[str, JobState]
+    errors: dict[str, str]
+    manifest: Path | None
+    preview: bool
+    backend: str
+    submitted: int = 0
+    results: dict[str, JobResult] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return all(s in (JobState.SUCCEEDED, JobState.CACHED) for s in self.states.values())
+
+    @property
+    def status(self) -> RunState:
+        if JobState.CANCELLED in set(self.states.values()):
+            return RunState.CANCELLED
+        return RunState.SUCCEEDED if self.ok else RunState.FAILED
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for state in self.states.values():
+            out[state.value] = out.get(state.value, 0) + 1
+        return dict(sorted(out.items()))
+
+
+class Recorder:
+    """The records of one run of one plan."""
+
+    def __init__(
+        self,
+        store: Store,
+        spec: Spec,
+        plan: Plan,
+        *,
+        root: Path,
+        hooks: list[Hook],
+        webhooks: Notifier,
+        detach: bool,
+    ) -> None:
+        self.store = store
+        self.spec = spec
+        self.plan = plan
+        self.root = root
+        self.hooks = hooks
+        self.webhooks = webhooks
+        # detach: a cancelled job stays recorded as submitted, to be re-attached later
+        self.detach = detach
+        self.run_id = 0
+
+    def start(
+        self,
+        reasons: Mapping[str, Reason],
+        *,
+        backend: str,
+        preview: bool,
+        settings: Mapping[str, Any],
+    ) -> int:
+        """The run's row, its spec's rows and one row per job; returns the run's id."""
+        store = self.store
+        store.sync_spec(self.spec)
+        self.run_id = store.create_run(self.spec, backend, preview=preview, settings=settings)
+        cached = {job_id for job_id, reason in reasons.items() if not reason.runs}
+        store.add_jobs(self.run_id, self.plan.jobs(), as_text(reasons), cached=cached)
+        store.log(self.run_id, "run_started", data={"spec": self.spec.file, "jobs": len(self.plan)})
+        return self.run_id
+
+    def cached(self, job_ids: Iterable[str]) -> dict[str, JobResult]:
+        """The recorded outputs of jobs that will not run, as if they had just finished."""
+        ids = set(job_ids)
+        assets = self.store.find_assets(self.plan.project, (self.plan.job(j).hash for j in ids))
+        out = {}
+        for job_id in ids:
+            asset = assets[self.plan.job(job_id).hash]
+            out[job_id] = JobResult(
+                files=(
+                    OutputFile(
+                        path=self.root / asset.path,
+                        sha256=asset.sha256,
+                        bytes=asset.bytes,
+                        probe=asset.probe,
+                        quality=asset.quality,
+                    ),
+                ),
+                server="cache",
+                meta={"cached_from_run": asset.run_id},
+            )
+        return out
+
+    def resumable(self) -> dict[str, Resumable]:
+        return self.store.resumable(self.plan.project, (j.hash for j in self.plan.jobs()))
+
+    # -- steps of a job's life -----------------------------------------------------------
+
+    async def __call__(self, event: Event) -> None:
+        """The scheduler's record: the rows for one event, then its webhook."""
+        store, run_id = self.store, self.run_id
+        match event:
+            case JobStarted(job_id, attempt):
+                store.mark_running(run_id, job_id, attempt)
+            case JobSucceeded(job_id, seconds, result):
+                store.mark_done(run_id, job_id, JobState.SUCCEEDED, seconds=seconds)
+                store.log(run_id, "job_succeeded", job_id, data={"seconds": round(seconds, 3)})
+                files = [str(f.path) for f in result.files] if result else []
+                self._notify(
+                    "job_finished",
+                    {"run_id": run_id, "job_id": job_id, "status": "succeeded", "outputs": files},
+                )
+            case JobFailed(job_id, error, kind, attempt, final):
+                cancelled = kind == "cancelled"
+                if final and not (cancelled and self.detach):
+                    state = JobState.CANCELLED if cancelled else JobState.FAILED
+                    store.mark_done(run_id, job_id, state, error=error, error_kind=kind)
+                store.log(
+                    run_id,
+                    "job_failed",
+                    job_id,
+                    data={"error": error, "kind": kind, "attempt": attempt, "final": final},
+                )
+                if final and not cancelled:
+                    self._notify(
+                        "job_failed",
+                        {"run_id": run_id, "job_id": job_id, "status": "failed", "error": error},
+                    )
+            case JobSkipped(job_id, because):
+                skipped = f"skipped: {because} failed"
+                store.mark_done(run_id, job_id, JobState.SKIPPED, error=skipped)
+
+    def submitting(self, job: Job, prompt_id: str, server: str, attempt: int) -> None:
+        """Committed before the prompt is posted: what makes a killed run resumable."""
+        self.store.mark_submitting(self.run_id, job.id, prompt_id, server, attempt)
+
+    def take_over(self, job: Job) -> None:
+        self.store.take_over(self.run_id, job.hash)
+
+    def quality_failed(self, job: Job, reason: str, reseed: int) -> None:
+        self.store.log(
+            self.run_id, "quality_failed", job.id, data={"reason": reason, "reseed": reseed}
+        )
+
+    def asset(self, job: Job, main: OutputFile) -> None:
+        path = main.path
+        self.store.add_asset(
+            self.run_id,
+            self.spec,
+            job,
+            path=path.relative_to(self.root).as_posix()
+            if path.is_relative_to(self.root)
+            else str(path),
+            sha256=main.sha256,
+            size=main.bytes,
+            probe=main.probe,
+            quality=main.quality,
+        )
+
+    # -- the run's end -------------------------------------------------------------------
+
+    def finish(self, report: RunReport, run: Mapping[str, Any]) -> Path:
+        """The manifest, the run's final row and its notice; returns the manifest's path."""
+        project_root = outputs.project_dir(self.root, self.plan.project)
+        document = manifest.build(
+            self.plan,
+            root=project_root,
+            run={"id": str(self.run_id), "status": report.status.value, **run},
+            states={k: v.value for k, v in report.states.items()},
+            results=report.results,
+            errors=report.errors,
+        )
+        path = manifest.write(project_root, document)
+        counts = report.counts()
+        self.store.finish_run(self.run_id, report.status, counts, str(path))
+        self.store.log(self.run_id, "run_finished", data={"status": report.status.value, **counts})
+        self._notify(
+            "run_finished",
+            {
+                "run_id": self.run_id,
+                "project": self.plan.project,
+                "status": report.status.value,
+                "counts": counts,
+                "manifest": str(path),
+                "errors": report.errors,
+                "preview": report.preview,
+            },
+        )
+        return path
+
+    def _notify(self, event: str, payload: dict[str, Any]) -> None:
+        if not self.hooks:
+            return
+        run_id, job_id = self.run_id, payload.get("job_id")
+
+        def delivered(kind: str, data: Mapping[str, Any]) -> None:
+            self.store.log(run_id, kind, job_id, data=data)
+
+        self.webhooks.send(self.hooks, event, payload, delivered)
