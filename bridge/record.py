@@ -196,6 +196,8 @@ class Recorder:
         )
         path = manifest.write(project_root, document)
         counts = report.counts()
+        if report.status is RunState.CANCELLED:
+            self.store.end_pending(self.run_id, JobState.CANCELLED)
         self.store.finish_run(self.run_id, report.status, counts, str(path))
         self.store.log(self.run_id, "run_finished", data={"status": report.status.value, **counts})
         self._notify(

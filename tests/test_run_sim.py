@@ -16,6 +16,7 @@ import jsonschema
 import pytest
 
 from bridge.compile import compile_plan
+from bridge.db.store import Store
 from bridge.errors import PreflightError
 from bridge.runner import Runner, RunReport, Selection
 from bridge.scheduler import JobState, Policy
@@ -62,6 +63,23 @@ async def run(
         return await runner.run(spec, plan, selection)
     finally:
         await runner.close()
+
+
+def event_log(settings: Settings, run_id: int) -> list[tuple[str, str | None, dict[str, Any]]]:
+    """The run's event log as (kind, job, data), read back from the job store."""
+    store = Store(settings.database)
+    try:
+        return [(e.kind, e.job_id, e.data or {}) for e in store.events(run_id)]
+    finally:
+        store.close()
+
+
+def job_rows(settings: Settings, run_id: int) -> dict[str, str]:
+    store = Store(settings.database)
+    try:
+        return {j.job_id: j.state for j in store.jobs(run_id)}
+    finally:
+        store.close()
 
 
 def spec_file(tmp_path: Path, text: str, name: str = "spec.yaml") -> Path:
@@ -145,19 +163,50 @@ async def test_execution_error_fails_at_once_and_skips_dependents(
     sim: Simulator, tmp_path: Path
 ) -> None:
     sim.error_nodes = {"CreateVideo"}
-    report = await run(settings_for(tmp_path, sim.url), SMOKE)
+    settings = settings_for(tmp_path, sim.url)
+    report = await run(settings, SMOKE)
     assert not report.ok
     error = report.errors["render:dawn/s01"]
     assert "node 2 (CreateVideo) failed: RuntimeError: simulated failure in CreateVideo" in error
     assert report.states["assemble:dawn"] is JobState.SKIPPED
     assert len(sim.posted) == 4  # no retries for a permanent error
 
+    log = event_log(settings, report.run_id)
+    assert [kind for kind, _, _ in log if kind.startswith("run_")] == [
+        "run_started",
+        "run_finished",
+    ]
+    failed = {job: data for kind, job, data in log if kind == "job_failed"}
+    assert sorted(failed) == sorted(j for j in report.states if j.startswith("render:"))
+    assert len(failed) == 4
+    for job, data in failed.items():
+        assert data == {
+            "error": report.errors[job],
+            "kind": "permanent",
+            "attempt": 1,
+            "final": True,
+        }
+    assert log[-1] == ("run_finished", None, {"status": "failed", "failed": 4, "skipped": 3})
+    rows = job_rows(settings, report.run_id)
+    assert rows == {j: s.value for j, s in report.states.items()}
+
 
 async def test_http_500_is_retried(sim: Simulator, tmp_path: Path) -> None:
     sim.fail_posts = 2
-    report = await run(settings_for(tmp_path, sim.url), SMOKE)
+    settings = settings_for(tmp_path, sim.url)
+    report = await run(settings, SMOKE)
     assert report.ok, report.errors
     assert len(sim.posted) == 4
+    log = event_log(settings, report.run_id)
+    retried = [(job, data) for kind, job, data in log if kind == "job_failed"]
+    assert len(retried) == 2
+    for job, data in retried:
+        assert (data["kind"], data["final"]) == ("transient", False)
+        assert "HTTP 500" in data["error"]
+        later = [k for k, j, _ in log[log.index(("job_failed", job, data)) :] if j == job]
+        assert later[-1] == "job_succeeded"
+    assert sum(1 for kind, _, _ in log if kind == "job_succeeded") == 7
+    assert set(job_rows(settings, report.run_id).values()) == {"succeeded"}
 
 
 async def test_server_restart_mid_job_resubmits_the_lost_prompt(
@@ -222,20 +271,18 @@ async def test_black_clip_fails_its_gate_and_passes_with_a_new_seed(
     assert result.meta["seed"] != 5
     workflow = json.loads(result.files[0].workflow.read_text())
     assert workflow["12"]["inputs"]["seed"] == result.meta["seed"]
-    from bridge.db.store import Store
-
-    store = Store(settings_for(tmp_path, sim.url).database)
-    try:
-        (event,) = [e for e in store.events(report.run_id) if e.kind == "quality_failed"]
-        assert "black" in event.data["reason"]
-    finally:
-        store.close()
+    log = event_log(settings_for(tmp_path, sim.url), report.run_id)
+    job_events = [(kind, data) for kind, job, data in log if job == "render:a/s01"]
+    assert [kind for kind, _ in job_events] == ["quality_failed", "job_succeeded"]
+    assert "black" in job_events[0][1]["reason"]
+    assert job_events[0][1]["reseed"] == 0
 
 
 async def test_timeout_interrupts_the_prompt(sim: Simulator, tmp_path: Path) -> None:
     sim.job_seconds = 3.0
+    settings = settings_for(tmp_path, sim.url)
     report = await run(
-        settings_for(tmp_path, sim.url),
+        settings,
         SMOKE,
         policy=Policy(max_remote=1, timeout=0.5, retries=0),
         selection=Selection(only=("dawn/s01",)),
@@ -243,6 +290,17 @@ async def test_timeout_interrupts_the_prompt(sim: Simulator, tmp_path: Path) -> 
     assert "WORKFLOW_TIMEOUT" in report.errors["render:dawn/s01"]
     await asyncio.sleep(0.1)
     assert sim.interrupted == sim.posted[:1]
+    failed = [(job, data) for kind, job, data in event_log(settings, report.run_id)]
+    assert (
+        "render:dawn/s01",
+        {
+            "error": report.errors["render:dawn/s01"],
+            "kind": "timeout",
+            "attempt": 1,
+            "final": True,
+        },
+    ) in failed
+    assert job_rows(settings, report.run_id)["render:dawn/s01"] == "failed"
 
 
 async def test_cancelling_a_run_deletes_and_interrupts_what_it_queued(
@@ -258,17 +316,25 @@ async def test_cancelling_a_run_deletes_and_interrupts_what_it_queued(
         await task
     await asyncio.sleep(0.6)
     assert sim.interrupted == sim.posted[:1]
+
     assert sorted(sim.deleted) == sorted(sim.posted[1:3])
-    from bridge.db.store import Store
 
     store = Store(settings.database)
     try:
-        (latest,) = store.runs(limit=1)
-        assert latest.status == "cancelled"
-        states = {j.job_id: j.state for j in store.jobs(latest.id)}
-        assert states["render:dawn/s01"] == "cancelled"
+        (record,) = store.runs()
     finally:
         store.close()
+    assert record.status == "cancelled"
+    rows = job_rows(settings, record.id)
+    assert set(rows.values()) == {"cancelled"}  # those never started too: nothing pending
+    log = event_log(settings, record.id)
+    cancelled = [
+        job for kind, job, data in log if kind == "job_failed" and data["kind"] == "cancelled"
+    ]
+    assert len(cancelled) == 3  # the three it had queued
+    assert all(job.startswith("render:") for job in cancelled)
+    assert log[-1][:2] == ("run_finished", None)
+    assert log[-1][2] == {"status": "cancelled", "cancelled": 7}
 
 
 CHAIN = """\
@@ -348,7 +414,6 @@ async def test_changing_one_prompt_rerenders_exactly_what_depends_on_it(
     posted = len(sim.posted)
     path.write_text(CHAIN.replace("action: turns", "action: turns back"))
     from bridge import freshness
-    from bridge.db.store import Store
 
     plan = compile_plan(load_spec(path))
     store = Store(settings.database)

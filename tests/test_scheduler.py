@@ -7,7 +7,7 @@ import networkx as nx
 import pytest
 
 from bridge.errors import PermanentBackendError, TransientBackendError
-from bridge.events import Bus, JobFailed, JobSkipped
+from bridge.events import SUBSCRIBER_ERRORS, Bus, JobFailed, JobSkipped, JobSucceeded
 from bridge.plan import Job, JobKind, Plan
 from bridge.scheduler import JobState, Policy, Scheduler
 
@@ -205,3 +205,96 @@ async def test_cancelling_the_run_cancels_running_jobs() -> None:
     with pytest.raises(asyncio.CancelledError):
         await task
     assert sched.states == {"a": JobState.CANCELLED, "b": JobState.CANCELLED}
+
+
+class Journal:
+    """A record that notes each event, and whether any display saw it first."""
+
+    def __init__(self, bus: Bus) -> None:
+        self.seen: list[tuple[str, object]] = []
+        bus.subscribe(lambda event: self.seen.append(("bus", event)))
+
+    async def __call__(self, event: object) -> None:
+        self.seen.append(("record", event))
+
+
+async def test_every_event_is_recorded_before_any_display_hears_of_it() -> None:
+    async def run(job: Job, attempt: int, progress) -> None:
+        if job.id == "b" and attempt == 1:
+            raise TransientBackendError("HTTP 500")
+        if job.id == "c":
+            raise PermanentBackendError("node 3 failed")
+
+    bus = Bus()
+    journal = Journal(bus)
+    plan = make_plan([("a", "b"), ("a", "c"), ("c", "d")])
+    await Scheduler(plan, run, bus=bus, record=journal, sleep=no_sleep).run()
+    seen = journal.seen
+    assert [where for where, _ in seen] == ["record", "bus"] * (len(seen) // 2)
+    assert all(seen[i][1] is seen[i + 1][1] for i in range(0, len(seen), 2))
+    recorded = [e for where, e in seen if where == "record"]
+    failed = [(e.job_id, e.kind, e.attempt, e.final) for e in recorded if isinstance(e, JobFailed)]
+    assert failed == [("b", "transient", 1, False), ("c", "permanent", 1, True)]
+    assert JobSkipped("d", "c") in recorded
+
+
+async def test_a_timeout_is_recorded_as_such_on_the_fake_clock() -> None:
+    ticks = iter(range(0, 10**6, 1000))  # every reading of the clock is 1000 s later
+
+    async def run(job: Job, attempt: int, progress) -> None:
+        await asyncio.Event().wait()  # never finishes by itself
+
+    bus = Bus()
+    journal = Journal(bus)
+    plan = make_plan([("a", "b")])
+    sched = Scheduler(
+        plan, run, policy=Policy(timeout=900), bus=bus, record=journal, clock=lambda: next(ticks)
+    )
+    assert await sched.run() == {"a": JobState.FAILED, "b": JobState.SKIPPED}
+    recorded = [e for where, e in journal.seen if where == "record"]
+    (failed,) = [e for e in recorded if isinstance(e, JobFailed)]
+    assert (failed.job_id, failed.kind, failed.final) == ("a", "timeout", True)
+    assert "900 s WORKFLOW_TIMEOUT" in failed.error
+
+
+async def test_a_record_that_cannot_be_written_ends_the_run_loudly() -> None:
+    stopped = asyncio.Event()
+
+    async def run(job: Job, attempt: int, progress) -> None:
+        if job.id == "slow":
+            try:
+                await asyncio.sleep(10)
+            except asyncio.CancelledError:
+                stopped.set()
+                raise
+
+    async def record(event: object) -> None:
+        if isinstance(event, JobSucceeded):
+            raise OSError("disk full")
+
+    plan = make_plan([], nodes=["fast", "slow"])
+    with pytest.raises(OSError, match="disk full"):
+        await Scheduler(plan, run, record=record).run()
+    assert stopped.is_set()  # nothing is left running unrecorded
+
+
+async def test_a_failing_display_is_logged_and_counted_and_the_run_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def run(job: Job, attempt: int, progress) -> None:
+        return None
+
+    def broken(event: object) -> None:
+        raise ValueError("display bug")
+
+    bus = Bus()
+    bus.subscribe(broken)
+    before = SUBSCRIBER_ERRORS.value
+    plan = make_plan([("a", "b")])
+    states = await Scheduler(plan, run, bus=bus).run()
+    assert set(states.values()) == {JobState.SUCCEEDED}
+    assert SUBSCRIBER_ERRORS.value - before == 4  # two starts, two successes
+    failures = [r for r in caplog.records if "subscriber" in r.getMessage()]
+    assert len(failures) == 4
+    assert failures[0].exc_info is not None
+    assert failures[0].exc_info[0] is ValueError

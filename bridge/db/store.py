@@ -268,6 +268,21 @@ class Store:
             values["quality"] = dict(quality)
         self._update(run_id, job_id, **values)
 
+    def end_pending(self, run_id: int, state: JobState) -> None:
+        """The run's jobs that never started end in `state` (a cancelled run's queue)."""
+        with self.session() as s:
+            rows = s.exec(
+                select(JobRecord).where(
+                    JobRecord.run_id == run_id, JobRecord.state == JobState.PENDING.value
+                )
+            )
+            now = utcnow()
+            for row in rows:
+                row.state = state.value
+                row.finished_at = now
+                s.add(row)
+            s.commit()
+
     def finish_run(
         self, run_id: int, status: RunState, counts: Mapping[str, int], manifest: str | None
     ) -> None:
