@@ -74,7 +74,7 @@ def _compile(spec: Spec) -> Plan:
             meta={"project": project, "title": spec.project.title, "inputs": scene_jobs},
         )
 
-    graph: nx.DiGraph = nx.DiGraph()
+    graph: nx.DiGraph[str] = nx.DiGraph()
     position = {job_id: i for i, job_id in enumerate(drafts)}
     graph.add_nodes_from(drafts)
     graph.add_edges_from((dep, d.id) for d in drafts.values() for dep in d.deps)

@@ -176,6 +176,7 @@ class Executor:
     ) -> JobResult:
         """Probe and check the main output, record the asset, and describe the result."""
         main = files[0]
+        assert job.expect is not None, "the compiler gives every job what it must produce"
         q = job.quality
         threshold = self.quality_threshold if q.threshold is None else q.threshold
         try:

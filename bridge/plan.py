@@ -112,7 +112,7 @@ class Job:
 @dataclass(frozen=True)
 class Plan:
     project: str
-    graph: nx.DiGraph = field(hash=False, compare=False)
+    graph: nx.DiGraph[str] = field(hash=False, compare=False)
     order: tuple[str, ...] = ()  # a deterministic topological order
     meta: Mapping[str, Any] = field(default_factory=dict, hash=False, compare=False)
 

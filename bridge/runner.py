@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TypeVar
 
 import networkx as nx
 
@@ -20,7 +20,7 @@ from bridge.backends.comfyui import ComfyUIBackend
 from bridge.backends.pool import ServerPool
 from bridge.backends.preview import PreviewBackend
 from bridge.db.store import Store
-from bridge.errors import ConfigError, TransientBackendError, UsageError
+from bridge.errors import ConfigError, PreflightError, TransientBackendError, UsageError
 from bridge.events import Bus
 from bridge.execute import Executor, QualityFailed
 from bridge.plan import JobKind, Plan
@@ -38,6 +38,7 @@ PREVIEW_NOTICE = (
     "Set COMFYUI_URL to render on ComfyUI."
 )
 DEFAULT_URL = "http://127.0.0.1:8188"
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -242,10 +243,10 @@ class Runner:
             info = await backend.object_info()
             found += [f"{backend.name}: {p}" for p in preflight.problems(remote, info)]
         if found:
-            raise preflight.PreflightError(found)
+            raise PreflightError(found)
 
 
-async def run_cancellable(coro: Any) -> Any:
+async def run_cancellable(coro: Awaitable[T]) -> T:
     """Run `coro` so SIGINT and SIGTERM cancel it (and it records why) instead of killing."""
     import signal
 

@@ -101,7 +101,7 @@ class Scheduler:
         ready: dict[bool, list[tuple[int, str]]] = {True: [], False: []}
         running = {True: 0, False: 0}
         attempts: dict[str, int] = {}
-        tasks: dict[asyncio.Task[Any], tuple[str, bool]] = {}  # task -> (job, is an attempt)
+        tasks: dict[asyncio.Future[Any], tuple[str, bool]] = {}  # task -> (job, is an attempt)
 
         def make_ready(job_id: str) -> None:
             heapq.heappush(ready[self.plan.job(job_id).kind.remote], (index[job_id], job_id))
@@ -137,7 +137,7 @@ class Scheduler:
                                     make_ready(child)
                     elif outcome == "retry":
                         delay = min(30.0, self.policy.backoff * 2 ** (attempts[job_id] - 1))
-                        tasks[asyncio.create_task(self.sleep(delay))] = (job_id, False)
+                        tasks[asyncio.ensure_future(self.sleep(delay))] = (job_id, False)
                     else:
                         await self._skip_downstream(job_id, waiting)
                 pump()

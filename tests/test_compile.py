@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from bridge.compile import compile_plan
-from bridge.plan import JobKind
+from bridge.plan import JobKind, Quality, SeedBinding
 from bridge.spec.validate import load_spec
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -103,3 +103,41 @@ def test_filename_prefix_names_project_scene_shot_and_hash() -> None:
 def test_examples_validate_and_every_job_has_a_hash(name: str) -> None:
     plan = plan_of(SPECS / f"{name}.yaml")
     assert all(len(j.hash) == 64 for j in plan.jobs())
+
+
+STILL_SPEC = """\
+version: 1
+project: {id: p}
+templates:
+  card: {workflow: card.json, still: true, bind: {width: 1.width, height: 1.height,
+    frames: 1.batch_size, seed: {to: 1.color, mod: 16777216}, fps: 2.fps,
+    filename_prefix: 3.filename_prefix}}
+defaults: {preset: draft, fps: 12, motion: core-smoke, duration: 1s, quality: {threshold: 0}}
+scenes:
+  - id: a
+    shots: [{id: s01, template: card}, {id: s02, quality: {threshold: 0.5, retries: 2}}]
+"""
+
+
+def test_the_runner_gets_typed_seed_and_quality_settings(tmp_path: Path) -> None:
+    shutil.copy(ROOT / "bridge" / "templates" / "core-smoke.json", tmp_path / "card.json")
+    (tmp_path / "spec.yaml").write_text(STILL_SPEC)
+    plan = plan_of(tmp_path / "spec.yaml")
+    card, smoke = plan.job("render:a/s01"), plan.job("render:a/s02")
+    assert card.quality == Quality(threshold=0.0, retries=0)  # 0 is off, not "the default"
+    assert card.seed_bindings == (SeedBinding("1", "color", 16777216),)
+    assert card.workflow["1"]["inputs"]["color"] == card.seed % 16777216
+    assert smoke.quality == Quality(0.5, 2, detect_black=False, detect_frozen=False)
+    assembly = plan.job("assemble:a")
+    assert assembly.quality == Quality()
+    assert assembly.seed_bindings == ()
+
+
+def test_a_model_template_gets_the_soft_checks_and_the_default_threshold() -> None:
+    plan = plan_of(SPECS / "moonlit-garden.yaml")
+    for job_id in ("keyframe:garden/s01", "render:garden/s01"):
+        quality = plan.job(job_id).quality
+        assert quality.threshold is None  # QUALITY_THRESHOLD decides at run time
+        assert (quality.detect_black, quality.detect_frozen) == (True, True)
+    assert plan.job("render:garden/s01").seed == 1234
+    assert plan.job("frame:garden/s01").quality == Quality()

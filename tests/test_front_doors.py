@@ -213,6 +213,7 @@ def test_api_endpoints(api: str) -> None:
     status, text = call(f"{api}/metrics")
     assert status == 200
     assert 'bridge_jobs{state="succeeded"} 7.0' in text
+    assert "bridge_subscriber_errors_total 0.0" in text
     assert "s3cret" not in text
 
 

@@ -453,3 +453,46 @@ async def test_deleted_output_is_rendered_again(sim: Simulator, tmp_path: Path) 
     second = await run(settings, SMOKE, selection=Selection(only=("dawn/s01",)))
     assert second.states["render:dawn/s01"] is JobState.SUCCEEDED
     assert len(sim.posted) == 2
+
+
+@pytest.mark.parametrize("still", [True, False])
+async def test_a_still_user_template_is_not_failed_as_frozen(
+    sim: Simulator, tmp_path: Path, still: bool
+) -> None:
+    (tmp_path / "card.json").write_bytes(
+        (ROOT / "bridge" / "templates" / "core-smoke.json").read_bytes()
+    )
+    path = spec_file(
+        tmp_path,
+        "version: 1\nproject: {id: p}\n"
+        f"templates:\n  card: {{workflow: card.json, still: {str(still).lower()}, bind: "
+        "{width: 1.width, height: 1.height, frames: 1.batch_size, "
+        "seed: {to: 1.color, mod: 16777216}, fps: 2.fps, filename_prefix: 3.filename_prefix}}\n"
+        "defaults: {preset: draft, fps: 12, motion: card, duration: 1s}\n"
+        "scenes:\n  - id: a\n    shots: [{id: s01}]\n",
+    )
+    report = await run(settings_for(tmp_path, sim.url), path)
+    if still:
+        assert report.ok, report.errors
+    else:  # the same solid colour clip from a template that claims motion
+        assert "frozen" in report.errors["render:a/s01"]
+
+
+@pytest.mark.parametrize(("quality", "ok"), [("{threshold: 0}", True), ("{}", False)])
+async def test_quality_threshold_zero_switches_the_gate_off(
+    sim: Simulator, tmp_path: Path, quality: str, ok: bool
+) -> None:
+    sim.black_prompts = 1
+    (tmp_path / "start.png").write_bytes(
+        (ROOT / "tests" / "cases" / "bad" / "files" / "start.png").read_bytes()
+    )
+    path = spec_file(
+        tmp_path,
+        "version: 1\nproject: {id: p}\n"
+        "defaults: {preset: draft, fps: 16, motion: wan-i2v, duration: 1s, "
+        f"quality: {quality}}}\n"
+        "scenes:\n  - id: a\n    shots: [{id: s01, seed: 5, start_image: start.png}]\n",
+    )
+    report = await run(settings_for(tmp_path, sim.url, quality_threshold=0.7), path)
+    assert report.ok is ok, report.errors
+    assert len(sim.posted) == 1  # no retries asked for: the black clip is kept or failed

@@ -117,13 +117,11 @@ class Store:
                     )
                 )
             for scene in spec.scenes:
+                loras = {cid: spec.characters[cid].lora for cid in scene.characters}
                 mapping = {
-                    cid: {
-                        "file": spec.characters[cid].lora.file,
-                        "strength": spec.characters[cid].lora.strength,
-                    }
-                    for cid in scene.characters
-                    if spec.characters[cid].lora is not None
+                    cid: {"file": lora.file, "strength": lora.strength}
+                    for cid, lora in loras.items()
+                    if lora is not None
                 }
                 s.add(
                     Scene(
