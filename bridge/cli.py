@@ -105,12 +105,13 @@ def cmd_plan(args: argparse.Namespace) -> int:
 def _reasons(settings: Settings, plan: Any, templates: Any, force: bool) -> dict[str, str]:
     """Reasons from the job store; no history (or no database yet) means everything is new."""
     from bridge import freshness
-    from bridge.db.store import Store
 
     url = settings.database
     if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
         reason = freshness.FORCED if force else freshness.NEW
         return {j.id: reason.text for j in plan.jobs()}
+    from bridge.db.store import Store
+
     store = Store(url)
     try:
         reasons = freshness.reasons(store, plan, settings.output_path, templates, force=force)

@@ -11,14 +11,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from bridge import outputs
-from bridge.db.store import Store
 from bridge.plan import Job, Plan
 from bridge.templates import Binding, Template
+
+if TYPE_CHECKING:  # the store's engine costs a third of `bridge plan` with no history
+    from bridge.db.store import Store
 
 
 class ReasonKind(StrEnum):
