@@ -15,11 +15,14 @@ import tempfile
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bridge import console
 from bridge.errors import BridgeError, SpecErrors, UsageError
 from bridge.settings import Settings, resolve
+
+if TYPE_CHECKING:
+    from bridge.freshness import Reason
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -102,22 +105,20 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
-def _reasons(settings: Settings, plan: Any, templates: Any, force: bool) -> dict[str, str]:
+def _reasons(settings: Settings, plan: Any, templates: Any, force: bool) -> dict[str, Reason]:
     """Reasons from the job store; no history (or no database yet) means everything is new."""
     from bridge import freshness
 
     url = settings.database
     if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
-        reason = freshness.FORCED if force else freshness.NEW
-        return {j.id: reason.text for j in plan.jobs()}
+        return dict.fromkeys(plan.order, freshness.FORCED if force else freshness.NEW)
     from bridge.db.store import Store
 
     store = Store(url)
     try:
-        reasons = freshness.reasons(store, plan, settings.output_path, templates, force=force)
+        return freshness.reasons(store, plan, settings.output_path, templates, force=force)
     finally:
         store.close()
-    return freshness.as_text(reasons)
 
 
 def _offline_preflight(plan: Any, path: Path) -> list[str]:

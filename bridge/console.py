@@ -9,12 +9,13 @@ from __future__ import annotations
 import json
 import sys
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, TextIO
 
 import networkx as nx
 
 from bridge.errors import SpecError
+from bridge.freshness import NEW, Reason
 from bridge.plan import JobKind, Plan
 
 ERROR_FORMATS = ("text", "json", "github")
@@ -65,13 +66,13 @@ def _annotation(e: SpecError) -> str:
     return f"::error {','.join(props)}::{esc(body)}"
 
 
-def plan_summary(plan: Plan, reasons: dict[str, str] | None = None) -> dict[str, Any]:
+def plan_summary(plan: Plan, reasons: Mapping[str, Reason] | None = None) -> dict[str, Any]:
     """Counts by kind, stages, and the video to render, as plain data for JSON or text."""
     reasons = reasons or {}
     jobs = list(plan.jobs())
     kinds = Counter(j.kind.value for j in jobs)
     renders = [j for j in jobs if j.kind is JobKind.RENDER and j.expect]
-    todo = [j for j in renders if reasons.get(j.id, "new") != "cached"]
+    todo = [j for j in renders if reasons.get(j.id, NEW).runs]
     position = {job_id: i for i, job_id in enumerate(plan.order)}
     stages = [sorted(s, key=position.__getitem__) for s in nx.topological_generations(plan.graph)]
     return {
@@ -81,7 +82,7 @@ def plan_summary(plan: Plan, reasons: dict[str, str] | None = None) -> dict[str,
         "by_kind": {k.value: kinds.get(k.value, 0) for k in JobKind},
         "frames_to_render": sum(j.expect.frames or 0 for j in todo if j.expect),
         "seconds_to_render": round(sum(j.expect.seconds or 0 for j in todo if j.expect), 3),
-        "cached": sum(1 for r in reasons.values() if r == "cached"),
+        "cached": sum(1 for r in reasons.values() if not r.runs),
         "stages": [
             [
                 {
@@ -90,7 +91,7 @@ def plan_summary(plan: Plan, reasons: dict[str, str] | None = None) -> dict[str,
                     "template": plan.job(job_id).template,
                     "expect": _expect(plan, job_id),
                     "hash": plan.job(job_id).hash,
-                    "reason": reasons.get(job_id, "new"),
+                    "reason": reasons.get(job_id, NEW).text,
                 }
                 for job_id in stage
             ]

@@ -15,6 +15,7 @@ from typing import Any
 
 from bridge.outputs import atomic_write_json
 from bridge.plan import JobKind, Plan
+from bridge.states import JobState
 
 MANIFEST_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -82,15 +83,15 @@ def build(
             }
             for f in (result.files if result else ())
         ]
-        if job.kind is JobKind.ASSEMBLE and outputs:
-            videos[job.scene or "project"] = outputs[0]["path"] or ""
+        if job.kind is JobKind.ASSEMBLE and result and result.files:
+            videos[job.scene or "project"] = rel(result.main) or ""
         jobs.append(
             {
                 "id": job.id,
                 "kind": job.kind.value,
                 "scene": job.scene,
                 "shot": job.shot,
-                "state": str(states.get(job.id, "pending")),
+                "state": str(states.get(job.id, JobState.PENDING)),
                 "hash": job.hash,
                 "template": job.template,
                 "server": result.server if result else None,

@@ -132,7 +132,12 @@ class Recorder:
                 files = [str(f.path) for f in result.files] if result else []
                 self._notify(
                     "job_finished",
-                    {"run_id": run_id, "job_id": job_id, "status": "succeeded", "outputs": files},
+                    {
+                        "run_id": run_id,
+                        "job_id": job_id,
+                        "status": JobState.SUCCEEDED.value,
+                        "outputs": files,
+                    },
                 )
             case JobFailed(job_id, error, kind, attempt, final):
                 cancelled = kind == "cancelled"
@@ -148,7 +153,12 @@ class Recorder:
                 if final and not cancelled:
                     self._notify(
                         "job_failed",
-                        {"run_id": run_id, "job_id": job_id, "status": "failed", "error": error},
+                        {
+                            "run_id": run_id,
+                            "job_id": job_id,
+                            "status": JobState.FAILED.value,
+                            "error": error,
+                        },
                     )
             case JobSkipped(job_id, because):
                 skipped = f"skipped: {because} failed"

@@ -15,6 +15,7 @@ from typing import Any
 
 from bridge import media
 from bridge.outputs import atomic_write_bytes
+from bridge.states import JobState
 
 REPORT_NAME = "report.html"
 THUMBS = "thumbs"
@@ -36,7 +37,7 @@ async def write(manifest: Mapping[str, Any], folder: Path) -> Path:
     thumbs: dict[str, list[str]] = {}
     for job in manifest["jobs"]:
         out = (job.get("outputs") or [None])[0]
-        if not out or job["state"] not in ("succeeded", "cached"):
+        if not out or job["state"] not in (JobState.SUCCEEDED, JobState.CACHED):
             continue
         path = folder / out["path"]
         if job["kind"] in ("render", "assemble") and path.suffix == ".mp4" and path.exists():
