@@ -22,7 +22,7 @@ from bridge.backends.preview import PreviewBackend
 from bridge.db.store import Store
 from bridge.errors import ConfigError, PreflightError, TransientBackendError, UsageError
 from bridge.events import Bus
-from bridge.execute import Executor, QualityFailed
+from bridge.execute import Executor
 from bridge.plan import JobKind, Plan
 from bridge.record import Recorder, RunReport
 from bridge.scheduler import JobState, Policy, Scheduler
@@ -30,7 +30,7 @@ from bridge.settings import Settings
 from bridge.spec.model import Spec
 from bridge.webhooks import Hook, Notifier, hooks_from_spec
 
-__all__ = ["QualityFailed", "RunReport", "Runner", "Selection", "run_cancellable"]
+__all__ = ["RunReport", "Runner", "Selection", "run_cancellable"]
 
 PREVIEW_NOTICE = (
     "PREVIEW: no ComfyUI server answered, so bridge rendered an animatic with ffmpeg "
@@ -99,7 +99,6 @@ class Runner:
         self.preview = False
         self.bus = Bus()
         self._pool_lock = asyncio.Lock()
-        self._remote_slots: asyncio.Semaphore | None = None
 
     async def close(self) -> None:
         await self.webhooks.drain()
