@@ -322,7 +322,7 @@ def _problems(r: Role, reply: Reply, check: Callable[[dict[str, Any]], list[str]
         return ["the answer was cut off (finish_reason length); answer shorter"]
     try:
         answer = json.loads(reply.text)
-    except ValueError as exc:
+    except json.JSONDecodeError as exc:
         return [f"the answer is not JSON ({exc.msg} at character {exc.pos})"]
     problems = _schema_problems(r, answer)
     return problems or check(answer)

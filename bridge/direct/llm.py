@@ -60,7 +60,7 @@ def endpoint(base: str, path: str) -> str:
 
 def retry_after(value: str | None, attempt: int) -> float:
     """Seconds to wait: Retry-After as seconds or an HTTP date, else exponential backoff."""
-    wait = BACKOFF * 2**attempt
+    wait: float = BACKOFF * 2**attempt
     if value:
         try:
             wait = float(value)

@@ -22,8 +22,8 @@ def directed(data: Any) -> list[int]:
     """Indexes of the scenes with `direct: true`, themselves or through `defaults`."""
     if not isinstance(data, dict) or not isinstance(data.get("scenes"), list):
         return []
-    defaults = data.get("defaults") if isinstance(data.get("defaults"), dict) else {}
-    default = defaults.get("direct") is True
+    defaults = data.get("defaults")
+    default = isinstance(defaults, dict) and defaults.get("direct") is True
     return [
         i
         for i, sc in enumerate(data["scenes"])
