@@ -9,6 +9,7 @@ written in one fixed order, block style, so a Git diff shows one line per change
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from collections.abc import Mapping
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import orjson
 import yaml
 
 from bridge.direct.roles import NAMES
@@ -23,12 +25,15 @@ from bridge.errors import DirectionError
 from bridge.hashing import digest
 
 LOCK_VERSION = 1
+CACHE = Path.home() / ".cache" / "bridge" / "direction"
 _SUFFIX = ".direction.yaml"
 _HEADER = (
     "# Direction for {spec}, written by `bridge direct`: review it like code.\n"
     "# A field you edit here is kept (its role's `sum` no longer matches); `bridge direct`\n"
     "# redoes only roles whose `made_from` inputs changed.\n"
 )
+_Loader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # type: ignore[assignment]
+_Dumper: type[yaml.SafeDumper] = getattr(yaml, "CSafeDumper", yaml.SafeDumper)  # type: ignore[assignment]
 _META = ("director", "note", "edited", "made_from", "sum", "call")
 
 
@@ -74,6 +79,34 @@ def stale_reasons(entry: Entry, current: Mapping[str, str]) -> list[str]:
     return reasons
 
 
+def _parse(path: Path, text: str) -> Any:
+    """The YAML, from a JSON copy keyed by the text's hash when there is one.
+
+    PyYAML builds a 200-scene lock file in about 0.3 s; the copy reads in milliseconds, so
+    a fresh lock adds almost nothing to `bridge plan`. A missing or unreadable copy is
+    simply rebuilt: it is a cache, never the truth.
+    """
+    key = hashlib.sha256(text.encode()).hexdigest()
+    cached = CACHE / f"{key}.json"
+    try:
+        return orjson.loads(cached.read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        pass
+    try:
+        data = yaml.load(text, Loader=_Loader) or {}  # noqa: S506 - a safe loader
+    except yaml.YAMLError as exc:
+        raise DirectionError(f"{path} is not valid YAML: {exc}") from None
+    try:
+        CACHE.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=CACHE, prefix=".", suffix=".json")
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(orjson.dumps(data))
+        os.replace(tmp, cached)
+    except (OSError, TypeError):
+        pass  # no cache: the next read parses the YAML again
+    return data
+
+
 def read(path: Path) -> dict[str, dict[str, Entry]]:
     """Entries by scene id and role; a missing file is empty, a broken one an error."""
     try:
@@ -82,10 +115,7 @@ def read(path: Path) -> dict[str, dict[str, Entry]]:
         return {}
     except OSError as exc:
         raise DirectionError(f"cannot read {path}: {exc.strerror}") from None
-    try:
-        data = yaml.safe_load(text) or {}
-    except yaml.YAMLError as exc:
-        raise DirectionError(f"{path} is not valid YAML: {exc}") from None
+    data = _parse(path, text)
     if not isinstance(data, dict) or not isinstance(data.get("scenes", {}), dict):
         raise DirectionError(f"{path}: expected 'version: 1' and a 'scenes' mapping")
     if data.get("version", LOCK_VERSION) != LOCK_VERSION:
@@ -135,8 +165,9 @@ def dump(entries: Mapping[str, Mapping[str, Entry]], spec_name: str) -> str:
                 body["call"] = dict(e.call)
             body.update(e.fields)
             scenes[scene_id][name] = body
-    text = yaml.safe_dump(
+    text = yaml.dump(
         {"version": LOCK_VERSION, "scenes": scenes},
+        Dumper=_Dumper,
         sort_keys=False,
         allow_unicode=True,
         width=1_000_000,
