@@ -609,3 +609,22 @@ async def llm_status(settings: Settings) -> dict[str, Any]:
             await agents.close()
         out["agent_service"] = service
     return out
+
+
+async def direct_if_wanted(spec_path: str | Path, settings: Settings, say: Say) -> Report | None:
+    """For the watch folder and `POST /api/specs`: direct what a spec's directed scenes miss."""
+    if not wants_direction(load_file(spec_path).data):
+        return None
+    return await direct_spec(spec_path, settings, say=say)
+
+
+async def analyze_scene(
+    spec_path: str | Path, scene_id: str, settings: Settings, say: Say
+) -> Report:
+    """`"analyze": true` on a scene (the old "scene with analysis"): direct it before rendering."""
+    data = load_file(spec_path).data
+    if not any(data["scenes"][i]["id"] == scene_id for i in directed(data)):
+        raise UsageError(
+            f"scene '{scene_id}' is not directed: add `direct: true` to it to use analyze"
+        )
+    return await direct_spec(spec_path, settings, scene_ids=(scene_id,), say=say)

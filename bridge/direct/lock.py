@@ -32,8 +32,8 @@ _HEADER = (
     "# A field you edit here is kept (its role's `sum` no longer matches); `bridge direct`\n"
     "# redoes only roles whose `made_from` inputs changed.\n"
 )
-_Loader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # type: ignore[assignment]
-_Dumper: type[yaml.SafeDumper] = getattr(yaml, "CSafeDumper", yaml.SafeDumper)  # type: ignore[assignment]
+_Loader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_Dumper: type[yaml.SafeDumper] = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 _META = ("director", "note", "edited", "made_from", "sum", "call")
 
 
@@ -93,7 +93,7 @@ def _parse(path: Path, text: str) -> Any:
     except (OSError, orjson.JSONDecodeError):
         pass
     try:
-        data = yaml.load(text, Loader=_Loader) or {}  # noqa: S506 - a safe loader
+        data = yaml.load(text, Loader=_Loader) or {}
     except yaml.YAMLError as exc:
         raise DirectionError(f"{path} is not valid YAML: {exc}") from None
     try:
