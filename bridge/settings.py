@@ -56,7 +56,7 @@ class Settings:
     log_level: str = "WARNING"
     backend: str = "auto"  # auto: ComfyUI when one answers, else the preview animatic
     api_token: str | None = field(default=None, repr=False)
-    llm_url: str = ""  # OpenAI-compatible base URL for the direction agents; empty: none
+    llm_url: str = field(default="", repr=False)  # OpenAI-compatible; may carry credentials
     llm_model: str = ""
     llm_api_key: str | None = field(default=None, repr=False)
     llm_concurrency: int = DEFAULT_LLM_CONCURRENCY

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -362,3 +363,63 @@ def test_spec_errors_come_before_any_call(spec_file: Callable[..., Path]) -> Non
     with pytest.raises(SpecErrors, match="nobody"):
         asyncio.run(direct_spec(path, settings("http://127.0.0.1:9")))
     assert not lock.lock_path(path).exists()
+
+
+def test_llm_settings_from_the_environment_and_the_key_masked() -> None:
+    from bridge.settings import resolve
+
+    env = {
+        "BRIDGE_LLM_URL": "http://user:pw@127.0.0.1:11434/",
+        "BRIDGE_LLM_MODEL": "qwen2.5:7b",
+        "BRIDGE_LLM_API_KEY": "sk-secret",
+        "BRIDGE_LLM_CONCURRENCY": "8",
+        "ECHO_BRAIN_URL": "http://127.0.0.1:8309",
+    }
+    s = resolve({}, env)
+    assert (s.llm_url, s.llm_model, s.llm_concurrency) == (
+        "http://user:pw@127.0.0.1:11434",
+        "qwen2.5:7b",
+        8,
+    )
+    assert s.echo_brain_url == "http://127.0.0.1:8309"
+    assert resolve({}, {}).llm_concurrency == 4
+    shown = json.dumps(s.public()) + repr(s)
+    assert "sk-secret" not in shown
+    assert "pw" not in shown
+    assert "http://user:***@127.0.0.1:11434" in shown
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"BRIDGE_LLM_CONCURRENCY": "0"}, "BRIDGE_LLM_CONCURRENCY='0' (environment): expected"),
+        ({"BRIDGE_LLM_URL": "localhost:11434"}, "expected an http://host:port URL"),
+        ({"BRIDGE_LLM_TIMEOUT": "-1"}, "BRIDGE_LLM_TIMEOUT='-1'"),
+    ],
+)
+def test_bad_llm_settings_are_named(env: dict[str, str], message: str) -> None:
+    from bridge.errors import ConfigError
+    from bridge.settings import resolve
+
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        resolve({}, env)
+
+
+def test_lock_layout_is_stable_and_one_changed_scene_touches_only_its_lines(
+    spec_file: Callable[..., Path],
+) -> None:
+    path = spec_file()
+    asyncio.run(direct_spec(path, settings()))
+    before = lock.lock_path(path).read_text().splitlines()
+    asyncio.run(direct_spec(path, settings(), force=True))
+    assert lock.lock_path(path).read_text().splitlines() == before  # deterministic re-run
+    changed = json.loads(json.dumps(SPEC))
+    changed["project"]["style"] = "watercolor"
+    spec_file(changed)
+    asyncio.run(direct_spec(path, settings()))
+    after = lock.lock_path(path).read_text().splitlines()
+    assert len(after) == len(before)
+    diff = [(b, a) for b, a in zip(before, after, strict=True) if a != b]
+    # per scene: narration's style hash, its sum, and one prompt line per shot
+    assert len(diff) == 2 * 2 + 3 + 1  # garden has three shots, roof one
+    assert all("style:" in a or "sum:" in a or "prompt: watercolor" in a for _, a in diff)
