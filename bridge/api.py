@@ -267,6 +267,8 @@ class Api:
         preset = body.get("quality_preset")
         if preset is not None and (not isinstance(preset, str) or preset not in PRESETS):
             raise BridgeError(f"quality_preset must be one of {', '.join(PRESETS)}")
+        if not isinstance(body.get("analyze", False), bool):
+            raise BridgeError("analyze must be true or false")
         priority = body.get("priority")
         if priority is not None and (not isinstance(priority, int) or isinstance(priority, bool)):
             raise BridgeError("priority must be a whole number")
