@@ -32,7 +32,6 @@ from bridge.templates import bundled
 
 ANSWER_ATTEMPTS = 3  # answers per role and scene: the first and two with the errors fed back
 PROMPT_BUDGET = 1200  # characters; well inside CLIP's and T5's useful length
-_PATHLIKE = ("/", "\\", "..")
 
 Say = Callable[[str], None]
 
@@ -127,7 +126,9 @@ def _payload(
     else:
         payload["preset"] = {"name": preset.name, "steps": preset.steps, "cfg": preset.cfg}
         payload["allowed"] = {
-            "templates": sorted(n for n, t in bundled().items() if t.kind == "video"),
+            "templates": sorted(
+                {inputs["template"], *(n for n, t in bundled().items() if t.kind == "video")}
+            ),
             "presets": sorted(PRESETS),
             "steps": [1, 60],
             "cfg": [1, 15],
@@ -169,20 +170,7 @@ def _role_problems(
         allowed = payload["allowed"]["templates"]
         if answer["template"] not in allowed:
             problems.append(f"template must be one of {allowed}, not {answer['template']!r}")
-    for text in _strings(answer):
-        if name != "narration" and any(p in text for p in _PATHLIKE) and len(text) < 80:
-            problems.append(f"{text!r} looks like a path; paths are not allowed here")
     return problems
-
-
-def _strings(value: Any) -> list[str]:
-    if isinstance(value, str):
-        return [value]
-    if isinstance(value, dict):
-        return [s for k, v in value.items() if k != "why" for s in _strings(v)]
-    if isinstance(value, list):
-        return [s for v in value for s in _strings(v)]
-    return []
 
 
 def _fields(name: str, answer: Mapping[str, Any]) -> dict[str, Any]:
@@ -445,7 +433,6 @@ async def direct_spec(
     force: bool = False,
     overwrite_edits: bool = False,
     say: Say = lambda _: None,
-    chain: list[Client] | None = None,
 ) -> Report:
     """Direct what is missing or stale and write the lock; fresh scenes cost no call at all.
 
@@ -467,8 +454,7 @@ async def direct_spec(
     todo = sorted({a.scene for a in found if a.state in ("missing", "stale", "forced")})
     if not todo:
         return report
-    own = chain is None
-    chain = chain if chain is not None else await clients(settings, say)
+    chain = await clients(settings, say)
     directors = _Directors(chain, say)
     index = {sc["id"]: i for i, sc in enumerate(data["scenes"]) if isinstance(sc, dict)}
 
@@ -487,9 +473,8 @@ async def direct_spec(
     try:
         results = await asyncio.gather(*(one(s) for s in todo), return_exceptions=True)
     finally:
-        if own:
-            for client in chain:
-                await client.close()
+        for client in chain:
+            await client.close()
     failures = [r for r in results if isinstance(r, BaseException)]
     for r in failures:
         if not isinstance(r, DirectionError):
