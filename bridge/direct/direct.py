@@ -21,7 +21,7 @@ import jsonschema
 from bridge.direct import lock, rules
 from bridge.direct.llm import AgentServiceClient, ChatClient, Client, Reply
 from bridge.direct.merge import apply, directed, has_shots
-from bridge.direct.roles import Role, role
+from bridge.direct.roles import NAMES, Role, role
 from bridge.errors import DirectionError, LLMUnavailable, SpecErrors, UsageError
 from bridge.presets import DEFAULT_PRESET, PRESETS
 from bridge.settings import Settings, mask_url
@@ -516,8 +516,7 @@ async def _direct_scene(
     scene_id = scene["id"]
     inputs = scene_inputs(data, scene)
     out: dict[str, lock.Entry] = dict(have)
-    order = ["reasoning"] if not has_shots(scene) else []
-    for name in [*order, "narration", "coding"]:
+    for name in NAMES:
         reasoning = out.get("reasoning")
         shots = basis_shots(scene, reasoning.fields if reasoning else None)
         if name not in _roles_for(scene, shots):
@@ -529,7 +528,11 @@ async def _direct_scene(
             continue
         if entry is not None and not force and not lock.stale_reasons(entry, current):
             continue
-        reasons = tuple(lock.stale_reasons(entry, current)) if entry else ("not directed yet",)
+        reasons = (
+            (tuple(lock.stale_reasons(entry, current)) or ("--force",))
+            if entry
+            else ("not directed yet",)
+        )
         payload = _payload(name, inputs, shots, scene_id)
 
         def check(
@@ -543,14 +546,7 @@ async def _direct_scene(
             return _spec_problems(data, index, trial, file)
 
         made = await _ask(directors, name, payload, check, scene_id)
-        out[name] = lock.Entry(
-            director=made.director,
-            made_from=current,
-            fields=made.fields,
-            sum=made.sum,
-            note=made.note,
-            call=made.call,
-        )
+        out[name] = replace(made, made_from=current)
         report.made.append(Assessment(scene_id, name, "made", reasons))
         report.directors.add(made.director)
     return out
