@@ -76,7 +76,9 @@ def cmd_direct(args: argparse.Namespace) -> int:
     """Fill what directed scenes leave open and write SPEC.direction.yaml."""
     settings = _settings(args)
     report = _direct(args.spec, settings, args.scene_id or (), args.force, args.overwrite_edits)
-    if report.fresh:
+    if not report.directed:
+        console.out(f"no scene of {args.spec} has `direct: true`: nothing to direct")
+    elif report.fresh:
         console.out(f"direction fresh: {report.lock_file} (no agent called)")
     return 0
 

@@ -49,6 +49,7 @@ class Assessment:
 @dataclass
 class Report:
     lock_file: Path
+    directed: int = 0  # scenes with direct: true (of those selected)
     calls: int = 0
     made: list[Assessment] = field(default_factory=list)
     kept: list[Assessment] = field(default_factory=list)
@@ -450,7 +451,9 @@ async def direct_spec(
     if unknown:
         raise UsageError(f"--scene-id {unknown[0]!r} is not a scene of {spec_path}")
     found = assess(data, entries, scene_ids=scene_ids, force=force, overwrite_edits=overwrite_edits)
-    report = Report(path, kept=[a for a in found if a.state == "edited"])
+    report = Report(
+        path, directed=len({a.scene for a in found}), kept=[a for a in found if a.state == "edited"]
+    )
     todo = sorted({a.scene for a in found if a.state in ("missing", "stale", "forced")})
     if not todo:
         return report
