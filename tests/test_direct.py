@@ -47,8 +47,9 @@ SPEC = {
 
 
 @pytest.fixture(autouse=True)
-def fast_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
+def fast_backoff(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setattr(llm, "BACKOFF", 0.01)
+    monkeypatch.setattr(lock, "CACHE", tmp_path / "cache")
 
 
 @pytest.fixture
@@ -423,3 +424,13 @@ def test_lock_layout_is_stable_and_one_changed_scene_touches_only_its_lines(
     # per scene: narration's style hash, its sum, and one prompt line per shot
     assert len(diff) == 2 * 2 + 3 + 1  # garden has three shots, roof one
     assert all("style:" in a or "sum:" in a or "prompt: watercolor" in a for _, a in diff)
+
+
+def test_a_broken_parse_cache_is_ignored(spec_file: Callable[..., Path], tmp_path: Path) -> None:
+    path = spec_file()
+    asyncio.run(direct_spec(path, settings()))
+    first = lock.read(lock.lock_path(path))
+    (copy,) = (tmp_path / "cache").glob("*.json")
+    copy.write_text("{not json")
+    assert lock.read(lock.lock_path(path)) == first
+    assert json.loads(copy.read_text())["version"] == 1  # rebuilt

@@ -26,6 +26,7 @@ from bridge.hashing import digest
 
 LOCK_VERSION = 1
 CACHE = Path.home() / ".cache" / "bridge" / "direction"
+CACHE_COPIES = 256  # the newest parsed lock files kept
 _SUFFIX = ".direction.yaml"
 _HEADER = (
     "# Direction for {spec}, written by `bridge direct`: review it like code.\n"
@@ -102,6 +103,9 @@ def _parse(path: Path, text: str) -> Any:
         with os.fdopen(fd, "wb") as fh:
             fh.write(orjson.dumps(data))
         os.replace(tmp, cached)
+        copies = sorted(CACHE.glob("*.json"), key=lambda p: p.stat().st_mtime)
+        for stale in copies[:-CACHE_COPIES]:
+            stale.unlink(missing_ok=True)
     except (OSError, TypeError):
         pass  # no cache: the next read parses the YAML again
     return data
