@@ -191,3 +191,4 @@ def write(path: Path, entries: Mapping[str, Mapping[str, Entry]], spec_name: str
     except OSError as exc:
         Path(tmp).unlink(missing_ok=True)
         raise DirectionError(f"cannot write {path}: {exc.strerror}") from None
+    _parse(path, text)  # so the next `bridge plan` finds the parsed copy
