@@ -25,7 +25,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from bridge import console
 from bridge.compile import compile_plan
 from bridge.db.models import JobRecord, Run
-from bridge.errors import BridgeError, ConfigError, SpecErrors
+from bridge.direct.direct import analyze_scene, direct_spec, llm_status, wants_direction
+from bridge.errors import BridgeError, ConfigError, DirectionError, SpecErrors
 from bridge.events import SUBSCRIBER_ERRORS
 from bridge.presets import PRESETS
 from bridge.runner import Runner, Selection
@@ -111,6 +112,8 @@ class Api:
             return _problem(
                 422, "the spec has errors", errors=[console.error_record(e) for e in exc.errors]
             )
+        except DirectionError as exc:  # the model service failed, not the request
+            return _problem(502, exc.message)
         except BridgeError as exc:
             return _problem(400, exc.message)
         except Exception:
@@ -133,6 +136,7 @@ class Api:
                 "backend": "preview" if self.runner.preview else "comfyui",
                 "servers": servers,
                 "running": len(self.tasks),
+                "direction": await llm_status(self.runner.settings),
             }
         )
 
@@ -164,6 +168,7 @@ class Api:
                     n: {"kind": t.kind, "description": t.description} for n, t in bundled().items()
                 },
                 "presets": {n: asdict(p) for n, p in PRESETS.items()},
+                "direction": await llm_status(self.runner.settings),
             }
         )
 
@@ -234,8 +239,13 @@ class Api:
         self.spec_dir.mkdir(parents=True, exist_ok=True)
         path = self.spec_dir / f"{digest}.yaml"
         doc = load_bytes(raw, str(path))
-        spec = validate(doc)  # SpecErrors → 422 with positions
-        path.write_bytes(raw)
+        if wants_direction(doc.data):  # direct: true scenes are directed, then checked
+            path.write_bytes(raw)
+            await direct_spec(path, self.runner.settings, say=log.warning)
+            spec = load_spec(path)
+        else:
+            spec = validate(doc)  # SpecErrors → 422 with positions
+            path.write_bytes(raw)
         hooks = _hooks(request.query.get("notify_webhook"))
         return await self._start(spec, Selection(), hooks)
 
@@ -248,22 +258,27 @@ class Api:
             raise BridgeError("the body must be JSON") from None
         if not isinstance(body, dict):
             raise BridgeError("the body must be a JSON object")
-        unknown = set(body) - {"priority", "quality_preset", "notify_webhook"}
+        unknown = set(body) - {"priority", "quality_preset", "notify_webhook", "analyze"}
         if unknown:
             raise BridgeError(f"unknown field(s): {', '.join(sorted(unknown))}")
         preset = body.get("quality_preset")
         if preset is not None and (not isinstance(preset, str) or preset not in PRESETS):
             raise BridgeError(f"quality_preset must be one of {', '.join(PRESETS)}")
+        if not isinstance(body.get("analyze", False), bool):
+            raise BridgeError("analyze must be true or false")
         priority = body.get("priority")
         if priority is not None and (not isinstance(priority, int) or isinstance(priority, bool)):
             raise BridgeError("priority must be a whole number")
         return preset, _hooks(body.get("notify_webhook"))
 
-    def _spec_of(self, project_id: str) -> Spec:
+    def _spec_file(self, project_id: str) -> str:
         project = self.store.project(project_id)
         if project is None or not project.spec_file:
             raise web.HTTPNotFound(reason=f"no project {project_id!r}")
-        return load_spec(project.spec_file)
+        return project.spec_file
+
+    def _spec_of(self, project_id: str) -> Spec:
+        return load_spec(self._spec_file(project_id))
 
     async def generate_project(self, request: web.Request) -> web.Response:
         preset, hooks = await self._options(request)
@@ -276,6 +291,10 @@ class Api:
         scene = self.store.scene(scene_id)
         if scene is None:
             raise web.HTTPNotFound(reason=f"no scene {scene_id!r}")
+        if request.can_read_body and orjson.loads(await request.read()).get("analyze") is True:
+            # The old system's "scene with analysis": direct the scene, then render it.
+            spec_file = self._spec_file(scene.project_id)
+            await analyze_scene(spec_file, scene_id, self.runner.settings, say=log.warning)
         spec = self._spec_of(scene.project_id)
         return await self._start(
             _with_preset(spec, preset), Selection(scene_ids=(scene_id,)), hooks

@@ -75,12 +75,55 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_direct(args: argparse.Namespace) -> int:
+    """Fill what directed scenes leave open and write SPEC.direction.yaml."""
+    settings = _settings(args)
+    report = _direct(args.spec, settings, args.scene_id or (), args.force, args.overwrite_edits)
+    if not report.directed:
+        console.out(f"no scene of {args.spec} has `direct: true`: nothing to direct")
+    elif report.fresh:
+        console.out(f"direction fresh: {report.lock_file} (no agent called)")
+    return 0
+
+
+def _direct(
+    spec: str, settings: Settings, scene_ids: Any, force: bool, overwrite_edits: bool = False
+) -> Any:
+    import asyncio
+
+    from bridge.direct.direct import direct_spec
+
+    report = asyncio.run(
+        direct_spec(
+            spec,
+            settings,
+            scene_ids=tuple(scene_ids),
+            force=force,
+            overwrite_edits=overwrite_edits,
+            say=console.err,
+        )
+    )
+    for a in report.made:
+        console.out(f"directed {a.scene}: {a.role} ({', '.join(a.reasons)})")
+    for a in report.kept:
+        console.out(f"kept {a.scene}: {a.role} was edited by hand")
+    if report.made:
+        by = ", ".join(sorted(report.directors))
+        console.out(
+            f"wrote {report.lock_file}: {console.plural(len(report.made), 'role')} by {by}, "
+            f"{console.plural(report.calls, 'model call')}"
+        )
+    return report
+
+
 def cmd_plan(args: argparse.Namespace) -> int:
     """The plan by stage, and why each job would run, from the run history when there is one."""
     from bridge.compile import compile_plan
+    from bridge.direct.direct import status, status_lines
     from bridge.spec.validate import load_spec
 
     spec = load_spec(args.spec)
+    direction = status_lines(status(args.spec))
     plan = compile_plan(spec)
     if args.format == "dot":
         console.out(console.plan_dot(plan))
@@ -88,6 +131,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     settings = _settings(args)
     reasons = _reasons(settings, plan, spec.templates, args.force)
     summary = console.plan_summary(plan, reasons)
+    if direction:
+        summary["direction"] = direction
     problems: list[str] = []
     if args.object_info:
         problems = _offline_preflight(plan, Path(args.object_info))
@@ -96,6 +141,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
         console.out(json.dumps(summary, indent=2))
     else:
         console.out(console.plan_text(summary))
+        for line in direction:
+            console.err(f"!! {line}")
         if args.object_info:
             if problems:
                 console.err("preflight against " + args.object_info + " failed:")
@@ -301,6 +348,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     from bridge.spec.validate import load_spec
 
     settings = _settings(args)
+    if args.direct:
+        _direct(args.spec, settings, args.scene_id or (), force=False)
+    else:
+        from bridge.direct.direct import status, status_lines
+
+        for line in status_lines(status(args.spec)):
+            console.err(f"!! {line} (render it anyway; `bridge run --direct` redoes it)")
     spec = load_spec(args.spec)
     if args.project_id and args.project_id != spec.project.id:
         raise UsageError(
@@ -366,6 +420,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", help="output folder (OUTPUT_PATH)")
     p.set_defaults(func=cmd_plan)
 
+    p = sub.add_parser("direct", help="fill directed scenes' open fields into SPEC.direction.yaml")
+    p.add_argument("spec", metavar="SPEC")
+    p.add_argument("--scene-id", action="append", help="only this scene (repeatable)")
+    p.add_argument(
+        "--force", action="store_true", help="redo fresh scenes too (hand edits are kept)"
+    )
+    p.add_argument(
+        "--overwrite-edits", action="store_true", help="with --force: redo hand-edited fields too"
+    )
+    p.set_defaults(func=cmd_direct)
+
     p = sub.add_parser("capabilities", help="what the ComfyUI servers offer")
     p.add_argument("--comfyui-url", help="server URL(s), comma-separated (COMFYUI_URL)")
     p.add_argument("--save", metavar="FILE", help="store the first server's /object_info")
@@ -406,6 +471,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--only", action="append", metavar="SHOT", help="only this shot: s01 or scene/s01"
     )
     p.add_argument("--force", action="store_true", help="render even what is cached")
+    p.add_argument("--direct", action="store_true", help="direct what is missing or stale first")
     p.add_argument("--comfyui-url", help="server URL(s), comma-separated (COMFYUI_URL)")
     p.add_argument("--backend", choices=("auto", "comfyui", "preview"))
     p.add_argument("--max-concurrent-jobs", type=int)

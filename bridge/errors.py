@@ -11,7 +11,9 @@
     │   ├── TransientBackendError worth retrying: refused, reset, 5xx, lost prompt
     │   ├── PermanentBackendError retrying cannot help: node_errors, execution_error
     │   └── JobTimeout            the job ran past WORKFLOW_TIMEOUT and was interrupted
-    └── ProbeError                an output file is unreadable or not what the job expected
+    ├── ProbeError                an output file is unreadable or not what the job expected
+    └── DirectionError            a direction agent's answers stayed invalid, or it failed
+        └── LLMUnavailable        no model answers there (refused, 503): use another director
 
 Foreign exceptions (aiohttp, asyncio, ffmpeg, yaml) are mapped onto this tree at the module
 that calls the foreign library, so callers never need to know those libraries' types.
@@ -127,3 +129,11 @@ class JobTimeout(BackendError):
 
 class ProbeError(BridgeError):
     """Raised when an output cannot be read as media or misses the job's expectations."""
+
+
+class DirectionError(BridgeError):
+    """Raised when a scene cannot be directed: answers stayed invalid, or the service failed."""
+
+
+class LLMUnavailable(DirectionError):
+    """Raised when a model service does not answer or lacks the agent; the caller falls back."""

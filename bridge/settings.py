@@ -28,12 +28,20 @@ LOG_LEVEL = "LOG_LEVEL"
 BRIDGE_BACKEND = "BRIDGE_BACKEND"
 BRIDGE_API_TOKEN = "BRIDGE_API_TOKEN"
 BRIDGE_CONFIG = "BRIDGE_CONFIG"
+BRIDGE_LLM_URL = "BRIDGE_LLM_URL"
+BRIDGE_LLM_MODEL = "BRIDGE_LLM_MODEL"
+BRIDGE_LLM_API_KEY = "BRIDGE_LLM_API_KEY"
+BRIDGE_LLM_CONCURRENCY = "BRIDGE_LLM_CONCURRENCY"
+BRIDGE_LLM_TIMEOUT = "BRIDGE_LLM_TIMEOUT"
+ECHO_BRAIN_URL = "ECHO_BRAIN_URL"
 
 DEFAULT_MAX_CONCURRENT_JOBS = 3
 DEFAULT_WORKFLOW_TIMEOUT = 900.0
 DEFAULT_QUALITY_THRESHOLD = 0.7
 DEFAULT_OUTPUT_PATH = Path("output")
 BACKENDS = ("auto", "comfyui", "preview")
+DEFAULT_LLM_CONCURRENCY = 4
+DEFAULT_LLM_TIMEOUT = 120.0
 
 
 @dataclass(frozen=True)
@@ -48,6 +56,12 @@ class Settings:
     log_level: str = "WARNING"
     backend: str = "auto"  # auto: ComfyUI when one answers, else the preview animatic
     api_token: str | None = field(default=None, repr=False)
+    llm_url: str = field(default="", repr=False)  # OpenAI-compatible; may carry credentials
+    llm_model: str = ""
+    llm_api_key: str | None = field(default=None, repr=False)
+    llm_concurrency: int = DEFAULT_LLM_CONCURRENCY
+    llm_timeout: float = DEFAULT_LLM_TIMEOUT
+    echo_brain_url: str = ""  # the old system's agent service
 
     @property
     def database(self) -> str:
@@ -64,6 +78,11 @@ class Settings:
             "output_path": str(self.output_path),
             "database": mask_url(self.database),
             "backend": self.backend,
+            "llm_url": mask_url(self.llm_url),
+            "llm_model": self.llm_model,
+            "llm_concurrency": self.llm_concurrency,
+            "llm_timeout": self.llm_timeout,
+            "echo_brain_url": mask_url(self.echo_brain_url),
         }
 
 
@@ -91,6 +110,12 @@ _ENV = {
     "log_level": LOG_LEVEL,
     "backend": BRIDGE_BACKEND,
     "api_token": BRIDGE_API_TOKEN,
+    "llm_url": BRIDGE_LLM_URL,
+    "llm_model": BRIDGE_LLM_MODEL,
+    "llm_api_key": BRIDGE_LLM_API_KEY,
+    "llm_concurrency": BRIDGE_LLM_CONCURRENCY,
+    "llm_timeout": BRIDGE_LLM_TIMEOUT,
+    "echo_brain_url": ECHO_BRAIN_URL,
 }
 
 
@@ -158,7 +183,7 @@ def _coerce(name: str, raw: Any, source: str) -> Any:
     label = _ENV.get(name, name)
 
     def bad(expected: str) -> ConfigError:
-        shown = "***" if name in ("api_token", "database_url") else repr(raw)
+        shown = "***" if name in ("api_token", "database_url", "llm_api_key") else repr(raw)
         return ConfigError(f"{label}={shown} ({source}): expected {expected}")
 
     try:
@@ -184,6 +209,21 @@ def _coerce(name: str, raw: Any, source: str) -> Any:
             if not 0 <= threshold <= 1:
                 raise bad("a number from 0 to 1")
             return threshold
+        if name in ("llm_url", "echo_brain_url"):
+            url = str(raw).rstrip("/")
+            if not re.match(r"^https?://[^/\s]+", url):
+                raise bad("an http://host:port URL")
+            return url
+        if name == "llm_concurrency":
+            value = int(str(raw))
+            if not 1 <= value <= 64:
+                raise bad("a whole number from 1 to 64")
+            return value
+        if name == "llm_timeout":
+            seconds = float(str(raw))
+            if not seconds > 0:
+                raise bad("a number of seconds above 0")
+            return seconds
         if name in ("lora_path", "output_path"):
             return Path(str(raw)).expanduser()
         if name == "backend":
@@ -201,5 +241,7 @@ def _coerce(name: str, raw: Any, source: str) -> Any:
             "max_concurrent_jobs": "a whole number",
             "workflow_timeout": "a number of seconds",
             "quality_threshold": "a number from 0 to 1",
+            "llm_concurrency": "a whole number",
+            "llm_timeout": "a number of seconds",
         }.get(name, "a valid value")
         raise bad(expected) from None

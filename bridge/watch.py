@@ -24,7 +24,8 @@ from watchdog.observers import Observer
 
 from bridge import console
 from bridge.compile import compile_plan
-from bridge.errors import BridgeError, SpecErrors
+from bridge.direct.direct import direct_if_wanted
+from bridge.errors import BridgeError, DirectionError, SpecErrors
 from bridge.runner import Runner
 from bridge.spec.validate import load_spec
 
@@ -146,7 +147,12 @@ class WatchFolder:
     async def _handle(self, claimed: Path) -> None:
         name = claimed.name
         try:
+            await direct_if_wanted(claimed, self.runner.settings, say=self.echo)  # direct: true
             spec = load_spec(claimed, display=name)
+        except DirectionError as exc:
+            self._file(claimed, "failed", "reason", f"{exc}\n")
+            self.echo(f"failed {name}: {exc}")
+            return
         except SpecErrors as exc:
             self._file(claimed, "rejected", "errors", console.spec_errors(exc.errors) + "\n")
             self.echo(f"rejected {name}: {len(exc.errors)} error(s)")

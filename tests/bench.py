@@ -338,6 +338,125 @@ def bench_frontdoors(args: argparse.Namespace) -> dict[str, object]:
     return figures
 
 
+# -- direct: the direction agents against the chat-completions double (issue 12) -------------
+
+_DIRECT_CHILD = """
+import asyncio, json, sys, time
+from bridge.direct.direct import direct_spec
+from bridge.settings import resolve
+import os
+t = time.perf_counter()
+report = asyncio.run(direct_spec(sys.argv[1], resolve({}, os.environ)))
+print(json.dumps({"seconds": time.perf_counter() - t, "calls": report.calls}))
+"""
+
+_PLAN_CHILD = """
+import sys, time
+t = time.perf_counter()
+from bridge.compile import compile_plan
+from bridge.direct.direct import status
+from bridge.spec.validate import load_spec
+plan = compile_plan(load_spec(sys.argv[1]))
+if sys.argv[2] == "directed":
+    status(sys.argv[1])
+print(time.perf_counter() - t)
+"""
+
+
+def directed_spec(scenes: int) -> dict[str, object]:
+    """Scenes only, every one directed: two shots each at the draft preset's length."""
+    return {
+        "version": 1,
+        "project": {"id": "directed", "style": "anime key visual"},
+        "defaults": {"direct": True, "preset": "draft"},
+        "characters": {"mei": {"name": "Mei", "design_prompt": "mei, 1girl"}},
+        "scenes": [
+            {
+                "id": f"sc{i:03d}",
+                "description": f"Scene {i}: Mei crosses the garden",
+                "visual_description": f"moonlit garden, lantern {i}",
+                "characters": ["mei"],
+                "frame_count": 96,
+            }
+            for i in range(scenes)
+        ],
+    }
+
+
+@bench
+def bench_direct(args: argparse.Namespace) -> dict[str, object]:
+    """200 directed scenes against the chat double at 0.2 s a call, concurrency 4 (goal: wall
+    <= 1.2 x calls x 0.2 s / 4); then a fresh lock: 0 calls, < 0.2 s added to plan."""
+    import socket
+
+    from bridge.direct.merge import merge_direction
+    from bridge.spec.load import load_file
+
+    latency, concurrency = 0.2, 4
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    sim = subprocess.Popen(
+        [sys.executable, "-m", "tests.sim.llm", "--port", str(port), "--latency", str(latency)],
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
+    )
+    env = {
+        **os.environ,
+        "BRIDGE_LLM_URL": f"http://127.0.0.1:{port}",
+        "BRIDGE_LLM_MODEL": "tiny",
+        "BRIDGE_LLM_CONCURRENCY": str(concurrency),
+    }
+    try:
+        _wait_port(port)
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "directed.yaml"
+            path.write_text(yaml.safe_dump(directed_spec(200), sort_keys=False))
+            first = json.loads(_child(_DIRECT_CHILD, [str(path)], env))
+            goal = 1.2 * first["calls"] * latency / concurrency
+            fresh = json.loads(_child(_DIRECT_CHILD, [str(path)], env))
+            plain = Path(tmp) / "plain.yaml"
+            merged = merge_direction(load_file(path), path).data
+            plain.write_text(yaml.safe_dump(merged, sort_keys=False))
+            directed_t, plain_t = [], []
+            for _ in range(args.repeat):  # interleaved, so load from other processes hits both
+                directed_t.append(float(_child(_PLAN_CHILD, [str(path), "directed"], env)))
+                plain_t.append(float(_child(_PLAN_CHILD, [str(plain), "plain"], env)))
+    finally:
+        sim.terminate()
+        sim.wait()
+    added = statistics.median(directed_t) - statistics.median(plain_t)
+    return {
+        "scenes": 200,
+        "calls": first["calls"],
+        "direction wall": f"{first['seconds']:.2f} s (goal <= {goal:.2f} s)",
+        "fresh lock calls": fresh["calls"],
+        "fresh lock direct wall": f"{fresh['seconds']:.3f} s",
+        "plan with direction": median_of(directed_t),
+        "plan of the same spec written by hand": median_of(plain_t),
+        "added by direction": f"{added:.3f} s median, {min(directed_t) - min(plain_t):.3f} s "
+        "min (goal < 0.2 s)",
+    }
+
+
+def _child(code: str, argv: list[str], env: dict[str, str]) -> str:
+    return subprocess.run(
+        [sys.executable, "-c", code, *argv], check=True, capture_output=True, text=True, env=env
+    ).stdout.strip()
+
+
+def _wait_port(port: int, timeout: float = 10.0) -> None:
+    import socket
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"the LLM double did not listen on {port}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="make bench")
     parser.add_argument("which", nargs="*", choices=[*BENCHES, []], metavar="BENCH")

@@ -27,6 +27,7 @@ def clean_environ(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
                 "OUTPUT_PATH",
                 "DATABASE_URL",
                 "LOG_LEVEL",
+                "ECHO_BRAIN_URL",
             }
         ) and name not in ("BRIDGE_REQUIRE_POSTGRES", "BRIDGE_REQUIRE_BROWSER"):
             monkeypatch.delenv(name)
@@ -93,7 +94,8 @@ def process_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     env = {
         k: v
         for k, v in os.environ.items()
-        if not k.startswith(("BRIDGE_", "COMFYUI_")) and k not in ("OUTPUT_PATH", "DATABASE_URL")
+        if not k.startswith(("BRIDGE_", "COMFYUI_"))
+        and k not in ("OUTPUT_PATH", "DATABASE_URL", "ECHO_BRAIN_URL")
     }
     env.update(OUTPUT_PATH=str(tmp_path / "out"), PYTHONPATH=str(ROOT), **extra)
     return env

@@ -20,6 +20,7 @@ import jsonschema
 import networkx as nx
 
 from bridge import gcpause
+from bridge.direct.merge import merge_direction
 from bridge.errors import CycleError, SpecError, SpecErrors
 from bridge.paths import PathEscape, resolve_inside
 from bridge.presets import DEFAULT_PRESET, PRESETS
@@ -70,9 +71,9 @@ def _validator() -> jsonschema.Draft202012Validator:
 
 
 def load_spec(path: str | Path, display: str | None = None) -> Spec:
-    """Load, check and build a spec; raises SpecErrors with every problem found."""
+    """Load, merge its direction file, check and build; SpecErrors with every problem found."""
     with gcpause.paused():
-        return validate(load_file(path, display))
+        return validate(merge_direction(load_file(path, display), path))
 
 
 def validate(doc: Document) -> Spec:
