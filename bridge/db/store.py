@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import event, func
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
-from sqlmodel import Session, SQLModel, col, create_engine, select
+from sqlmodel import Session, col, create_engine, select
 
 from bridge.db.models import (
     Character,
@@ -31,6 +31,7 @@ from bridge.db.models import (
     SsotTracking,
     utcnow,
 )
+from bridge.db.schema import ensure_schema
 from bridge.errors import ConfigError
 from bridge.plan import Job
 from bridge.settings import mask_url
@@ -73,7 +74,7 @@ class Store:
         self.url = url
         try:
             self.engine = engine_for(url)
-            SQLModel.metadata.create_all(self.engine)
+            ensure_schema(self.engine)
         except (SQLAlchemyError, OSError, ValueError) as exc:
             raise ConfigError(
                 f"cannot open the database {mask_url(url)}: {_first_line(exc)}"
