@@ -582,6 +582,10 @@ class _Run:
             )
             try:
                 outcome = await backend.execute(try_, progress)
+            except TransientBackendError:
+                # The server may have the prompt: the next attempt asks before posting again.
+                self.resumable[job.hash] = Resumable(prompt_id, backend.name)
+                raise
             except asyncio.CancelledError:
                 if not self.runner.detach:
                     await asyncio.shield(backend.cancel(try_))
