@@ -98,20 +98,35 @@ class ComfyUIBackend:
     # -- plain requests ----------------------------------------------------------------
 
     async def _request(self, method: str, path: str, **kwargs: Any) -> tuple[int, Any]:
-        """(status, parsed JSON or text); connection trouble and 5xx are transient."""
+        """(status, parsed JSON or text); connection trouble and 5xx are transient.
+
+        A GET cut short is asked again at once (twice at most): it changes nothing, and a
+        reset connection says little about the server.
+        """
         timeout = aiohttp.ClientTimeout(total=self.request_timeout)
-        try:
-            async with self.session.request(
-                method, self.url + path, timeout=timeout, **kwargs
-            ) as resp:
-                text = await resp.text()
-                status = resp.status
-                ctype = resp.content_type
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            self.healthy = False
-            raise TransientBackendError(
-                f"{self.name} did not answer {method} {path}: {_describe(exc)}"
-            ) from None
+        tries = 3 if method == "GET" else 1
+        for tried in range(1, tries + 1):
+            try:
+                async with self.session.request(
+                    method, self.url + path, timeout=timeout, **kwargs
+                ) as resp:
+                    text = await resp.text()
+                    status = resp.status
+                    ctype = resp.content_type
+                break
+            except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError) as exc:
+                if tried < tries:
+                    log.debug("%s %s cut short (%s); asking again", method, path, exc)
+                    continue
+                self.healthy = False
+                raise TransientBackendError(
+                    f"{self.name} did not answer {method} {path}: {_describe(exc)}"
+                ) from None
+            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                self.healthy = False
+                raise TransientBackendError(
+                    f"{self.name} did not answer {method} {path}: {_describe(exc)}"
+                ) from None
         if status >= 500:
             raise TransientBackendError(f"{self.name} {method} {path}: HTTP {status}: {text[:200]}")
         body: Any = text
