@@ -64,9 +64,20 @@ def _server_files(sim: str, prompt_id: str) -> list[bytes]:
     return files
 
 
-@pytest.mark.parametrize("seed", [1, 2, 3])
+# Downloads cut at random bytes of their responses (the reproduction), and, once,
+# whole connections cut or stalled wherever they are, sockets and all.
+FAULTS = {
+    "downloads": ["--path", "/view", "--reset", "0.5", "--stall", "0.1", "--max-offset", "2500"],
+    "connections": ["--reset", "0.5", "--stall", "0.1", "--min-offset", "60000"],
+}
+
+
+@pytest.mark.parametrize(
+    ("faults", "seed"),
+    [("downloads", 1), ("downloads", 2), ("downloads", 3), ("connections", 1)],
+)
 def test_resets_and_stalls_render_each_job_once_with_intact_outputs(
-    sim: str, tmp_path: Path, seed: int
+    sim: str, tmp_path: Path, faults: str, seed: int
 ) -> None:
     proxy, url = _start(
         "tests.sim.proxy",
@@ -74,18 +85,11 @@ def test_resets_and_stalls_render_each_job_once_with_intact_outputs(
         sim,
         "--seed",
         str(seed),
-        "--reset",
-        "0.5",
-        "--stall",
-        "0.1",
         "--stall-seconds",
         "1",
-        "--min-offset",
-        "60000",
-        "--max-offset",
-        "400000",
         "--max-faults",
         "12",
+        *FAULTS[faults],
     )
     shots = "\n".join(f"      - {{id: s{i:02d}, action: shot {i}}}" for i in range(SHOTS))
     spec = tmp_path / "net.yaml"
@@ -108,6 +112,8 @@ def test_resets_and_stalls_render_each_job_once_with_intact_outputs(
     counts = json.loads(out.strip().splitlines()[-1])
     assert run.returncode == 0, run.stderr[-3000:]
     assert counts["reset"] > 0, counts  # the faults did happen
+    if faults == "downloads":
+        assert "downloading it again" in run.stderr
 
     state = json.loads(_get(f"{sim}/_sim"))
     assert len(state["posted"]) == len(set(state["posted"])) == SHOTS, run.stderr[-3000:]
