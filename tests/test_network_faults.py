@@ -112,12 +112,12 @@ def test_resets_and_stalls_render_each_job_once_with_intact_outputs(
     counts = json.loads(out.strip().splitlines()[-1])
     assert run.returncode == 0, run.stderr[-3000:]
     assert counts["reset"] > 0, counts  # the faults did happen
-    if faults == "downloads":
-        assert "downloading it again" in run.stderr
 
     state = json.loads(_get(f"{sim}/_sim"))
     assert len(state["posted"]) == len(set(state["posted"])) == SHOTS, run.stderr[-3000:]
     assert len(state["executed"]) == SHOTS
+    if faults == "downloads":
+        assert "downloading it again" in run.stderr  # downloads were cut, and retried
     manifest = json.loads((tmp_path / "out" / "net" / "manifest.json").read_text())
     rendered = [j for j in manifest["jobs"] if j.get("prompt_id")]
     assert sorted(j["prompt_id"] for j in rendered) == sorted(state["posted"])
