@@ -65,10 +65,21 @@ def _server_files(sim: str, prompt_id: str) -> list[bytes]:
 
 
 # Downloads cut at random bytes of their responses (the reproduction), and, once,
-# whole connections cut or stalled wherever they are, sockets and all.
+# whole connections cut or stalled wherever they are, the socket and POST /prompt too.
 FAULTS = {
     "downloads": ["--path", "/view", "--reset", "0.5", "--stall", "0.1", "--max-offset", "2500"],
-    "connections": ["--reset", "0.5", "--stall", "0.1", "--min-offset", "60000"],
+    "connections": [
+        "--reset",
+        "0.6",
+        "--stall",
+        "0.1",
+        "--min-offset",
+        "1000",
+        "--max-offset",
+        "20000",
+        "--max-faults",
+        "2",  # fewer than a GET's three tries: the preflight's /object_info gets through
+    ],
 }
 
 
@@ -111,7 +122,7 @@ def test_resets_and_stalls_render_each_job_once_with_intact_outputs(
     out, _ = proxy.communicate(timeout=10)
     counts = json.loads(out.strip().splitlines()[-1])
     assert run.returncode == 0, run.stderr[-3000:]
-    assert counts["reset"] > 0, counts  # the faults did happen
+    assert counts["reset"] > 0, str(counts)  # the faults did happen
 
     state = json.loads(_get(f"{sim}/_sim"))
     assert len(state["posted"]) == len(set(state["posted"])) == SHOTS, run.stderr[-3000:]
