@@ -20,7 +20,7 @@ from bridge import media, outputs, probe
 from bridge.backends.base import Attempt, Outcome, Progress
 from bridge.backends.pool import ServerPool
 from bridge.db.store import Resumable
-from bridge.errors import BridgeError
+from bridge.errors import BridgeError, TransientBackendError
 from bridge.hashing import derive_seed, file_digest
 from bridge.manifest import JobResult, OutputFile
 from bridge.plan import Job, JobKind, Plan
@@ -155,6 +155,10 @@ class Executor:
             )
             try:
                 outcome = await backend.execute(try_, progress)
+            except TransientBackendError:
+                # The server may have the prompt: the next attempt asks before posting again.
+                self.resumable[job.hash] = Resumable(prompt_id, backend.name)
+                raise
             except asyncio.CancelledError:
                 if not self.detach:
                     await asyncio.shield(backend.cancel(try_))

@@ -48,6 +48,7 @@ class ComfyUIBackend:
         client_id: str | None = None,
         poll_interval: float = 2.0,
         request_timeout: float = 60.0,
+        download_tries: int = 6,
     ) -> None:
         self.url = url.rstrip("/")
         self.name = mask_url(self.url)
@@ -55,12 +56,14 @@ class ComfyUIBackend:
         self.client_id = client_id or uuid.uuid4().hex
         self.poll_interval = poll_interval
         self.request_timeout = request_timeout
+        self.download_tries = download_tries
         self.healthy = False
         self.connected = asyncio.Event()
         self._session: aiohttp.ClientSession | None = None
         self._reader: asyncio.Task[None] | None = None
         self._watchers: dict[str, asyncio.Queue[dict[str, Any]]] = {}
         self._object_info: Mapping[str, Any] | None = None
+        self._partials: dict[Path, str] = {}  # .part file -> the validator its bytes came with
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -95,20 +98,35 @@ class ComfyUIBackend:
     # -- plain requests ----------------------------------------------------------------
 
     async def _request(self, method: str, path: str, **kwargs: Any) -> tuple[int, Any]:
-        """(status, parsed JSON or text); connection trouble and 5xx are transient."""
+        """(status, parsed JSON or text); connection trouble and 5xx are transient.
+
+        A GET cut short is asked again at once (twice at most): it changes nothing, and a
+        reset connection says little about the server.
+        """
         timeout = aiohttp.ClientTimeout(total=self.request_timeout)
-        try:
-            async with self.session.request(
-                method, self.url + path, timeout=timeout, **kwargs
-            ) as resp:
-                text = await resp.text()
-                status = resp.status
-                ctype = resp.content_type
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            self.healthy = False
-            raise TransientBackendError(
-                f"{self.name} did not answer {method} {path}: {_describe(exc)}"
-            ) from None
+        tries = 3 if method == "GET" else 1
+        for tried in range(1, tries + 1):
+            try:
+                async with self.session.request(
+                    method, self.url + path, timeout=timeout, **kwargs
+                ) as resp:
+                    text = await resp.text()
+                    status = resp.status
+                    ctype = resp.content_type
+                break
+            except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError) as exc:
+                if tried < tries:
+                    log.debug("%s %s cut short (%s); asking again", method, path, exc)
+                    continue
+                self.healthy = False
+                raise TransientBackendError(
+                    f"{self.name} did not answer {method} {path}: {_describe(exc)}"
+                ) from None
+            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                self.healthy = False
+                raise TransientBackendError(
+                    f"{self.name} did not answer {method} {path}: {_describe(exc)}"
+                ) from None
         if status >= 500:
             raise TransientBackendError(f"{self.name} {method} {path}: HTTP {status}: {text[:200]}")
         body: Any = text
@@ -323,6 +341,35 @@ class ComfyUIBackend:
         raise TransientBackendError(f"{self.name}: prompt {prompt_id} finished but has no history")
 
     async def _collect(self, attempt: Attempt, entry: Mapping[str, Any]) -> tuple[Path, ...]:
+        """Download the outputs; a download cut short is retried as a download (resumed
+        where the server honours Range), from a fresh /history entry, never re-rendered."""
+        done: set[Path] = set()
+        failures = 0
+        while True:
+            try:
+                return await self._download_outputs(attempt, entry, done)
+            except _DownloadFailed as exc:
+                failures += 1
+                if failures >= self.download_tries:
+                    self._forget_partials(attempt.dest)
+                    raise TransientBackendError(f"{exc} ({failures} tries)") from None
+                log.info("%s; downloading it again", exc)
+            await asyncio.sleep(min(0.25 * 2**failures, 5.0))
+            try:
+                fresh = await self.history(attempt.prompt_id)
+            except TransientBackendError as exc:
+                log.info("%s; downloading again later", exc.message)
+                continue
+            if fresh is None:
+                self._forget_partials(attempt.dest)
+                raise TransientBackendError(
+                    f"{self.name} no longer has the history of prompt {attempt.prompt_id}"
+                )
+            entry = fresh
+
+    async def _download_outputs(
+        self, attempt: Attempt, entry: Mapping[str, Any], done: set[Path]
+    ) -> tuple[Path, ...]:
         status = entry.get("status") or {}
         if status.get("status_str") != "success":
             raise PermanentBackendError(failure(status))
@@ -341,12 +388,19 @@ class ComfyUIBackend:
         for i, item in enumerate(items):
             ext = PurePosixPath(str(item["filename"])).suffix.lower()
             target = attempt.dest / (f"{stem}{ext}" if i == 0 else f"{stem}-{i}{ext}")
-            await self.download(item, target)
+            if target not in done:
+                await self.download(item, target)
+                done.add(target)
             files.append(target)
         return tuple(files)
 
     async def download(self, item: Mapping[str, Any], target: Path) -> Path:
-        """Stream /view into `target` atomically; the server's names never choose our path."""
+        """Stream /view into `target` atomically; the server's names never choose our path.
+
+        A transfer cut short leaves its `.part` file and raises _DownloadFailed; the next
+        call asks only for the missing bytes (Range, with If-Range so a changed file is
+        sent whole), and starts over when the server answers 200 instead of 206.
+        """
         try:
             remote = safe_relative(str(item.get("subfolder") or ""), str(item["filename"]))
         except PathEscape as exc:
@@ -357,31 +411,63 @@ class ComfyUIBackend:
             "type": str(item.get("type") or "output"),
         }
         part = target.with_name(f".{target.name}.part")
+        validator = self._partials.get(part)
+        have = part.stat().st_size if validator and part.exists() else 0
+        headers = {"Range": f"bytes={have}-", "If-Range": validator} if have and validator else {}
         try:
             async with self.session.get(
                 self.url + "/view",
                 params=params,
+                headers=headers,
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=120),
             ) as resp:
                 if resp.status == 404:
                     raise PermanentBackendError(
                         f"{self.name} lists output {remote} but does not have it (HTTP 404)"
                     )
-                if resp.status != 200:
-                    raise TransientBackendError(f"{self.name}: /view {remote}: HTTP {resp.status}")
-                with part.open("wb") as fh:
+                if resp.status == 416:  # our partial file is longer than theirs: start over
+                    self._partials.pop(part, None)
+                    raise _DownloadFailed(f"{self.name}: /view {remote}: HTTP 416")
+                if resp.status not in (200, 206):
+                    raise _DownloadFailed(f"{self.name}: /view {remote}: HTTP {resp.status}")
+                resumed = resp.status == 206 and _range_start(resp) == have
+                if resp.status == 206 and not resumed:
+                    self._partials.pop(part, None)
+                    raise _DownloadFailed(f"{self.name}: /view {remote}: unexpected range")
+                new_validator = resp.headers.get("ETag") or resp.headers.get("Last-Modified")
+                if new_validator and not resp.headers.get("Content-Encoding"):
+                    self._partials[part] = new_validator
+                with part.open("ab" if resumed else "wb") as fh:
                     async for chunk in resp.content.iter_chunked(1 << 20):
                         fh.write(chunk)
+                expected = _total_size(resp)
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            part.unlink(missing_ok=True)
-            raise TransientBackendError(
+            if part not in self._partials:
+                part.unlink(missing_ok=True)
+            raise _DownloadFailed(
                 f"{self.name}: downloading {remote} failed: {_describe(exc)}"
             ) from None
-        except BaseException:
+        except _DownloadFailed:
             part.unlink(missing_ok=True)
             raise
+        except BaseException:
+            self._partials.pop(part, None)
+            part.unlink(missing_ok=True)
+            raise
+        self._partials.pop(part, None)
+        size = part.stat().st_size
+        if expected is not None and size != expected:
+            part.unlink(missing_ok=True)
+            raise _DownloadFailed(
+                f"{self.name}: downloading {remote} gave {size} bytes of {expected}"
+            )
         part.replace(target)
         return target
+
+    def _forget_partials(self, dest: Path) -> None:
+        for part in [p for p in self._partials if p.parent == dest]:
+            self._partials.pop(part, None)
+            part.unlink(missing_ok=True)
 
     async def cancel(self, attempt: Attempt) -> None:
         """Delete it if pending, interrupt it if running; both are harmless otherwise."""
@@ -435,6 +521,26 @@ def failure(status: Mapping[str, Any]) -> str:
         if event == "execution_interrupted":
             return f"interrupted at node {data.get('node_id')} ({data.get('node_type')})"
     return f"the prompt ended with status {status.get('status_str')!r}"
+
+
+class _DownloadFailed(TransientBackendError):
+    """A transfer cut short: the render is done, only the bytes need fetching again."""
+
+
+def _range_start(resp: aiohttp.ClientResponse) -> int | None:
+    """The first byte of a 206's `Content-Range: bytes a-b/total`."""
+    unit, _, spec = resp.headers.get("Content-Range", "").partition(" ")
+    first = spec.partition("-")[0]
+    return int(first) if unit == "bytes" and first.isdigit() else None
+
+
+def _total_size(resp: aiohttp.ClientResponse) -> int | None:
+    """The whole file's size: from Content-Range on a 206, Content-Length on a 200."""
+    if resp.status == 206:
+        total = resp.headers.get("Content-Range", "").rpartition("/")[2]
+        return int(total) if total.isdigit() else None
+    length = resp.headers.get("Content-Length", "")
+    return int(length) if length.isdigit() and not resp.headers.get("Content-Encoding") else None
 
 
 def _describe(exc: BaseException) -> str:

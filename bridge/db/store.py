@@ -8,16 +8,18 @@ prompt_id before the prompt is posted, which is what makes a killed run resumabl
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event, func
+from sqlalchemy import event, func, text
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import SQLAlchemyError
-from sqlmodel import Session, SQLModel, col, create_engine, select
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlmodel import Session, col, create_engine, select
 
 from bridge.db.models import (
     Character,
@@ -31,11 +33,14 @@ from bridge.db.models import (
     SsotTracking,
     utcnow,
 )
+from bridge.db.schema import ensure_schema
 from bridge.errors import ConfigError
 from bridge.plan import Job
 from bridge.settings import mask_url
 from bridge.spec.model import Spec
 from bridge.states import RESUMABLE, JobState, RunState
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -64,15 +69,30 @@ def engine_for(url: str) -> Engine:
         return engine
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
-    return create_engine(url, pool_pre_ping=True)
+    # pre-ping: connections from before an outage are replaced, not failed on
+    connect_args = {"connect_timeout": 10} if url.startswith("postgresql+psycopg://") else {}
+    return create_engine(url, pool_pre_ping=True, connect_args=connect_args)
 
 
 class Store:
-    def __init__(self, url: str) -> None:
+    """The job store on one database.
+
+    `Store(url)` opens the database at once and fails with a ConfigError when it cannot;
+    a daemon passes `connect=False`, starts anyway, and calls `wait_available` (or `check`
+    from its health probe): `available` says whether the database answered last time, and
+    each change of it is logged once, as one line.
+    """
+
+    def __init__(self, url: str, *, connect: bool = True) -> None:
         self.url = url
+        self.available = False
+        self._state_known = False  # whether `available` has been logged yet
+        self._schema_ready = False
         try:
             self.engine = engine_for(url)
-            SQLModel.metadata.create_all(self.engine)
+            if connect:
+                ensure_schema(self.engine)
+                self._schema_ready = self.available = self._state_known = True
         except (SQLAlchemyError, OSError, ValueError) as exc:
             raise ConfigError(
                 f"cannot open the database {mask_url(url)}: {_first_line(exc)}"
@@ -80,6 +100,46 @@ class Store:
 
     def close(self) -> None:
         self.engine.dispose()
+
+    def check(self) -> bool:
+        """Whether the database answers now; the first success also brings its schema up
+        to date. A misconfiguration (bad URL, newer schema) raises ConfigError instead."""
+        try:
+            if self._schema_ready:
+                with self.engine.connect() as conn:
+                    conn.execute(text("SELECT 1"))
+            else:
+                ensure_schema(self.engine)
+                self._schema_ready = True
+        except (OperationalError, OSError) as exc:  # down, refused, restarting, timed out
+            self._note(False, exc)
+            return False
+        except (SQLAlchemyError, ValueError) as exc:
+            raise ConfigError(
+                f"cannot open the database {mask_url(self.url)}: {_first_line(exc)}"
+            ) from None
+        self._note(True)
+        return True
+
+    async def wait_available(self, *, first_delay: float = 0.5, max_delay: float = 30.0) -> None:
+        """Check until the database answers, backing off exponentially up to `max_delay`."""
+        delay = first_delay
+        while not await asyncio.to_thread(self.check):
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, max_delay)
+
+    def _note(self, up: bool, exc: BaseException | None = None) -> None:
+        if self._state_known and up == self.available:
+            return
+        if up and self._state_known:
+            logger.warning("database %s is available again", mask_url(self.url))
+        elif up:
+            logger.info("database %s is available", mask_url(self.url))
+        else:
+            reason = _first_line(exc) if exc else "no answer"
+            logger.warning("database %s is unavailable (%s); retrying", mask_url(self.url), reason)
+        self.available = up
+        self._state_known = True
 
     def session(self) -> Session:
         return Session(self.engine, expire_on_commit=False)
