@@ -24,13 +24,14 @@ from prometheus_client.core import GaugeMetricFamily
 
 from bridge import console
 from bridge.compile import compile_plan
-from bridge.db.models import JobRecord, Project, Run, Scene
-from bridge.errors import BridgeError, ConfigError, SpecErrors
+from bridge.db.models import JobRecord, Run
+from bridge.errors import BridgeError, ConfigError, NotFoundError, SpecErrors
 from bridge.presets import PRESETS
 from bridge.runner import Runner, Selection
+from bridge.spec import rows
 from bridge.spec.load import load_bytes
 from bridge.spec.model import Spec
-from bridge.spec.validate import load_spec, validate
+from bridge.spec.validate import validate
 from bridge.templates import bundled
 from bridge.webhooks import Hook
 
@@ -263,11 +264,10 @@ class Api:
         return preset, _hooks(body.get("notify_webhook"))
 
     def _spec_of(self, project_id: str) -> Spec:
-        with self.store.session() as s:
-            project = s.get(Project, project_id)
-        if project is None or not project.spec_file:
-            raise web.HTTPNotFound(reason=f"no project {project_id!r}")
-        return load_spec(project.spec_file)
+        try:
+            return rows.spec_for_project(self.store, project_id)
+        except NotFoundError as exc:
+            raise web.HTTPNotFound(reason=exc.message) from None
 
     async def generate_project(self, request: web.Request) -> web.Response:
         preset, hooks = await self._options(request)
@@ -277,13 +277,11 @@ class Api:
     async def generate_scene(self, request: web.Request) -> web.Response:
         preset, hooks = await self._options(request)
         scene_id = request.match_info["scene_id"]
-        from sqlmodel import select
-
-        with self.store.session() as s:
-            scene = s.exec(select(Scene).where(Scene.id == scene_id)).first()
-        if scene is None:
-            raise web.HTTPNotFound(reason=f"no scene {scene_id!r}")
-        spec = self._spec_of(scene.project_id)
+        try:
+            project_id = rows.project_of_scene(self.store, scene_id)
+        except NotFoundError as exc:
+            raise web.HTTPNotFound(reason=exc.message) from None
+        spec = self._spec_of(project_id)
         return await self._start(
             _with_preset(spec, preset), Selection(scene_ids=(scene_id,)), hooks
         )

@@ -16,19 +16,21 @@ import json
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
+from sqlalchemy import or_
 from sqlmodel import Session, col, select
 
 from bridge.db.models import Character as CharacterRow
 from bridge.db.models import Project as ProjectRow
 from bridge.db.models import Scene as SceneRow
-from bridge.errors import UsageError
+from bridge.errors import NotFoundError, UsageError
 from bridge.presets import DEFAULT_PRESET, PRESETS
 from bridge.spec.load import Document
 from bridge.spec.model import Scene, Shot, Spec
-from bridge.spec.validate import validate
+from bridge.spec.validate import load_spec, validate
 
 if TYPE_CHECKING:
     from bridge.db.store import Store
@@ -114,7 +116,12 @@ def project_options(spec: Spec) -> dict[str, Any]:
 
 
 def spec_for_project(store: Store, project_id: str) -> Spec:
-    """The project as a validated Spec, read from its rows."""
+    """The project as a validated Spec: from the spec file it was synced from while that
+    file exists (the file is the source; its rows are a copy), else from its rows."""
+    with store.session() as s:
+        project = s.get(ProjectRow, project_id)
+    if project is not None and project.spec_file and Path(project.spec_file).is_file():
+        return load_spec(project.spec_file)
     return _validated(project_data(store, project_id), project_id)
 
 
@@ -132,7 +139,7 @@ def project_of_scene(store: Store, scene_id: str) -> str:
             }
         )
     if not owners:
-        raise UsageError(f"there is no scene {scene_id!r} in the database")
+        raise NotFoundError(f"there is no scene {scene_id!r} in the database")
     if len(owners) > 1:
         raise UsageError(
             f"scene {scene_id!r} is in several projects ({', '.join(owners)}); "
@@ -164,7 +171,7 @@ def project_data(store: Store, project_id: str) -> dict[str, Any]:
                 )
             )
             if not scenes:
-                raise UsageError(f"there is no project {project_id!r} in the database")
+                raise NotFoundError(f"there is no project {project_id!r} in the database")
             project_id = SCENE_PROJECT + scene_id
         characters = _character_rows(s, project_id)
     data: dict[str, Any] = {"version": 1, "project": _project(project, project_id, scenes)}
@@ -193,7 +200,9 @@ def _character_rows(s: Session, project_id: str) -> list[CharacterRow]:
     """The project's characters first, then those the old system inserted without one."""
     rows = s.exec(
         select(CharacterRow)
-        .where((CharacterRow.project_id == project_id) | col(CharacterRow.project_id).is_(None))
+        .where(
+            or_(col(CharacterRow.project_id) == project_id, col(CharacterRow.project_id).is_(None))
+        )
         .order_by(col(CharacterRow.project_id).is_(None), col(CharacterRow.pk))
     )
     return list(rows)

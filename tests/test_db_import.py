@@ -1,0 +1,196 @@
+"""The old system's rows as input, and export: on SQLite and real PostgreSQL.
+
+The seed's INSERTs are executed verbatim through a raw driver connection, exactly as the
+old system's README has its users type them.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from bridge.compile import compile_plan
+from bridge.db.store import Store
+from bridge.errors import NotFoundError, UsageError
+from bridge.plan import JobKind
+from bridge.spec import rows
+from bridge.spec.load import load_text
+from bridge.spec.model import Spec
+from bridge.spec.validate import load_spec, validate
+from tests.conftest import process_env
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# SEED-COMPAT.md, "Its sample test scene", as written there.
+SEED_SCENE = """INSERT INTO scenes (id, title, description, visual_description, characters,
+character_lora_mapping, frame_count, fps) VALUES ('test-scene-001', 'Test Garden Scene',
+'A peaceful anime garden scene with cherry blossoms', 'Beautiful moonlit garden with soft pink
+cherry blossoms, serene atmosphere', 'Mei', '{"Mei": "mei_character_v1"}', 120, 24);"""
+# The old system's `characters` columns: name, description, design_prompt, traits JSONB.
+SEED_CHARACTER = """INSERT INTO characters (name, description, design_prompt, traits) VALUES
+('Mei', 'A quiet girl who tends the garden', 'mei, 1girl, short black hair, red ribbon',
+'{"age": 16, "height_cm": 155}');"""
+
+
+def execute_raw(url: str, *statements: str) -> None:
+    """Statements through the driver itself, not SQLAlchemy: what an old client does."""
+    if url.startswith("sqlite:///"):
+        conn = sqlite3.connect(url.removeprefix("sqlite:///"))
+        try:
+            for sql in statements:
+                conn.execute(sql)
+            conn.commit()
+        finally:
+            conn.close()
+        return
+    import psycopg
+
+    with psycopg.connect(url) as pg:
+        for sql in statements:
+            pg.execute(sql)
+
+
+@pytest.fixture
+def store(database_url: str) -> Iterator[Store]:
+    s = Store(database_url)
+    yield s
+    s.close()
+
+
+def hashes(spec: Spec) -> dict[str, str]:
+    return {j.id: j.hash for j in compile_plan(spec).jobs()}
+
+
+@pytest.mark.parametrize("name", ["moonlit-garden.yaml", "episode-1.yaml"])
+def test_spec_to_database_to_export_gives_back_the_same_plan(store: Store, name: str) -> None:
+    spec = load_spec(ROOT / "specs" / name)
+    store.sync_spec(spec)
+    text = rows.to_yaml(rows.project_data(store, spec.project.id))
+    back = validate(load_text(text, "exported.yaml"))
+    assert hashes(back) == hashes(spec)
+    assert [sc.id for sc in back.scenes] == [sc.id for sc in spec.scenes]
+    assert back.characters == spec.characters
+
+
+def test_the_seed_inserts_succeed_and_the_scene_renders_from_its_rows(
+    store: Store, database_url: str
+) -> None:
+    execute_raw(database_url, SEED_SCENE, SEED_CHARACTER)
+    spec = rows.spec_for_scene(store, "test-scene-001")
+    assert spec.project.id == "scene-test-scene-001"
+    (scene,) = spec.scenes
+    assert (scene.id, scene.frame_count, scene.fps) == ("test-scene-001", 120, 24)
+    assert sum(sh.frames or 0 for sh in scene.shots) == 120
+    mei = spec.characters["mei"]
+    assert mei.name == "Mei"
+    assert mei.design_prompt.startswith("mei, 1girl")
+    assert dict(mei.traits) == {"age": 16, "height_cm": 155}
+    assert mei.lora is not None
+    assert mei.lora.file == "mei_character_v1.safetensors"
+    renders = [j for j in compile_plan(spec).jobs() if j.kind is JobKind.RENDER]
+    assert renders
+    assert all("mei_character_v1.safetensors" in str(j.workflow) for j in renders)
+    exported = validate(load_text(rows.to_yaml(spec.data), "exported.yaml"))
+    assert hashes(exported) == hashes(spec)
+
+
+def test_shot_list_in_the_old_shapes(store: Store, database_url: str) -> None:
+    execute_raw(
+        database_url,
+        """INSERT INTO scenes (id, title, characters, frame_count, fps, shot_list) VALUES
+        ('plain', 'Plain', 'Mei, Haru', NULL, 24, '["Mei waves", "Haru waves back"]')""",
+        """INSERT INTO scenes (id, title, characters, frame_count, fps, shot_list) VALUES
+        ('detailed', 'Detailed', '["Mei"]', 96, 24, '[{"description": "Mei runs",
+        "camera": "tracking", "duration": 2.5, "mood": "happy"}, {"action": "Mei stops"}]')""",
+    )
+    plain = rows.spec_for_scene(store, "plain")
+    assert [sh.action for sh in plain.scenes[0].shots] == ["Mei waves", "Haru waves back"]
+    assert set(plain.characters) == {"mei", "haru"}
+    assert plain.characters["haru"].lora is None
+    detailed = rows.spec_for_scene(store, "detailed").scenes[0]
+    first, second = detailed.shots
+    assert (first.action, first.camera, first.frames) == ("Mei runs", "tracking", 60)
+    assert (second.action, second.frames) == ("Mei stops", 36)
+    assert rows.spec_for_scene(store, "detailed").data["scenes"][0]["shots"][0]["x-mood"] == (
+        "happy"
+    )
+
+
+def test_without_a_shot_list_the_scene_is_split_at_the_preset_length(
+    store: Store, database_url: str
+) -> None:
+    execute_raw(
+        database_url,
+        "INSERT INTO scenes (id, description, frame_count, fps) VALUES ('long', 'rain', 300, 24)",
+    )
+    shots = rows.spec_for_scene(store, "long").scenes[0].shots
+    assert [sh.frames for sh in shots] == [100, 100, 100]
+    assert {sh.action for sh in shots} == {"rain"}
+
+
+def test_a_project_of_rows_and_the_lookups_that_fail(store: Store, database_url: str) -> None:
+    execute_raw(
+        database_url,
+        "INSERT INTO scenes (project_id, id, title, position) VALUES ('123', 'b', 'B', 2)",
+        "INSERT INTO scenes (project_id, id, title, position) VALUES ('123', 'a', 'A', 1)",
+        "INSERT INTO scenes (project_id, id, title) VALUES ('456', 'a', 'other A')",
+    )
+    spec = rows.spec_for_project(store, "123")
+    assert [sc.id for sc in spec.scenes] == ["a", "b"]
+    assert rows.spec_for_scene(store, "b").project.id == "123"
+    with pytest.raises(UsageError, match="several projects"):
+        rows.project_of_scene(store, "a")
+    with pytest.raises(NotFoundError, match="no scene 'zzz'"):
+        rows.project_of_scene(store, "zzz")
+    with pytest.raises(NotFoundError, match="no project '789'"):
+        rows.spec_for_project(store, "789")
+
+
+def test_rows_that_make_a_bad_spec_are_refused_with_the_spec_checks(
+    store: Store, database_url: str
+) -> None:
+    execute_raw(
+        database_url,
+        """INSERT INTO scenes (id, shot_list) VALUES ('bad', '[{"duration": "soon"}]')""",
+    )
+    from bridge.errors import SpecErrors
+
+    with pytest.raises(SpecErrors) as caught:
+        rows.spec_for_scene(store, "bad")
+    assert "scenes[0].shots[0].duration" in str(caught.value)
+
+
+@pytest.mark.slow
+def test_cli_runs_the_seed_scene_by_id_and_exports_it(tmp_path: Path, database_url: str) -> None:
+    Store(database_url).close()
+    execute_raw(database_url, SEED_SCENE, SEED_CHARACTER)
+    env = process_env(tmp_path, BRIDGE_BACKEND="preview", DATABASE_URL=database_url)
+
+    def bridge(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "bridge", *args],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+
+    run = bridge("run", "--scene-id", "test-scene-001")
+    assert run.returncode == 0, run.stderr
+    assert "4 succeeded" in run.stdout
+    assert (tmp_path / "out" / "scene-test-scene-001" / "manifest.json").is_file()
+    export = bridge("export", "scene-test-scene-001", "-o", "seed.yaml")
+    assert export.returncode == 0, export.stderr
+    data = yaml.safe_load((tmp_path / "seed.yaml").read_text())
+    assert data["characters"]["mei"]["lora"]["file"] == "mei_character_v1.safetensors"
+    assert bridge("validate", "seed.yaml").returncode == 0
+    missing = bridge("run", "--project-id", "nope")
+    assert missing.returncode == 2
+    assert "there is no project 'nope'" in missing.stderr
