@@ -194,3 +194,27 @@ def test_cli_runs_the_seed_scene_by_id_and_exports_it(tmp_path: Path, database_u
     missing = bridge("run", "--project-id", "nope")
     assert missing.returncode == 2
     assert "there is no project 'nope'" in missing.stderr
+
+
+@pytest.mark.slow
+def test_api_generates_the_seed_scene_by_id(tmp_path: Path) -> None:
+    from tests.test_front_doors import call, start, stop, wait_for
+
+    url = f"sqlite:///{tmp_path / 'out' / 'bridge.db'}"
+    Store(url).close()
+    execute_raw(url, SEED_SCENE, SEED_CHARACTER)
+    env = process_env(tmp_path, BRIDGE_BACKEND="preview", BRIDGE_API_TOKEN="s3cret")
+    proc, first = start(["serve", "--port", "0"], env)
+    try:
+        api = first.removeprefix("listening on ")
+        body = b'{"quality_preset": "draft", "notify_webhook": "http://127.0.0.1:9/hook"}'
+        status, started = call(f"{api}/api/generate/scene/test-scene-001", "POST", body)
+        assert status == 202, started
+        assert isinstance(started, dict)
+        run = f"{api}/api/status/{started['job_id']}"
+        wait_for(lambda: call(run)[1]["status"] != "running", 120)  # type: ignore[index]
+        assert call(run)[1]["status"] == "succeeded"  # type: ignore[index]
+        assert call(f"{api}/api/generate/scene/nope", "POST")[0] == 404
+    finally:
+        stop(proc)
+    assert (tmp_path / "out" / "scene-test-scene-001" / "manifest.json").is_file()
