@@ -383,7 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bridge", description="Render YAML production specs on ComfyUI."
     )
-    parser.add_argument("--config", help="YAML settings file (also BRIDGE_CONFIG)")
+    parser.add_argument("--config", help="YAML or JSON settings file (also BRIDGE_CONFIG)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("validate", help="check specs and report every error with its position")
