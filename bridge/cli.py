@@ -314,7 +314,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     settings = _settings(args)
     store = Store(settings.database)
     try:
-        text = rows.to_yaml(rows.spec_for_project(store, args.project).data)
+        text = rows.to_yaml(rows.spec_from_rows(store, args.project).data)
     finally:
         store.close()
     if args.output_file:

@@ -14,8 +14,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from sqlmodel import select
 
 from bridge.compile import compile_plan
+from bridge.db.models import Scene
 from bridge.db.store import Store
 from bridge.errors import NotFoundError, UsageError
 from bridge.plan import JobKind
@@ -54,6 +56,15 @@ def execute_raw(url: str, *statements: str) -> None:
     with psycopg.connect(url) as pg:
         for sql in statements:
             pg.execute(sql)
+
+
+def count_scenes(url: str) -> int:
+    store = Store(url)
+    try:
+        with store.session() as s:
+            return len(s.exec(select(Scene)).all())
+    finally:
+        store.close()
 
 
 @pytest.fixture
@@ -186,6 +197,7 @@ def test_cli_runs_the_seed_scene_by_id_and_exports_it(tmp_path: Path, database_u
     assert run.returncode == 0, run.stderr
     assert "4 succeeded" in run.stdout
     assert (tmp_path / "out" / "scene-test-scene-001" / "manifest.json").is_file()
+    assert count_scenes(database_url) == 1  # a run does not write a database spec back
     export = bridge("export", "scene-test-scene-001", "-o", "seed.yaml")
     assert export.returncode == 0, export.stderr
     data = yaml.safe_load((tmp_path / "seed.yaml").read_text())

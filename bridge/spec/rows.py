@@ -122,7 +122,14 @@ def spec_for_project(store: Store, project_id: str) -> Spec:
         project = s.get(ProjectRow, project_id)
     if project is not None and project.spec_file and Path(project.spec_file).is_file():
         return load_spec(project.spec_file)
-    return _validated(project_data(store, project_id), project_id)
+    return spec_from_rows(store, project_id)
+
+
+def spec_from_rows(store: Store, project_id: str) -> Spec:
+    """The project as a validated Spec, read from its rows only (what `bridge export` writes)."""
+    data = project_data(store, project_id)
+    text = json.dumps(data, sort_keys=True, default=str)
+    return validate(Document(data, f"{DATABASE_FILE}{project_id}>", {}, {}, text))
 
 
 def spec_for_scene(store: Store, scene_id: str) -> Spec:
@@ -189,11 +196,6 @@ def to_yaml(data: Mapping[str, Any]) -> str:
     """Spec data as a YAML file a person reviews: keys in the spec's order, block style."""
     head = f"# Exported from the database by `bridge export {data['project']['id']}`.\n"
     return head + yaml.safe_dump(dict(data), sort_keys=False, allow_unicode=True, width=100)
-
-
-def _validated(data: dict[str, Any], project_id: str) -> Spec:
-    text = json.dumps(data, sort_keys=True, default=str)
-    return validate(Document(data, f"{DATABASE_FILE}{project_id}>", {}, {}, text))
 
 
 def _character_rows(s: Session, project_id: str) -> list[CharacterRow]:
