@@ -230,3 +230,39 @@ def test_api_generates_the_seed_scene_by_id(tmp_path: Path) -> None:
     finally:
         stop(proc)
     assert (tmp_path / "out" / "scene-test-scene-001" / "manifest.json").is_file()
+
+
+def png(width: int, height: int) -> bytes:
+    """A real, decodable PNG: one grey pixel row repeated."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    pixels = zlib.compress((b"\x00" + b"\x80" * width) * height)
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
+    )
+
+
+def test_image_paths_stay_relative_to_the_synced_specs_folder(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = tmp_path / "specs"
+    (folder / "images").mkdir(parents=True)
+    (folder / "images" / "start.png").write_bytes(png(64, 64))
+    (folder / "p.yaml").write_text(
+        "version: 1\nproject: {id: p}\n"
+        "scenes: [{id: a, shots: [{id: s01, start_image: images/start.png, duration: 1s}]}]\n"
+    )
+    spec = load_spec(folder / "p.yaml")
+    store.sync_spec(spec)
+    monkeypatch.chdir(tmp_path)  # elsewhere: the rows' paths still resolve
+    back = rows.spec_from_rows(store, "p")
+    assert back.scenes[0].shots[0].start_image == "images/start.png"
+    assert hashes(back) == hashes(spec)
+    (folder / "exported.yaml").write_text(rows.to_yaml(back.data))
+    assert hashes(load_spec(folder / "exported.yaml")) == hashes(spec)

@@ -94,7 +94,7 @@ class Store:
         A spec read from the database (bridge.spec.rows) is not written back: its rows
         are the source, and rewriting them would adopt the old system's project-less rows.
         """
-        if spec.file.startswith(rows.DATABASE_FILE):
+        if rows.from_database(spec):
             return
         pid = spec.project.id
         with self.session() as s:

@@ -126,10 +126,23 @@ def spec_for_project(store: Store, project_id: str) -> Spec:
 
 
 def spec_from_rows(store: Store, project_id: str) -> Spec:
-    """The project as a validated Spec, read from its rows only (what `bridge export` writes)."""
+    """The project as a validated Spec, read from its rows only (what `bridge export` writes).
+
+    Image paths in rows are relative to the folder of the spec file the project was synced
+    from, as written there; a project that never had one resolves them from the current folder.
+    """
     data = project_data(store, project_id)
+    with store.session() as s:
+        project = s.get(ProjectRow, project_id)
+    synced = project.spec_file if project is not None else ""
+    folder = Path(synced).resolve().parent if synced else Path.cwd()
     text = json.dumps(data, sort_keys=True, default=str)
-    return validate(Document(data, f"{DATABASE_FILE}{project_id}>", {}, {}, text))
+    name = str(folder / f"{DATABASE_FILE}{data['project']['id']}>")
+    return validate(Document(data, name, {}, {}, text))
+
+
+def from_database(spec: Spec) -> bool:
+    return Path(spec.file).name.startswith(DATABASE_FILE)
 
 
 def spec_for_scene(store: Store, scene_id: str) -> Spec:
