@@ -268,3 +268,17 @@ def test_image_paths_stay_relative_to_the_synced_specs_folder(
     assert hashes(back) == hashes(spec)
     (folder / "exported.yaml").write_text(rows.to_yaml(back.data))
     assert hashes(load_spec(folder / "exported.yaml")) == hashes(spec)
+
+
+def test_a_scene_in_several_projects_is_found_in_the_one_named(
+    store: Store, database_url: str
+) -> None:
+    execute_raw(
+        database_url,
+        "INSERT INTO scenes (project_id, id) VALUES ('123', 'a')",
+        "INSERT INTO scenes (id) VALUES ('a')",
+    )
+    assert rows.project_of_scene(store, "a", "123") == "123"
+    assert rows.project_of_scene(store, "a", "scene-a") == "scene-a"
+    with pytest.raises(NotFoundError, match="no scene 'a' in project '456'"):
+        rows.project_of_scene(store, "a", "456")

@@ -150,7 +150,8 @@ def spec_for_scene(store: Store, scene_id: str) -> Spec:
     return spec_for_project(store, project_of_scene(store, scene_id))
 
 
-def project_of_scene(store: Store, scene_id: str) -> str:
+def project_of_scene(store: Store, scene_id: str, project: str | None = None) -> str:
+    """The project that holds `scene_id` (only `project` considered, when given)."""
     with store.session() as s:
         owners = sorted(
             {
@@ -158,12 +159,14 @@ def project_of_scene(store: Store, scene_id: str) -> str:
                 for row in s.exec(select(SceneRow).where(SceneRow.id == scene_id))
             }
         )
+    if project is not None:
+        owners = [o for o in owners if o == project]
     if not owners:
-        raise NotFoundError(f"there is no scene {scene_id!r} in the database")
+        where = f" in project {project!r}" if project is not None else ""
+        raise NotFoundError(f"there is no scene {scene_id!r}{where} in the database")
     if len(owners) > 1:
         raise UsageError(
-            f"scene {scene_id!r} is in several projects ({', '.join(owners)}); "
-            "name one with --project-id"
+            f"scene {scene_id!r} is in several projects ({', '.join(owners)}); name its project"
         )
     return owners[0]
 
