@@ -26,10 +26,11 @@ from bridge import console
 from bridge.compile import compile_plan
 from bridge.db.models import JobRecord, Run
 from bridge.direct.direct import analyze_scene, direct_spec, llm_status, wants_direction
-from bridge.errors import BridgeError, ConfigError, DirectionError, SpecErrors
+from bridge.errors import BridgeError, ConfigError, DirectionError, NotFoundError, SpecErrors
 from bridge.events import SUBSCRIBER_ERRORS
 from bridge.presets import PRESETS
 from bridge.runner import Runner, Selection
+from bridge.spec import rows
 from bridge.spec.load import load_bytes
 from bridge.spec.model import Spec
 from bridge.spec.validate import load_spec, validate
@@ -271,14 +272,11 @@ class Api:
             raise BridgeError("priority must be a whole number")
         return preset, _hooks(body.get("notify_webhook"))
 
-    def _spec_file(self, project_id: str) -> str:
-        project = self.store.project(project_id)
-        if project is None or not project.spec_file:
-            raise web.HTTPNotFound(reason=f"no project {project_id!r}")
-        return project.spec_file
-
     def _spec_of(self, project_id: str) -> Spec:
-        return load_spec(self._spec_file(project_id))
+        try:
+            return rows.spec_for_project(self.store, project_id)
+        except NotFoundError as exc:
+            raise web.HTTPNotFound(reason=exc.message) from None
 
     async def generate_project(self, request: web.Request) -> web.Response:
         preset, hooks = await self._options(request)
@@ -288,14 +286,20 @@ class Api:
     async def generate_scene(self, request: web.Request) -> web.Response:
         preset, hooks = await self._options(request)
         scene_id = request.match_info["scene_id"]
-        scene = self.store.scene(scene_id)
-        if scene is None:
-            raise web.HTTPNotFound(reason=f"no scene {scene_id!r}")
+        try:
+            project_id = rows.project_of_scene(self.store, scene_id)
+        except NotFoundError as exc:
+            raise web.HTTPNotFound(reason=exc.message) from None
         if request.can_read_body and orjson.loads(await request.read()).get("analyze") is True:
             # The old system's "scene with analysis": direct the scene, then render it.
-            spec_file = self._spec_file(scene.project_id)
-            await analyze_scene(spec_file, scene_id, self.runner.settings, say=log.warning)
-        spec = self._spec_of(scene.project_id)
+            project = self.store.project(project_id)
+            if project is None or not project.spec_file:
+                raise BridgeError(
+                    f"scene {scene_id!r} is held only in the database; analysis writes a "
+                    "direction file beside a spec: `bridge export` it first"
+                )
+            await analyze_scene(project.spec_file, scene_id, self.runner.settings, say=log.warning)
+        spec = self._spec_of(project_id)
         return await self._start(
             _with_preset(spec, preset), Selection(scene_ids=(scene_id,)), hooks
         )

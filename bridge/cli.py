@@ -340,6 +340,45 @@ def cmd_status(args: argparse.Namespace) -> int:
         store.close()
 
 
+def _spec_from_database(settings: Settings, args: argparse.Namespace) -> Any:
+    """No SPEC: the project (--project-id) or the scene's project (--scene-id) as rows."""
+    from bridge.db.store import Store
+    from bridge.spec import rows
+
+    if not args.project_id and not args.scene_id:
+        raise UsageError("give a SPEC file, or --project-id / --scene-id of one in the database")
+    store = Store(settings.database)
+    try:
+        if args.project_id:
+            return rows.spec_for_project(store, args.project_id)
+        return rows.spec_for_scene(store, args.scene_id[0])
+    finally:
+        store.close()
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """A project held in the database as a spec YAML file that validates."""
+    from bridge.db.store import Store
+    from bridge.outputs import atomic_write_bytes
+    from bridge.spec import rows
+
+    settings = _settings(args)
+    store = Store(settings.database)
+    try:
+        text = rows.to_yaml(rows.spec_from_rows(store, args.project).data)
+    finally:
+        store.close()
+    if args.output_file:
+        try:
+            atomic_write_bytes(Path(args.output_file), text.encode())
+        except OSError as exc:
+            raise BridgeError(f"cannot write {args.output_file}: {exc.strerror}") from None
+        console.out(f"wrote {args.output_file}")
+    else:
+        console.out(text.rstrip("\n"))
+    return 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     import asyncio
 
@@ -348,14 +387,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     from bridge.spec.validate import load_spec
 
     settings = _settings(args)
-    if args.direct:
+    if args.spec and args.direct:
         _direct(args.spec, settings, args.scene_id or (), force=False)
-    else:
+    elif args.spec:
         from bridge.direct.direct import status, status_lines
 
         for line in status_lines(status(args.spec)):
             console.err(f"!! {line} (render it anyway; `bridge run --direct` redoes it)")
-    spec = load_spec(args.spec)
+    spec = load_spec(args.spec) if args.spec else _spec_from_database(settings, args)
     if args.project_id and args.project_id != spec.project.id:
         raise UsageError(
             f"--project-id {args.project_id!r} is not this spec's project ({spec.project.id!r})"
@@ -402,7 +441,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bridge", description="Render YAML production specs on ComfyUI."
     )
-    parser.add_argument("--config", help="YAML settings file (also BRIDGE_CONFIG)")
+    parser.add_argument("--config", help="YAML or JSON settings file (also BRIDGE_CONFIG)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("validate", help="check specs and report every error with its position")
@@ -463,10 +502,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", help="output folder (OUTPUT_PATH)")
     p.set_defaults(func=cmd_status)
 
+    p = sub.add_parser("export", help="write a project held in the database as a spec YAML")
+    p.add_argument("project", metavar="PROJECT")
+    p.add_argument("-o", "--output-file", metavar="FILE", help="write here, not to stdout")
+    p.set_defaults(func=cmd_export)
+
     p = sub.add_parser("run", help="render a spec: ComfyUI when one answers, else a preview")
-    p.add_argument("spec", metavar="SPEC")
-    p.add_argument("--scene-id", action="append", help="only this scene (repeatable)")
-    p.add_argument("--project-id", help="refuse to run unless the spec is this project")
+    p.add_argument("spec", nargs="?", metavar="SPEC", help="omit to render rows of the database")
+    p.add_argument(
+        "--scene-id", action="append", help="only this scene (repeatable); without SPEC, its rows"
+    )
+    p.add_argument(
+        "--project-id", help="without SPEC, this project's rows; with one, refuse any other"
+    )
     p.add_argument(
         "--only", action="append", metavar="SHOT", help="only this shot: s01 or scene/s01"
     )

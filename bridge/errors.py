@@ -61,6 +61,10 @@ class UsageError(BridgeError):
     """Raised when a command is called with arguments that cannot work."""
 
 
+class NotFoundError(UsageError):
+    """Raised when a project or scene asked for by id is not in the database."""
+
+
 class ConfigError(BridgeError):
     """Raised when settings from flags, environment or a config file are invalid."""
 

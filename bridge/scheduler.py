@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import heapq
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -37,6 +38,8 @@ from bridge.plan import Job, Plan
 from bridge.states import JobState
 
 __all__ = ["JobState", "Policy", "Record", "RunJob", "Scheduler"]
+
+log = logging.getLogger(__name__)
 
 ProgressHook = Callable[[float, float], None]
 RunJob = Callable[[Job, int, ProgressHook], Awaitable[Any]]
@@ -104,6 +107,7 @@ class Scheduler:
         tasks: dict[asyncio.Future[Any], tuple[str, bool]] = {}  # task -> (job, is an attempt)
 
         def make_ready(job_id: str) -> None:
+            log.debug("ready %s", job_id)
             heapq.heappush(ready[self.plan.job(job_id).kind.remote], (index[job_id], job_id))
 
         def pump() -> None:
@@ -114,6 +118,16 @@ class Scheduler:
                     attempts[job_id] = attempts.get(job_id, 0) + 1
                     task = asyncio.create_task(self._attempt(job_id, attempts[job_id]))
                     tasks[task] = (job_id, True)
+                    log.debug(
+                        "start %s, attempt %d (%d of %d %s slots busy)",
+                        *(job_id, attempts[job_id], running[remote], limits[remote]),
+                        "remote" if remote else "local",
+                    )
+                if heap:
+                    log.debug(
+                        "%d ready %s job(s) wait for a slot (all %d busy)",
+                        *(len(heap), "remote" if remote else "local", limits[remote]),
+                    )
 
         for job_id, count in waiting.items():
             if count == 0:
@@ -137,6 +151,7 @@ class Scheduler:
                                     make_ready(child)
                     elif outcome == "retry":
                         delay = min(30.0, self.policy.backoff * 2 ** (attempts[job_id] - 1))
+                        log.debug("retry %s in %.1f s", job_id, delay)
                         tasks[asyncio.ensure_future(self.sleep(delay))] = (job_id, False)
                     else:
                         await self._skip_downstream(job_id, waiting)
@@ -157,6 +172,7 @@ class Scheduler:
         self.bus.emit(event)
 
     async def _skip_downstream(self, failed: str, waiting: dict[str, int]) -> None:
+        log.debug("%s failed for good; skipping what depends on it", failed)
         for job_id in sorted(nx.descendants(self.plan.graph, failed), key=self.index.__getitem__):
             if self.states[job_id] is JobState.PENDING:
                 self.states[job_id] = JobState.SKIPPED

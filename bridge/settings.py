@@ -6,6 +6,8 @@ never depend on the developer's shell. Names of environment variables are the se
 
 from __future__ import annotations
 
+import difflib
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -117,6 +119,8 @@ _ENV = {
     "llm_timeout": BRIDGE_LLM_TIMEOUT,
     "echo_brain_url": ECHO_BRAIN_URL,
 }
+# The old Content Generation Bridge's config.json keys whose bridge name differs.
+_OLD_KEYS = {"max_concurrent_scenes": "max_concurrent_jobs"}
 
 
 def resolve(
@@ -148,23 +152,44 @@ def resolve(
 
 
 def _read_config(path: Path) -> Mapping[str, Any]:
+    """YAML, or JSON (the old system's config.json); its keys may be bridge's setting
+    names, environment names, or the old system's keys."""
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    if path.suffix.lower() == ".json":
+        try:
+            data = json.loads(text) if text.strip() else {}
+        except json.JSONDecodeError as exc:
+            raise ConfigError(
+                f"config file {path} is not valid JSON: {exc.msg} at line {exc.lineno}, "
+                f"column {exc.colno}"
+            ) from None
+    else:
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must be a mapping of setting: value")
     known = {f.name for f in fields(Settings)}
-    aliases = {var.lower(): name for name, var in _ENV.items()}
+    aliases = {var.lower(): name for name, var in _ENV.items()} | _OLD_KEYS
     out: dict[str, Any] = {}
+    given: dict[str, str] = {}
     for key, value in data.items():
-        name = aliases.get(str(key).lower(), str(key).lower())
+        lowered = str(key).lower()
+        name = aliases.get(lowered, lowered)
         if name not in known:
+            match = difflib.get_close_matches(lowered, sorted(known | set(aliases)), n=1)
+            hint = f"; did you mean '{match[0]}'?" if match else ""
             raise ConfigError(
-                f"config file {path}: unknown setting '{key}' (known: {', '.join(sorted(known))})"
+                f"config file {path}: unknown setting '{key}'{hint} "
+                f"(known: {', '.join(sorted(known))})"
             )
+        if name in given:
+            raise ConfigError(f"config file {path}: '{key}' and '{given[name]}' set {name} twice")
+        given[name] = str(key)
         out[name] = value
     return out
 

@@ -9,6 +9,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
@@ -17,7 +18,7 @@ from sqlalchemy import event, inspect, text
 from sqlmodel import Session, SQLModel
 
 from bridge.db import schema
-from bridge.db.models import EventRecord, JobRecord, Project, Run
+from bridge.db.models import EventRecord, JobRecord, Run
 from bridge.db.store import Store, engine_for
 from bridge.errors import ConfigError
 from tests.conftest import PG_ADMIN, process_env
@@ -45,9 +46,19 @@ def test_migrations_create_exactly_the_models_schema(database_url: str) -> None:
 
 def test_a_database_made_before_migrations_is_upgraded_with_its_rows(database_url: str) -> None:
     engine = engine_for(database_url)
-    SQLModel.metadata.create_all(engine)  # what bridge did at start before migrations
+    with engine.begin() as conn:  # the schema bridge made at start before migrations (0001)
+        config = Config()
+        config.set_main_option("script_location", str(schema.MIGRATIONS))
+        config.attributes["connection"] = conn
+        command.upgrade(config, schema.BASELINE)
+        conn.execute(text("DROP TABLE alembic_version"))
+        conn.execute(
+            text(
+                "INSERT INTO projects (id, title, style, negative, spec_file, revision,"
+                " updated_at) VALUES ('p', 'kept', '', '', '', '', CURRENT_TIMESTAMP)"
+            )
+        )
     with Session(engine) as s:
-        s.add(Project(id="p", title="kept"))
         s.add(Run(id=7, project_id="p", status="succeeded"))
         s.flush()
         s.add(JobRecord(run_id=7, job_id="render:a/s1", hash="h" * 64, state="succeeded"))

@@ -94,3 +94,86 @@ def test_token_never_in_repr() -> None:
     assert s.api_token == "tok-123"
     assert "tok-123" not in repr(s)
     assert mask_url("sqlite:///x.db") == "sqlite:///x.db"
+
+
+# The old Content Generation Bridge's optional config.json, every key as its README lists.
+OLD_CONFIG = """{
+  "echo_brain_url": "http://localhost:8309",
+  "comfyui_url": "http://localhost:8188",
+  "max_concurrent_scenes": 3,
+  "quality_threshold": 0.8,
+  "workflow_timeout": 900,
+  "lora_path": "/models/loras",
+  "output_path": "/srv/anime/output"
+}
+"""
+
+
+def test_the_old_systems_config_json_maps_onto_bridges_settings(tmp_path: Path) -> None:
+    cfg = tmp_path / "config.json"
+    cfg.write_text(OLD_CONFIG.replace('"max_concurrent_scenes": 3', '"max_concurrent_scenes": 5'))
+    s = resolve({}, {}, cfg)
+    assert s.echo_brain_url == "http://localhost:8309"
+    assert s.comfyui_urls == ("http://localhost:8188",)
+    assert s.max_concurrent_jobs == 5
+    assert s.quality_threshold == 0.8
+    assert s.workflow_timeout == 900
+    assert s.lora_path == Path("/models/loras")
+    assert s.output_path == Path("/srv/anime/output")
+    assert resolve({}, {"ECHO_BRAIN_URL": "http://brain:8309/"}, cfg).echo_brain_url == (
+        "http://brain:8309"
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            '{"comfyui_ulr": "http://a:8188"}',
+            "unknown setting 'comfyui_ulr'; did you mean 'comfyui_url'?",
+        ),
+        ('{"max_concurent_scenes": 2}', "did you mean 'max_concurrent_scenes'?"),
+        ('{"max_concurrent_scenes": 2, "max_concurrent_jobs": 3}', "set max_concurrent_jobs twice"),
+        ('{"echo_brain_url": "localhost:8309"}', "ECHO_BRAIN_URL='localhost:8309'"),
+        ('{"workflow_timeout": 900,}', "not valid JSON: Expecting property name"),
+    ],
+)
+def test_config_json_mistakes_are_named(tmp_path: Path, text: str, message: str) -> None:
+    cfg = tmp_path / "config.json"
+    cfg.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        resolve({}, {}, cfg)
+    assert message in str(info.value)
+
+
+def test_bridge_takes_the_old_config_json_with_dash_dash_config(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT, process_env
+
+    cfg = tmp_path / "config.json"
+    cfg.write_text(OLD_CONFIG.replace("/srv/anime/output", str(tmp_path / "old-out")))
+    typo = tmp_path / "typo.json"
+    typo.write_text('{"echo_brain_ulr": "http://localhost:8309"}')
+
+    env = process_env(tmp_path)
+    del env["OUTPUT_PATH"]  # the file's output_path is the one under test
+
+    def bridge(config: Path) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "bridge", "--config", str(config), "status"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    ok = bridge(cfg)
+    assert (ok.returncode, ok.stdout.strip()) == (0, "no runs yet"), ok.stderr
+    assert (tmp_path / "old-out" / "bridge.db").is_file()
+    bad = bridge(typo)
+    assert bad.returncode == 1
+    assert "unknown setting 'echo_brain_ulr'; did you mean 'echo_brain_url'?" in bad.stderr
+    assert "Traceback" not in bad.stderr

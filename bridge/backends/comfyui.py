@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
@@ -70,7 +71,8 @@ class ComfyUIBackend:
     async def start(self) -> None:
         if self._session is None:
             self._session = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=None)
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=None),
+                trace_configs=[_debug_trace()] if log.isEnabledFor(logging.DEBUG) else None,
             )
         stats = await self.system_stats()
         version = stats.get("system", {}).get("comfyui_version", "?")
@@ -475,6 +477,29 @@ class ComfyUIBackend:
             await self._request("POST", "/queue", json={"delete": [attempt.prompt_id]})
         with contextlib.suppress(Exception):
             await self._request("POST", "/interrupt", json={"prompt_id": attempt.prompt_id})
+
+
+def _debug_trace() -> aiohttp.TraceConfig:
+    """LOG_LEVEL=DEBUG: every request to the server with its status and time, URL masked."""
+    trace = aiohttp.TraceConfig()
+
+    async def start(_s: Any, ctx: Any, params: aiohttp.TraceRequestStartParams) -> None:
+        ctx.started = time.monotonic()
+
+    async def end(_s: Any, ctx: Any, params: aiohttp.TraceRequestEndParams) -> None:
+        ms = (time.monotonic() - ctx.started) * 1000
+        url = mask_url(str(params.url))
+        log.debug("%s %s -> %d in %.0f ms", params.method, url, params.response.status, ms)
+
+    async def failed(_s: Any, ctx: Any, params: aiohttp.TraceRequestExceptionParams) -> None:
+        ms = (time.monotonic() - ctx.started) * 1000
+        url = mask_url(str(params.url))
+        log.debug("%s %s -> %s after %.0f ms", params.method, url, _describe(params.exception), ms)
+
+    trace.on_request_start.append(start)
+    trace.on_request_end.append(end)
+    trace.on_request_exception.append(failed)
+    return trace
 
 
 def output_items(ui: Any) -> list[Mapping[str, Any]]:

@@ -1,7 +1,9 @@
 """SQLModel tables: the seed's production tables plus runs, jobs, assets and an event log.
 
 The same models run on SQLite (the embedded default) and PostgreSQL. JSON columns hold
-what is a list or a mapping in the spec (traits, characters, the LoRA mapping).
+what is a list or a mapping in the spec (traits, the LoRA mapping, the shot list).
+`scenes` and `characters` also take rows written by the old Content Generation Bridge's
+clients, as its README writes them (see bridge/spec/rows.py for how both are read).
 """
 
 from __future__ import annotations
@@ -9,7 +11,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, Index, UniqueConstraint
+from sqlalchemy import JSON, Column, Index, Text, UniqueConstraint
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlmodel import Field, SQLModel
 
 
@@ -21,42 +24,61 @@ def _json(default: Any = None) -> Any:
     return Field(default=default, sa_column=Column(JSON, nullable=True))
 
 
+def _jsonb() -> Any:
+    """JSONB on PostgreSQL, as the old system's columns are."""
+    return Field(default=None, sa_column=Column(JSON().with_variant(JSONB(), "postgresql")))
+
+
 class Project(SQLModel, table=True):
     __tablename__ = "projects"
     id: str = Field(primary_key=True, max_length=64)
     title: str = ""
+    description: str = ""
     style: str = ""
     negative: str = ""
     spec_file: str = ""
     revision: str = ""  # sha256 of the spec text last synced
+    options: dict[str, Any] | None = _json()  # the spec's templates, outputs and webhooks
     updated_at: datetime = Field(default_factory=utcnow)
 
 
 class Character(SQLModel, table=True):
+    """A character; the old system inserts rows with only name, description,
+    design_prompt and traits, so everything but the surrogate key may be NULL."""
+
     __tablename__ = "characters"
-    project_id: str = Field(primary_key=True, foreign_key="projects.id", max_length=64)
-    id: str = Field(primary_key=True, max_length=64)
-    name: str = ""
-    description: str = ""
-    design_prompt: str = ""
-    traits: dict[str, Any] | None = _json()
+    __table_args__ = (UniqueConstraint("project_id", "id"),)
+    pk: int | None = Field(default=None, primary_key=True)
+    project_id: str | None = Field(default=None, index=True, max_length=64)
+    id: str | None = Field(default=None, max_length=64)
+    name: str | None = None
+    description: str | None = None
+    design_prompt: str | None = None
+    traits: dict[str, Any] | None = _jsonb()
+    trigger_words: list[str] | None = _json()
+    reference_image: str | None = None
     lora_file: str | None = None
     lora_strength: float | None = None
 
 
 class Scene(SQLModel, table=True):
+    """A scene; the old system inserts rows without a project and with `characters` as
+    plain text ("Mei"), so `characters` is TEXT (bridge writes ids, comma-separated)."""
+
     __tablename__ = "scenes"
-    project_id: str = Field(primary_key=True, foreign_key="projects.id", max_length=64)
-    id: str = Field(primary_key=True, max_length=64)
-    position: int = 0
-    title: str = ""
-    description: str = ""
-    visual_description: str = ""
-    characters: list[str] | None = _json()
-    character_lora_mapping: dict[str, Any] | None = _json()
+    __table_args__ = (UniqueConstraint("project_id", "id"),)
+    pk: int | None = Field(default=None, primary_key=True)
+    project_id: str | None = Field(default=None, index=True, max_length=64)
+    id: str = Field(index=True, max_length=64)
+    position: int | None = None
+    title: str | None = None
+    description: str | None = None
+    visual_description: str | None = None
+    characters: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    character_lora_mapping: dict[str, Any] | None = _jsonb()
     frame_count: int | None = None
-    fps: float = 24.0
-    shot_list: list[str] | None = _json()
+    fps: float | None = None
+    shot_list: list[Any] | None = _jsonb()
 
 
 class Shot(SQLModel, table=True):

@@ -37,6 +37,7 @@ from bridge.db.schema import ensure_schema
 from bridge.errors import ConfigError
 from bridge.plan import Job
 from bridge.settings import mask_url
+from bridge.spec import rows
 from bridge.spec.model import Spec
 from bridge.states import RESUMABLE, JobState, RunState
 
@@ -147,15 +148,23 @@ class Store:
     # -- the spec's rows -----------------------------------------------------------------
 
     def sync_spec(self, spec: Spec) -> None:
-        """Replace the project's characters, scenes and shots with the spec's."""
+        """Replace the project's characters, scenes and shots with the spec's.
+
+        A spec read from the database (bridge.spec.rows) is not written back: its rows
+        are the source, and rewriting them would adopt the old system's project-less rows.
+        """
+        if rows.from_database(spec):
+            return
         pid = spec.project.id
         with self.session() as s:
             project = s.get(Project, pid) or Project(id=pid)
             project.title = spec.project.title
+            project.description = spec.project.description
             project.style = spec.project.style
             project.negative = spec.project.negative
             project.spec_file = spec.file
             project.revision = spec.revision
+            project.options = rows.project_options(spec) or None
             project.updated_at = utcnow()
             s.add(project)
             s.flush()
@@ -172,17 +181,13 @@ class Store:
                         description=c.description,
                         design_prompt=c.design_prompt,
                         traits=dict(c.traits),
+                        trigger_words=list(c.trigger_words) or None,
+                        reference_image=c.reference_image,
                         lora_file=c.lora.file if c.lora else None,
                         lora_strength=c.lora.strength if c.lora else None,
                     )
                 )
             for scene in spec.scenes:
-                loras = {cid: spec.characters[cid].lora for cid in scene.characters}
-                mapping = {
-                    cid: {"file": lora.file, "strength": lora.strength}
-                    for cid, lora in loras.items()
-                    if lora is not None
-                }
                 s.add(
                     Scene(
                         project_id=pid,
@@ -191,11 +196,11 @@ class Store:
                         title=scene.title,
                         description=scene.description,
                         visual_description=scene.visual_description,
-                        characters=list(scene.characters),
-                        character_lora_mapping=mapping,
+                        characters=",".join(scene.characters),
+                        character_lora_mapping=rows.lora_mapping(spec, scene),
                         frame_count=scene.frame_count,
                         fps=scene.fps,
-                        shot_list=[sh.action for sh in scene.shots],
+                        shot_list=rows.shot_list(scene),
                     )
                 )
                 for shot in scene.shots:
