@@ -8,6 +8,7 @@ laughs"), measured on the node graph before anything is expanded.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -192,9 +193,19 @@ class _Walker:
             # Strings, and also timestamps and binaries kept as the text the user wrote.
             return node.value
         try:
-            return build(node)
+            value = build(node)
         except (ValueError, yaml.YAMLError):
             return node.value
+        if isinstance(value, float) and not math.isfinite(value):
+            # Every number in a spec passes here, so no check downstream sees NaN or infinity.
+            self.errors.append(
+                SpecError(
+                    f"{node.value} is not a finite number; write a number such as 1.5 "
+                    f"(or quote it, '{node.value}', if you mean the text)",
+                    self._where(node),
+                )
+            )
+        return value
 
     def _mapping(self, node: yaml.MappingNode, pointer: str, depth: int) -> dict[str, Any]:
         out: dict[str, Any] = {}

@@ -89,6 +89,8 @@ class Template:
     lora: LoraSlot | None = None
     frames: FramesRule = FramesRule()
     fixed_fps: float | None = None
+    size_multiple: int = 16  # width and height must divide by this (latent or encoder blocks)
+    max_frames: int = 1800  # the longest shot the model can render, at the template's fps
     still: bool = False  # static by design (core-smoke): no frozen-picture check
     source: str = "bundled"
 
@@ -325,6 +327,8 @@ def parse(
         lora=lora,
         frames=FramesRule(**frames_raw),
         fixed_fps=entry.get("fixed_fps"),
+        size_multiple=int(entry.get("size_multiple", 16)),
+        max_frames=int(entry.get("max_frames", 1800)),
         still=bool(entry.get("still", False)),
         source=source,
     )
