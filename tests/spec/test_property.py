@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import shutil
 import string
 from pathlib import Path
@@ -227,7 +228,7 @@ def mutated_examples(draw: st.DrawFn) -> dict:
         for step in path[:-1]:
             parent = parent[step]
         action = draw(st.sampled_from(["replace", "replace", "delete", "add"]))
-        value = draw(st.one_of(NASTY, VALUES))
+        value = copy.deepcopy(draw(st.one_of(NASTY, VALUES)))  # sampled values are shared
         if action == "delete" and isinstance(parent, dict):
             del parent[path[-1]]
         elif action == "add" and isinstance(parent[path[-1]], dict):
