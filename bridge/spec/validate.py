@@ -1,6 +1,6 @@
 """Schema and semantic checks of a loaded spec; every problem is reported, in file order.
 
-The schema (schemas/spec.schema.json) catches shapes and types; the semantic pass catches
+The schema (bridge/schemas/spec.schema.json) catches shapes and types; the semantic pass catches
 what a schema cannot: duplicate ids, references that do not resolve, loops, durations that
 do not fit their scene, files outside the spec's folder, and template bindings. Both passes
 always run and their errors are reported together, so a user fixes a spec in one round; the
@@ -16,6 +16,7 @@ import hashlib
 import json
 import re
 from collections.abc import Iterable, Mapping
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,6 @@ from bridge.spec.load import Document, escape, load_file
 from bridge.spec.model import REJECTED, Spec, build, normalise, parse_ref
 from bridge.templates import Template, bundled, load_user_template
 
-SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schemas" / "spec.schema.json"
 SPEC_VERSION = 1
 MAX_FRAME_PIXELS = 2048 * 2048  # past this, video models run out of memory on a 24 GB card
 _DRIVE = re.compile(r"^[A-Za-z]:")
@@ -57,8 +57,9 @@ _WANTED = {
 
 @functools.cache
 def schema() -> dict[str, Any]:
-    with SCHEMA_PATH.open(encoding="utf-8") as fh:
-        loaded: dict[str, Any] = json.load(fh)
+    """The spec schema shipped inside the package (schemas/ at the top is its published copy)."""
+    text = resources.files("bridge").joinpath("schemas", "spec.schema.json").read_text("utf-8")
+    loaded: dict[str, Any] = json.loads(text)
     return loaded
 
 
@@ -126,13 +127,16 @@ def model_name_problem(name: str) -> str | None:
         return "contains a NUL byte"
     if "\\" in name:
         return "uses a backslash; write subfolders with '/' (characters/mei.safetensors)"
-    if name.startswith("/") or _DRIVE.match(name):
-        return "is an absolute path; name it relative to the server's models folder"
-    if any(part in ("..", ".", "") for part in name.split("/")):
-        return (
-            "has an empty, '.' or '..' folder name; name the file relative to the server's "
-            "models folder, e.g. characters/mei.safetensors"
-        )
+    relative = "name it relative to the server's models folder, e.g. characters/mei.safetensors"
+    if name.startswith("/"):
+        return f"is an absolute path; {relative}"
+    if _DRIVE.match(name):
+        return f"starts with a drive letter; {relative}"
+    parts = name.split("/")
+    if ".." in parts:
+        return f"climbs out of the server's models folder with '..'; {relative}"
+    if "" in parts or "." in parts:
+        return f"has an empty or '.' folder name; {relative}"
     return None
 
 
@@ -546,10 +550,10 @@ class _Checker:
         cap = template.max_frames / model_fps
         self.error(
             where,
-            f"shot '{sh['id']}' is too long: {given}{frames} frames ({frames / fps:.1f} s); "
-            f"template '{template.name}' renders at most {template.max_frames} frames "
-            f"({cap:.1f} s at {model_fps:g} fps) with preset '{sh['preset']}'; split it into "
-            "shots joined with continue_from",
+            f"shot '{sh['id']}' is too long: {given}{frames / fps:.1f} s ({frames} frames at "
+            f"{fps:g} fps); template '{template.name}' renders at most {cap:.1f} s "
+            f"({template.max_frames} frames at {model_fps:g} fps); split it into shots "
+            "joined with continue_from",
         )
 
     def shot_limits(
