@@ -115,7 +115,8 @@ def load_text(text: str, file: str = "<spec>") -> Document:
         raise SpecErrors([SpecError(f"YAML syntax: {exc}", Location(file))]) from None
     if node is None:
         raise _one("the file is empty; a spec starts with 'version: 1'", file)
-    _check_size(node, file)
+    if "&" in text or "*" in text:  # only anchors and aliases can expand; depth is checked below
+        _check_size(node, file)
     walker = _Walker(file)
     data = walker.convert(node, "", 0)
     if walker.errors:
@@ -178,6 +179,8 @@ class _Walker:
         return Location(self.file, node.start_mark.line + 1, node.start_mark.column + 1)
 
     def convert(self, node: yaml.Node, pointer: str, depth: int) -> Any:
+        if depth > MAX_DEPTH:
+            raise _at(f"nesting deeper than {MAX_DEPTH} levels", node, self.file)
         self.positions[pointer] = (node.start_mark.line + 1, node.start_mark.column + 1)
         if isinstance(node, yaml.ScalarNode):
             return self._scalar(node)

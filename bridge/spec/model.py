@@ -231,12 +231,14 @@ def preset_of(name: str | None) -> Preset:
 
 
 def build(
+    norm: Mapping[str, Any],
     data: Mapping[str, Any],
     file: str,
     folder: Path,
     revision: str,
     templates: Mapping[str, Template],
 ) -> Spec:
+    """The Spec of checked `data`, whose defaults `norm` (= normalise(data)) has resolved."""
     project_data = data["project"]
     characters = {
         cid: Character(
@@ -254,7 +256,7 @@ def build(
         for cid, c in data.get("characters", {}).items()
     }
     scenes = []
-    for index, sc in enumerate(normalise(data)["scenes"]):
+    for index, sc in enumerate(norm["scenes"]):
         fps = float(sc["fps"])
         scene_chars = tuple(sc.get("characters", ()))
         shots = [

@@ -115,6 +115,15 @@ class Template:
         )
 
     @functools.cached_property
+    def writes(self) -> tuple[tuple[str, tuple[tuple[str, str, int | None], ...]], ...]:
+        """The bindings grouped by node, so injecting copies each written node once."""
+        by_node: dict[str, list[tuple[str, str, int | None]]] = {}
+        for param, bindings in self.bind.items():
+            for b in bindings:
+                by_node.setdefault(b.node, []).append((param, b.input, b.mod))
+        return tuple((nid, tuple(w)) for nid, w in by_node.items())
+
+    @functools.cached_property
     def next_node_id(self) -> int:
         return max((int(k) for k in self.workflow if k.isdigit()), default=0) + 1
 
@@ -149,11 +158,14 @@ def inject(
             copied.add(nid)
         return workflow[nid]
 
-    for param, bindings in template.bind.items():
-        if param in params:
-            value = params[param]
-            for b in bindings:
-                node(b.node)["inputs"][b.input] = value % b.mod if b.mod else value
+    for nid, writes in template.writes:
+        inputs: dict[str, Any] | None = None
+        for param, input_name, mod in writes:
+            if param in params:
+                if inputs is None:
+                    inputs = node(nid)["inputs"]
+                value = params[param]
+                inputs[input_name] = value % mod if mod else value
     slot = template.lora
     if slot is None:
         return workflow
