@@ -73,7 +73,7 @@ def _compile(spec: Spec) -> Plan:
             meta={"project": project, "title": spec.project.title, "inputs": scene_jobs},
         )
 
-    graph: nx.DiGraph = nx.DiGraph()
+    graph: nx.DiGraph[str] = nx.DiGraph()
     graph.add_nodes_from(drafts)
     graph.add_edges_from((dep, d.id) for d in drafts.values() for dep in d.deps)
     order = _order(drafts)

@@ -21,7 +21,7 @@ MAX_BYTES = 16 * 1024 * 1024
 MAX_DEPTH = 64
 MAX_VALUES = 1_000_000
 
-_Loader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # type: ignore[assignment]
+_Loader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _constructor = yaml.constructor.SafeConstructor()
 _SCALARS = {
     "tag:yaml.org,2002:null": lambda n: None,
@@ -188,6 +188,7 @@ class _Walker:
             return [
                 self.convert(item, f"{pointer}/{i}", depth + 1) for i, item in enumerate(node.value)
             ]
+        assert isinstance(node, yaml.MappingNode)
         return self._mapping(node, pointer, depth)
 
     def _scalar(self, node: yaml.ScalarNode) -> Any:

@@ -80,6 +80,11 @@ def _validator() -> jsonschema.Draft202012Validator:
     return jsonschema.Draft202012Validator(schema())
 
 
+def _schema_of(err: jsonschema.ValidationError) -> Mapping[str, Any]:
+    """The sub-schema an error is about (always a mapping in the spec schema)."""
+    return err.schema if isinstance(err.schema, Mapping) else {}
+
+
 def _schema_valid(data: Any) -> bool:
     try:
         return bool(_fast().is_valid(data))
@@ -238,7 +243,7 @@ class _Checker:
 
     def _translate(self, err: jsonschema.ValidationError) -> None:
         pointer = "".join(f"/{escape(p)}" for p in err.absolute_path)
-        v, inst, sch = err.validator, err.instance, err.schema
+        v, inst, sch = err.validator, err.instance, _schema_of(err)
         if v == "additionalProperties" and isinstance(inst, dict):
             allowed = set(sch.get("properties", {}))
             for name in inst:
@@ -259,7 +264,9 @@ class _Checker:
         self.error(pointer, self._message(err))
 
     def _message(self, err: jsonschema.ValidationError) -> str:
-        v, inst, sch, arg = err.validator, err.instance, err.schema, err.validator_value
+        v, sch = err.validator, _schema_of(err)
+        inst: Any = err.instance
+        arg: Any = err.validator_value
         found = _JSON_TYPES.get(type(inst), type(inst).__name__)
         shown = repr(inst) if isinstance(inst, str | int | float) else found
         if sch.get("x-message") and v in ("pattern", "anyOf", "oneOf"):
@@ -301,7 +308,7 @@ class _Checker:
         if v == "uniqueItems":
             dupes = sorted({repr(x) for x in inst if inst.count(x) > 1})
             return f"lists {', '.join(dupes)} more than once"
-        return err.message
+        return str(err.message)
 
     # -- semantics ---------------------------------------------------------------
 
@@ -348,7 +355,8 @@ class _Checker:
         shots: dict[str, list[str]] = {}
         indexes: dict[str, int] = {}
         raw = self.data.get("scenes")
-        for i, sc in enumerate(self.norm.get("scenes") if isinstance(raw, list) else []):
+        scenes = self.norm.get("scenes") if isinstance(raw, list) else None
+        for i, sc in enumerate(scenes if isinstance(scenes, list) else []):
             if not isinstance(sc, dict) or not isinstance(sc.get("id"), str):
                 continue
             ptr = f"/scenes/{i}"
@@ -391,7 +399,7 @@ class _Checker:
         self.preset(defaults, "/defaults")
         self.template_ref(defaults.get("keyframe"), "/defaults/keyframe", "image")
         self.template_ref(defaults.get("motion"), "/defaults/motion", "video")
-        graph: nx.DiGraph = nx.DiGraph()
+        graph: nx.DiGraph[str] = nx.DiGraph()
         edge_at: dict[tuple[str, str], str] = {}
         for scene_id, index in indexes.items():
             ptr = f"/scenes/{index}"
@@ -605,7 +613,7 @@ class _Checker:
         self.prompt(sc, sh, sp)
 
     def size(self, sh: Mapping[str, Any], sp: str, preset: Preset) -> None:
-        params = sh.get("params") if isinstance(sh.get("params"), dict) else {}
+        params: Mapping[str, Any] = sh["params"] if isinstance(sh.get("params"), dict) else {}
         width, height = params.get("width", preset.width), params.get("height", preset.height)
         if not all(isinstance(v, int) and not isinstance(v, bool) for v in (width, height)):
             return
@@ -677,7 +685,7 @@ class _Checker:
                             "character out of the shot's characters",
                         )
 
-    def cycles(self, graph: nx.DiGraph, edge_at: dict[tuple[str, str], str]) -> None:
+    def cycles(self, graph: nx.DiGraph[str], edge_at: dict[tuple[str, str], str]) -> None:
         for component in nx.strongly_connected_components(graph):
             if len(component) < 2:
                 continue

@@ -156,16 +156,17 @@ def inject(
         if nid not in copied:
             workflow[nid] = {**workflow[nid], "inputs": dict(workflow[nid]["inputs"])}
             copied.add(nid)
-        return workflow[nid]
+        copy: dict[str, Any] = workflow[nid]
+        return copy
 
     for nid, writes in template.writes:
-        inputs: dict[str, Any] | None = None
+        bound: dict[str, Any] | None = None
         for param, input_name, mod in writes:
             if param in params:
-                if inputs is None:
-                    inputs = node(nid)["inputs"]
+                if bound is None:
+                    bound = node(nid)["inputs"]
                 value = params[param]
-                inputs[input_name] = value % mod if mod else value
+                bound[input_name] = value % mod if mod else value
     slot = template.lora
     if slot is None:
         return workflow
@@ -183,14 +184,14 @@ def inject(
     previous = None
     for i, (file, strength) in enumerate(loras):
         nid = slot.node if i == 0 else str(next_id + i - 1)
-        inputs = dict(original["inputs"])
+        inputs: dict[str, Any] = dict(original["inputs"])
         inputs[slot.name] = file
         for key in slot.strength:
             inputs[key] = strength
         if previous is not None:
             if slot.chain is None:
-                for out, key in slot.through.items():
-                    inputs[key] = [previous, int(out)]
+                for slot_out, key in slot.through.items():
+                    inputs[key] = [previous, int(slot_out)]
             else:
                 inputs[slot.chain] = [previous, 0]
         workflow[nid] = {**original, "inputs": inputs}
@@ -402,6 +403,10 @@ def load_user_template(
     raise SpecErrors(problems.errors)
 
 
+def _nowhere(file: str, pointer: str) -> Location:
+    return Location(file, None, None, pointer)
+
+
 @functools.cache
 def bundled() -> Mapping[str, Template]:
     """The templates shipped with bridge, by name; a broken one is a bug, raised loudly."""
@@ -409,7 +414,7 @@ def bundled() -> Mapping[str, Template]:
     for meta in sorted(HERE.glob("*.yaml")):
         entry = yaml.safe_load(meta.read_text())
         workflow = json.loads(meta.with_suffix(".json").read_text())
-        problems = _Problems(meta.stem, "", lambda p, f=str(meta): Location(f, None, None, p))
+        problems = _Problems(meta.stem, "", functools.partial(_nowhere, str(meta)))
         template = parse(meta.stem, entry, workflow, problems, source="bundled")
         if template is None:
             raise SpecErrors(problems.errors)
