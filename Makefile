@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 SPEC ?= specs/moonlit-garden.yaml
 PYTEST_ARGS ?=
 
-.PHONY: install system-deps browser run validate plan test check lint bench clean
+.PHONY: install system-deps browser run validate plan test check lint bench clean schemas wheel-check
 
 install: $(VENV)/.installed
 
@@ -55,6 +55,14 @@ check: install
 lint: install
 	$(BIN)/ruff format bridge tests
 	$(BIN)/ruff check --fix bridge tests
+
+# bridge/schemas/ is what the package loads; schemas/ is its published copy (checked equal).
+schemas:
+	cp bridge/schemas/* schemas/
+
+# Build the wheel, install it into a fresh venv and run bridge from it, outside the repo.
+wheel-check: system-deps
+	PYTHON=$(PYTHON) .ci/wheel-check
 
 bench: install
 	$(BIN)/python -m tests.bench $(BENCH_ARGS)

@@ -12,6 +12,7 @@ far cheaper than serialising every workflow.
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -75,10 +76,9 @@ def _compile(spec: Spec) -> Plan:
         )
 
     graph: nx.DiGraph[str] = nx.DiGraph()
-    position = {job_id: i for i, job_id in enumerate(drafts)}
     graph.add_nodes_from(drafts)
     graph.add_edges_from((dep, d.id) for d in drafts.values() for dep in d.deps)
-    order = tuple(nx.lexicographical_topological_sort(graph, key=position.__getitem__))
+    order = _order(drafts)
     hashes: dict[str, str] = {}
     template_hashes = {
         name: digest(
@@ -101,6 +101,31 @@ def _compile(spec: Spec) -> Plan:
         order=order,
         meta={"spec": spec.file, "revision": spec.revision, "title": spec.project.title},
     )
+
+
+def _order(drafts: Mapping[str, _Draft]) -> tuple[str, ...]:
+    """Dependencies first, ties in the order jobs were drafted (the spec's order): Kahn's
+    algorithm on positions, several times faster than networkx's keyed sort on 20,000 jobs."""
+    ids = list(drafts)
+    position = {job_id: i for i, job_id in enumerate(ids)}
+    waiting = [len(drafts[job_id].deps) for job_id in ids]
+    needed_by: list[list[int]] = [[] for _ in ids]
+    for i, job_id in enumerate(ids):
+        for dep in drafts[job_id].deps:
+            needed_by[position[dep]].append(i)
+    ready = [i for i, count in enumerate(waiting) if count == 0]
+    heapq.heapify(ready)
+    order: list[str] = []
+    while ready:
+        i = heapq.heappop(ready)
+        order.append(ids[i])
+        for j in needed_by[i]:
+            waiting[j] -= 1
+            if waiting[j] == 0:
+                heapq.heappush(ready, j)
+    if len(order) != len(ids):
+        raise ValueError("the plan's dependencies loop; the validator should have refused it")
+    return tuple(order)
 
 
 def _shot_jobs(spec: Spec, scene: Scene, shot: Shot, drafts: dict[str, _Draft]) -> str:

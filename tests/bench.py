@@ -76,6 +76,113 @@ def big_spec(shots: int, scenes: int = 100) -> dict[str, object]:
     }
 
 
+def episode_spec(shots: int, per_scene: int = 100) -> dict[str, object]:
+    """A production shaped like specs/episode-1.yaml, scaled up: two LoRA characters (one
+    with trigger words), sdxl-keyframe + framepack-i2v, continue_from chains inside and
+    across scenes, `after` orderings, frame_count scenes, preset and params overrides."""
+    characters = {
+        "mei": {
+            "name": "Mei",
+            "design_prompt": "mei, 1girl, short black hair, red ribbon, yukata",
+            "lora": {"file": "characters/mei_character_v1.safetensors", "strength": 0.85},
+            "traits": {"age": 16},
+        },
+        "haru": {
+            "name": "Haru",
+            "design_prompt": "haru, 1boy, messy brown hair, blue jinbei",
+            "trigger_words": ["haru_v2"],
+            "lora": {"file": "haru_character_v2.safetensors", "strength": 0.7},
+            "traits": {"age": 17},
+        },
+    }
+    scene_list: list[dict[str, object]] = []
+    for s in range(max(1, shots // per_scene)):
+        shot_list: list[dict[str, object]] = []
+        for k in range(per_scene):
+            shot: dict[str, object] = {
+                "id": f"s{k + 1:03d}",
+                "action": f"scene {s} shot {k}: Mei and Haru walk between the stalls",
+                "camera": ("tracking shot", "medium shot", "crane down")[k % 3],
+                "duration": ("2s", "3s", "48f")[k % 3],
+            }
+            if k % 4:
+                shot["continue_from"] = f"s{k:03d}"
+            elif k == 0 and s:
+                shot["continue_from"] = f"scene{s - 1:03d}/s{per_scene:03d}"
+            if k % 10 == 7:
+                shot["after"] = [f"s{k - 6:03d}"]
+            if k % 25 == 24:
+                shot["preset"] = "ultra"
+                shot["params"] = {"steps": 40}
+            if k % 5 == 2:
+                shot["characters"] = ["haru"]
+            shot_list.append(shot)
+        scene: dict[str, object] = {
+            "id": f"scene{s:03d}",
+            "title": f"Scene {s}",
+            "description": "Mei and Haru at the festival",
+            "visual_description": f"festival street {s} at dusk, paper lanterns",
+            "characters": ["mei", "haru"],
+            "shots": shot_list,
+        }
+        if s % 3 == 0:
+            scene["preset"] = "draft"
+        scene_list.append(scene)
+    return {
+        "version": 1,
+        "project": {
+            "id": "lantern-festival",
+            "title": "Lantern Festival",
+            "style": "anime key visual, soft cel shading, warm evening light",
+            "negative": "lowres, watermark, text, extra fingers",
+        },
+        "defaults": {
+            "preset": "high",
+            "fps": 24,
+            "motion": "framepack-i2v",
+            "keyframe": "sdxl-keyframe",
+        },
+        "characters": characters,
+        "scenes": scene_list,
+    }
+
+
+def _process_times(
+    command: list[str], repeat: int, env: dict[str, str]
+) -> tuple[list[float], list[float]]:
+    """Wall time and peak RSS (MB) of whole processes, interpreter start included."""
+    times, peaks = [], []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL)
+        _, status, usage = os.wait4(proc.pid, 0)
+        times.append(time.perf_counter() - started)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode != 0:
+            raise SystemExit(f"{' '.join(command)} exited {proc.returncode}")
+        peaks.append(usage.ru_maxrss / 1024)
+    return times, peaks
+
+
+@bench
+def bench_episode(args: argparse.Namespace) -> dict[str, object]:
+    """`bridge validate` and `bridge plan --format json` of a 10,000-shot episode-shaped spec,
+    whole processes (goal: plan < 2 s median, validate < 1 s, peak < 300 MB)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "episode.yaml"
+        path.write_text(yaml.safe_dump(episode_spec(args.shots), sort_keys=False))
+        env = {**os.environ, "OUTPUT_PATH": str(Path(tmp) / "out")}
+        figures: dict[str, object] = {"shots": args.shots, "spec_bytes": path.stat().st_size}
+        for name, command in (
+            ("validate", [sys.executable, "-m", "bridge", "validate", str(path)]),
+            ("plan", [sys.executable, "-m", "bridge", "plan", "--format", "json", str(path)]),
+        ):
+            times, peaks = _process_times(command, args.repeat, env)
+            figures[f"{name} median"] = median_of(times)
+            figures[f"{name} peak RSS MB"] = round(max(peaks), 1)
+        return figures
+
+
 def median_of(samples: list[float]) -> str:
     return f"{statistics.median(samples):.3f} s (min {min(samples):.3f}, n={len(samples)})"
 

@@ -81,14 +81,15 @@ def test_changing_one_prompt_changes_that_shot_and_what_depends_on_it(tmp_path: 
 
 
 def test_start_image_bytes_are_part_of_the_hash(tmp_path: Path) -> None:
-    (tmp_path / "start.png").write_bytes(b"one")
+    png = (ROOT / "tests" / "cases" / "bad" / "files" / "start.png").read_bytes()
+    (tmp_path / "start.png").write_bytes(png)
     spec = tmp_path / "s.yaml"
     spec.write_text(
         "version: 1\nproject: {id: p}\n"
         "scenes: [{id: a, shots: [{id: s01, start_image: start.png, duration: 1s}]}]\n"
     )
     before = _hashes(spec)["render:a/s01"]
-    (tmp_path / "start.png").write_bytes(b"two")
+    (tmp_path / "start.png").write_bytes(png + b"trailing bytes change the file, not the header")
     assert _hashes(spec)["render:a/s01"] != before
 
 

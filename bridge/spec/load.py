@@ -8,6 +8,7 @@ laughs"), measured on the node graph before anything is expanded.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ MAX_BYTES = 16 * 1024 * 1024
 MAX_DEPTH = 64
 MAX_VALUES = 1_000_000
 
-_Loader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # type: ignore[assignment]
+_Loader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _constructor = yaml.constructor.SafeConstructor()
 _SCALARS = {
     "tag:yaml.org,2002:null": lambda n: None,
@@ -114,7 +115,8 @@ def load_text(text: str, file: str = "<spec>") -> Document:
         raise SpecErrors([SpecError(f"YAML syntax: {exc}", Location(file))]) from None
     if node is None:
         raise _one("the file is empty; a spec starts with 'version: 1'", file)
-    _check_size(node, file)
+    if "&" in text or "*" in text:  # only anchors and aliases can expand; depth is checked below
+        _check_size(node, file)
     walker = _Walker(file)
     data = walker.convert(node, "", 0)
     if walker.errors:
@@ -177,6 +179,8 @@ class _Walker:
         return Location(self.file, node.start_mark.line + 1, node.start_mark.column + 1)
 
     def convert(self, node: yaml.Node, pointer: str, depth: int) -> Any:
+        if depth > MAX_DEPTH:
+            raise _at(f"nesting deeper than {MAX_DEPTH} levels", node, self.file)
         self.positions[pointer] = (node.start_mark.line + 1, node.start_mark.column + 1)
         if isinstance(node, yaml.ScalarNode):
             return self._scalar(node)
@@ -184,6 +188,7 @@ class _Walker:
             return [
                 self.convert(item, f"{pointer}/{i}", depth + 1) for i, item in enumerate(node.value)
             ]
+        assert isinstance(node, yaml.MappingNode)
         return self._mapping(node, pointer, depth)
 
     def _scalar(self, node: yaml.ScalarNode) -> Any:
@@ -192,9 +197,19 @@ class _Walker:
             # Strings, and also timestamps and binaries kept as the text the user wrote.
             return node.value
         try:
-            return build(node)
+            value = build(node)
         except (ValueError, yaml.YAMLError):
             return node.value
+        if isinstance(value, float) and not math.isfinite(value):
+            # Every number in a spec passes here, so no check downstream sees NaN or infinity.
+            self.errors.append(
+                SpecError(
+                    f"{node.value} is not a finite number; write a number such as 1.5 "
+                    f"(or quote it, '{node.value}', if you mean the text)",
+                    self._where(node),
+                )
+            )
+        return value
 
     def _mapping(self, node: yaml.MappingNode, pointer: str, depth: int) -> dict[str, Any]:
         out: dict[str, Any] = {}

@@ -1,7 +1,8 @@
 """The validated spec as frozen dataclasses, with every default applied.
 
-Built only from data that passed the schema and the semantic checks, so construction here
-never fails on user input; the validator owns every message a user sees.
+Defaults are resolved once, by `normalise`, which the validator's semantic pass reads too.
+`build` runs only on data that passed the schema and the semantic checks, so construction
+here never fails on user input; the validator owns every message a user sees.
 """
 
 from __future__ import annotations
@@ -110,15 +111,104 @@ class Spec:
         return next(s for s in self.scene(scene_id).shots if s.id == shot_id)
 
 
+class _Rejected:
+    """A value the schema refused: the semantic pass skips it like any wrong type."""
+
+    def __repr__(self) -> str:
+        return "REJECTED"
+
+
+REJECTED: Any = _Rejected()
+
+
 def parse_duration(value: Any, fps: float) -> int:
-    """A duration as written ("5s", "2.5s", "48f", 48) in frames at `fps`."""
+    """A duration as written ("5s", "2.5s", "48f", 48) in frames at `fps`; 0 for "0.01s"."""
     if isinstance(value, int):
         return value
     if m := _FRAMES.match(value):
         return int(m.group(1))
     m = _SECONDS.match(value)
     assert m is not None, value
-    return max(1, round(float(m.group(1)) * fps))
+    return round(float(m.group(1)) * fps)
+
+
+def _frames(duration: Any, fps: Any) -> int | None:
+    """Frames of a duration at `fps`: None when unset, REJECTED when either is unusable."""
+    if duration is None:
+        return None
+    if not isinstance(fps, int | float) or isinstance(fps, bool) or fps <= 0:
+        return REJECTED  # type: ignore[no-any-return]
+    if isinstance(duration, int) and not isinstance(duration, bool):
+        return duration
+    if isinstance(duration, str) and (_FRAMES.match(duration) or _SECONDS.match(duration)):
+        return parse_duration(duration, fps)
+    return REJECTED  # type: ignore[no-any-return]
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def normalise(data: Mapping[str, Any]) -> dict[str, Any]:
+    """`data` with every default resolved: each scene gets `preset`, `fps` and `shots`
+    (`shot_list` expanded), each shot its `preset`, `template`, `keyframe`, `characters`,
+    `quality` and `frames` (None: a share of the scene, or the preset's length).
+
+    Values of the wrong type (REJECTED, say) pass through, so the validator can run this on a
+    spec the schema refused parts of.
+    """
+    defaults = data.get("defaults")
+    defaults = defaults if isinstance(defaults, dict) else {}
+    default_quality = defaults.get("quality")
+    default_quality = default_quality if isinstance(default_quality, dict) else {}
+    scenes = data.get("scenes")
+    if not isinstance(scenes, list):
+        return dict(data)
+    out: list[Any] = []
+    for sc in scenes:
+        if not isinstance(sc, dict):
+            out.append(sc)
+            continue
+        preset = _text(sc.get("preset")) or _text(defaults.get("preset")) or DEFAULT_PRESET
+        fps = (
+            sc.get("fps") or defaults.get("fps") or PRESETS.get(preset, PRESETS[DEFAULT_PRESET]).fps
+        )
+        characters = sc.get("characters", [])
+        shots: list[Any] = []
+        for sh in _raw_shots(sc):
+            if not isinstance(sh, dict):
+                shots.append(sh)
+                continue
+            quality = sh.get("quality")
+            shots.append(
+                {
+                    **sh,
+                    "preset": _text(sh.get("preset")) or preset,
+                    "template": _text(sh.get("template"))
+                    or _text(sc.get("template"))
+                    or _text(defaults.get("motion"))
+                    or DEFAULT_MOTION,
+                    "keyframe": _text(sh.get("keyframe"))
+                    or _text(defaults.get("keyframe"))
+                    or DEFAULT_KEYFRAME,
+                    "characters": sh.get("characters", characters),
+                    "quality": {
+                        **default_quality,
+                        **(quality if isinstance(quality, dict) else {}),
+                    },
+                    "frames": _frames(sh.get("duration", defaults.get("duration")), fps),
+                }
+            )
+        out.append({**sc, "preset": preset, "fps": fps, "shots": shots})
+    return {**data, "scenes": out}
+
+
+def _raw_shots(scene: Mapping[str, Any]) -> list[Any]:
+    if isinstance(scene.get("shots"), list):
+        return list(scene["shots"])
+    if isinstance(scene.get("shot_list"), list):
+        return scene_shots({"shot_list": scene["shot_list"]})
+    return []
 
 
 def parse_ref(ref: str, scene: str) -> tuple[str, str]:
@@ -141,14 +231,14 @@ def preset_of(name: str | None) -> Preset:
 
 
 def build(
+    norm: Mapping[str, Any],
     data: Mapping[str, Any],
     file: str,
     folder: Path,
     revision: str,
     templates: Mapping[str, Template],
 ) -> Spec:
-    defaults = data.get("defaults", {})
-    default_quality = defaults.get("quality", {})
+    """The Spec of checked `data`, whose defaults `norm` (= normalise(data)) has resolved."""
     project_data = data["project"]
     characters = {
         cid: Character(
@@ -166,44 +256,36 @@ def build(
         for cid, c in data.get("characters", {}).items()
     }
     scenes = []
-    for index, sc in enumerate(data["scenes"]):
-        scene_preset = sc.get("preset") or defaults.get("preset") or DEFAULT_PRESET
-        fps = float(sc.get("fps") or defaults.get("fps") or preset_of(scene_preset).fps)
+    for index, sc in enumerate(norm["scenes"]):
+        fps = float(sc["fps"])
         scene_chars = tuple(sc.get("characters", ()))
-        shots = []
-        for position, sh in enumerate(scene_shots(sc)):
-            preset = sh.get("preset") or scene_preset
-            duration = sh.get("duration", defaults.get("duration"))
-            quality = {**default_quality, **sh.get("quality", {})}
-            shots.append(
-                Shot(
-                    id=sh["id"],
-                    scene=sc["id"],
-                    position=position,
-                    action=sh.get("action", ""),
-                    prompt=sh.get("prompt"),
-                    negative=sh.get("negative", ""),
-                    camera=sh.get("camera", ""),
-                    frames=parse_duration(duration, fps) if duration is not None else None,
-                    seed=sh.get("seed"),
-                    preset=preset,
-                    params=dict(sh.get("params", {})),
-                    template=sh.get("template")
-                    or sc.get("template")
-                    or defaults.get("motion")
-                    or DEFAULT_MOTION,
-                    keyframe=sh.get("keyframe") or defaults.get("keyframe") or DEFAULT_KEYFRAME,
-                    characters=tuple(sh.get("characters", scene_chars)),
-                    start_image=sh.get("start_image"),
-                    continue_from=parse_ref(sh["continue_from"], sc["id"])
-                    if "continue_from" in sh
-                    else None,
-                    after=tuple(parse_ref(r, sc["id"]) for r in sh.get("after", ())),
-                    quality_threshold=quality.get("threshold"),
-                    quality_retries=int(quality.get("retries", 0)),
-                    fps=fps,
-                )
+        shots = [
+            Shot(
+                id=sh["id"],
+                scene=sc["id"],
+                position=position,
+                action=sh.get("action", ""),
+                prompt=sh.get("prompt"),
+                negative=sh.get("negative", ""),
+                camera=sh.get("camera", ""),
+                frames=sh["frames"],
+                seed=sh.get("seed"),
+                preset=sh["preset"],
+                params=dict(sh.get("params", {})),
+                template=sh["template"],
+                keyframe=sh["keyframe"],
+                characters=tuple(sh["characters"]),
+                start_image=sh.get("start_image"),
+                continue_from=parse_ref(sh["continue_from"], sc["id"])
+                if "continue_from" in sh
+                else None,
+                after=tuple(parse_ref(r, sc["id"]) for r in sh.get("after", ())),
+                quality_threshold=sh["quality"].get("threshold"),
+                quality_retries=int(sh["quality"].get("retries", 0)),
+                fps=fps,
             )
+            for position, sh in enumerate(sc["shots"])
+        ]
         scenes.append(
             Scene(
                 id=sc["id"],

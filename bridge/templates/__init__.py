@@ -89,6 +89,8 @@ class Template:
     lora: LoraSlot | None = None
     frames: FramesRule = FramesRule()
     fixed_fps: float | None = None
+    size_multiple: int = 16  # width and height must divide by this (latent or encoder blocks)
+    max_frames: int = 1800  # the longest shot the model can render, at the template's fps
     still: bool = False  # static by design (core-smoke): no frozen-picture check
     source: str = "bundled"
 
@@ -111,6 +113,15 @@ class Template:
             for key, value in n["inputs"].items()
             if _is_link(value) and value[0] == self.lora.node
         )
+
+    @functools.cached_property
+    def writes(self) -> tuple[tuple[str, tuple[tuple[str, str, int | None], ...]], ...]:
+        """The bindings grouped by node, so injecting copies each written node once."""
+        by_node: dict[str, list[tuple[str, str, int | None]]] = {}
+        for param, bindings in self.bind.items():
+            for b in bindings:
+                by_node.setdefault(b.node, []).append((param, b.input, b.mod))
+        return tuple((nid, tuple(w)) for nid, w in by_node.items())
 
     @functools.cached_property
     def next_node_id(self) -> int:
@@ -145,13 +156,17 @@ def inject(
         if nid not in copied:
             workflow[nid] = {**workflow[nid], "inputs": dict(workflow[nid]["inputs"])}
             copied.add(nid)
-        return workflow[nid]
+        copy: dict[str, Any] = workflow[nid]
+        return copy
 
-    for param, bindings in template.bind.items():
-        if param in params:
-            value = params[param]
-            for b in bindings:
-                node(b.node)["inputs"][b.input] = value % b.mod if b.mod else value
+    for nid, writes in template.writes:
+        bound: dict[str, Any] | None = None
+        for param, input_name, mod in writes:
+            if param in params:
+                if bound is None:
+                    bound = node(nid)["inputs"]
+                value = params[param]
+                bound[input_name] = value % mod if mod else value
     slot = template.lora
     if slot is None:
         return workflow
@@ -169,14 +184,14 @@ def inject(
     previous = None
     for i, (file, strength) in enumerate(loras):
         nid = slot.node if i == 0 else str(next_id + i - 1)
-        inputs = dict(original["inputs"])
+        inputs: dict[str, Any] = dict(original["inputs"])
         inputs[slot.name] = file
         for key in slot.strength:
             inputs[key] = strength
         if previous is not None:
             if slot.chain is None:
-                for out, key in slot.through.items():
-                    inputs[key] = [previous, int(out)]
+                for slot_out, key in slot.through.items():
+                    inputs[key] = [previous, int(slot_out)]
             else:
                 inputs[slot.chain] = [previous, 0]
         workflow[nid] = {**original, "inputs": inputs}
@@ -325,6 +340,8 @@ def parse(
         lora=lora,
         frames=FramesRule(**frames_raw),
         fixed_fps=entry.get("fixed_fps"),
+        size_multiple=int(entry.get("size_multiple", 16)),
+        max_frames=int(entry.get("max_frames", 1800)),
         still=bool(entry.get("still", False)),
         source=source,
     )
@@ -386,6 +403,10 @@ def load_user_template(
     raise SpecErrors(problems.errors)
 
 
+def _nowhere(file: str, pointer: str) -> Location:
+    return Location(file, None, None, pointer)
+
+
 @functools.cache
 def bundled() -> Mapping[str, Template]:
     """The templates shipped with bridge, by name; a broken one is a bug, raised loudly."""
@@ -393,7 +414,7 @@ def bundled() -> Mapping[str, Template]:
     for meta in sorted(HERE.glob("*.yaml")):
         entry = yaml.safe_load(meta.read_text())
         workflow = json.loads(meta.with_suffix(".json").read_text())
-        problems = _Problems(meta.stem, "", lambda p, f=str(meta): Location(f, None, None, p))
+        problems = _Problems(meta.stem, "", functools.partial(_nowhere, str(meta)))
         template = parse(meta.stem, entry, workflow, problems, source="bundled")
         if template is None:
             raise SpecErrors(problems.errors)

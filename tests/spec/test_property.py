@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import copy
+import shutil
 import string
 from pathlib import Path
 
+import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from bridge.cli import main
 from bridge.compile import compile_plan
 from bridge.errors import SpecErrors
 from bridge.spec.load import load_bytes
@@ -148,3 +152,105 @@ def test_well_formed_shot_graphs(tmp_path: Path, shots: list, frame_count: int |
         "scenes": [scene_a, {"id": "b", "shots": [{"id": "s01"}]}],
     }
     check(yaml.safe_dump(data).encode(), tmp_path)
+
+
+EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "specs").glob("*.yaml"))
+FILES = Path(__file__).resolve().parent.parent / "cases" / "bad" / "files"
+NASTY = st.sampled_from(
+    [
+        0,
+        -1,
+        10_000,
+        2**64,
+        0.5,
+        float("nan"),
+        float("inf"),
+        "0s",
+        "0f",
+        "200s",
+        "0.01s",
+        "../x.safetensors",
+        "C:/x.safetensors",
+        "a\\b.safetensors",
+        "files/not_an_image.png",
+        "files/huge.png",
+        "files/start.png",
+        "",
+        "   ",
+        {"stp": 2},
+        {"strength": 3},
+        {"node": "1", "strength": 3},
+        [],
+        {},
+        None,
+    ]
+)
+
+
+def _with_template(data: dict) -> dict:
+    """An example plus a user template, so mutations reach template entries too."""
+    return {
+        **data,
+        "templates": {
+            "mine": {
+                "workflow": "files/wan_api.json",
+                "bind": {
+                    "seed": "3.seed",
+                    "prompt": "6.text",
+                    "filename_prefix": "9.filename_prefix",
+                },
+                "kind": "image",
+                "frames": {"step": 1},
+                "lora": {"node": "3", "strength": "cfg", "through": {"0": "model"}},
+            }
+        },
+    }
+
+
+def _paths(node: object, prefix: tuple = ()) -> list[tuple]:
+    out = [prefix]
+    if isinstance(node, dict):
+        for key, value in node.items():
+            out.extend(_paths(value, (*prefix, key)))
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            out.extend(_paths(value, (*prefix, i)))
+    return out
+
+
+@st.composite
+def mutated_examples(draw: st.DrawFn) -> dict:
+    """An example spec with one to three values replaced, keys added or keys removed."""
+    data = _with_template(yaml.safe_load(draw(st.sampled_from(EXAMPLES)).read_text()))
+    for _ in range(draw(st.integers(1, 3))):
+        path = draw(st.sampled_from(_paths(data)[1:]))
+        parent = data
+        for step in path[:-1]:
+            parent = parent[step]
+        action = draw(st.sampled_from(["replace", "replace", "delete", "add"]))
+        value = copy.deepcopy(draw(st.one_of(NASTY, VALUES)))  # sampled values are shared
+        if action == "delete" and isinstance(parent, dict):
+            del parent[path[-1]]
+        elif action == "add" and isinstance(parent[path[-1]], dict):
+            parent[path[-1]][draw(st.sampled_from(SPEC_KEYS))] = value
+        else:
+            parent[path[-1]] = value
+    return data
+
+
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(mutated_examples())
+def test_validate_of_mutated_examples_exits_0_or_1(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], data: dict
+) -> None:
+    """`bridge validate` on any mutation of the examples: a verdict, never an internal error."""
+    if not (tmp_path / "files").exists():
+        shutil.copytree(FILES, tmp_path / "files")
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump(data, allow_unicode=True))
+    code = main(["validate", str(spec)])
+    captured = capsys.readouterr()
+    assert code in (0, 1), captured.err
+    assert ("ok " in captured.out) == (code == 0)
