@@ -315,6 +315,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     settings = _settings(args)
     store = Store(settings.database)
     try:
+        if args.workers:
+            return _status_workers(store)
+        if args.wait:
+            if args.run is None:
+                raise UsageError("--wait follows one run: bridge status RUN --wait")
+            return _follow(store, args.run)
         if args.run is None:
             runs = store.runs(limit=args.limit)
             if not runs:
@@ -338,6 +344,94 @@ def cmd_status(args: argparse.Namespace) -> int:
         return 0
     finally:
         store.close()
+
+
+def _status_workers(store: Any) -> int:
+    from bridge.db import farm
+
+    if store.engine.dialect.name != "postgresql":
+        raise UsageError("workers share a PostgreSQL database: set DATABASE_URL=postgresql://...")
+    rows = farm.workers(store.engine) if farm.queue_exists(store.engine) else []
+    if not rows:
+        console.out("no workers")
+    for w in rows:
+        beat = f"{w.heartbeat_age:.1f}s ago" if w.heartbeat_age is not None else "gone"
+        held = ", ".join(w.jobs) or "idle"
+        console.out(f"worker {w.id:<5} {w.name:<28} host {w.host:<16} heartbeat {beat:<10} {held}")
+    for server, (jobs, switches) in sorted(farm.server_counts(store.engine).items()):
+        console.out(f"server {server}: {jobs} jobs given, {switches} model switches")
+    return 0
+
+
+def _follow(store: Any, run_id: int) -> int:
+    """`bridge run`'s display for a run the workers render; exit 0 only if all succeeded."""
+    import asyncio
+
+    from bridge.submit import follow
+
+    total = len(store.jobs(run_id))
+    if store.run(run_id) is None:
+        raise UsageError(f"there is no run {run_id}")
+    display = console.Progress(total)
+    try:
+        run = asyncio.run(follow(store, run_id, display))
+    except KeyboardInterrupt:
+        display.close()
+        console.err(f"stopped following run {run_id}; the workers go on with it")
+        return 130
+    display.close()
+    console.out(f"run {run_id}: {console.counts(run.counts or store.count_jobs(run_id))}")
+    if run.manifest:
+        console.out(f"manifest: {run.manifest}")
+    for j in store.jobs(run_id, "failed"):
+        console.err(f"failed {j.job_id}: {j.error}")
+    return 0 if run.status == "succeeded" else 1
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    """Hand a spec to the workers; prints the run id and returns."""
+    import asyncio
+
+    from bridge.compile import compile_plan
+    from bridge.db.store import Store
+    from bridge.queue import parse_priority
+    from bridge.runner import Selection
+    from bridge.spec.validate import load_spec
+    from bridge.submit import submit
+
+    settings = _settings(args)
+    priority = parse_priority(args.priority)
+    spec = load_spec(args.spec)
+    selection = Selection(only=tuple(args.only or ()), force=args.force)
+    plan = selection.narrow(compile_plan(spec))
+    if args.priority is None:
+        priority = parse_priority(spec.data.get("priority"))
+    store = Store(settings.database)
+    try:
+        run_id = asyncio.run(submit(settings, store, spec, plan, selection, priority=priority))
+        console.out(str(run_id))
+        return _follow(store, run_id) if args.wait else 0
+    finally:
+        store.close()
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    """One worker process: renders jobs of every submitted run until SIGTERM."""
+    import asyncio
+
+    from bridge.runner import run_cancellable
+    from bridge.worker import serve
+
+    settings = _settings(args)
+    if args.jobs is not None:
+        from dataclasses import replace
+
+        settings = replace(settings, worker_jobs=args.jobs)
+    try:
+        asyncio.run(run_cancellable(serve(settings, os.environ, args.name or "")))
+    except asyncio.CancelledError:
+        console.err("worker stopped")
+    return 0
 
 
 def _spec_from_database(settings: Settings, args: argparse.Namespace) -> Any:
@@ -501,6 +595,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=20)
     p.add_argument("--output", help="output folder (OUTPUT_PATH)")
     p.set_defaults(func=cmd_status)
+
+    p.add_argument("--wait", action="store_true", help="follow RUN to its end, like bridge run")
+    p.add_argument("--workers", action="store_true", help="the workers, their heartbeats and jobs")
+
+    p = sub.add_parser("submit", help="hand a spec to the workers; prints the run id")
+    p.add_argument("spec", metavar="SPEC")
+    p.add_argument(
+        "--priority", help="low, normal, high, urgent or -100..100 (else the spec's priority:)"
+    )
+    p.add_argument("--only", action="append", metavar="[SCENE/]SHOT", help="only these shots")
+    p.add_argument("--force", action="store_true", help="render even what is cached")
+    p.add_argument("--wait", action="store_true", help="then follow it like bridge status --wait")
+    p.add_argument("--output", help="output folder (OUTPUT_PATH)")
+    p.set_defaults(func=cmd_submit)
+
+    p = sub.add_parser("worker", help="render the jobs of submitted runs (needs PostgreSQL)")
+    p.add_argument("--name", help="shown by bridge status --workers (default host:pid)")
+    p.add_argument("--jobs", type=int, help="jobs held at once (BRIDGE_WORKER_JOBS)")
+    p.add_argument("--comfyui-url", help="server URL(s), comma-separated (COMFYUI_URL)")
+    p.add_argument("--backend", choices=("auto", "comfyui", "preview"))
+    p.add_argument("--max-concurrent-jobs", type=int)
+    p.add_argument("--output", help="output folder (OUTPUT_PATH)")
+    p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("export", help="write a project held in the database as a spec YAML")
     p.add_argument("project", metavar="PROJECT")

@@ -12,13 +12,13 @@ import asyncio
 import time
 import uuid
 from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from bridge import media, outputs, probe
-from bridge.backends.base import Attempt, Outcome, Progress
-from bridge.backends.pool import ServerPool
+from bridge.backends.base import Attempt, Backend, Outcome, Progress
 from bridge.db.store import Resumable
 from bridge.errors import BridgeError, TransientBackendError
 from bridge.hashing import derive_seed, file_digest
@@ -27,6 +27,13 @@ from bridge.plan import Job, JobKind, Plan
 from bridge.record import Recorder
 
 ProgressHook = Callable[[float, float], None]
+
+
+class Leases(Protocol):
+    """Where remote jobs get a server: the ServerPool in one process, or a worker's view of
+    the global slots shared by every worker (bridge.worker)."""
+
+    def lease(self, prefer: str | None = None) -> AbstractAsyncContextManager[Backend]: ...
 
 
 class QualityFailed(BridgeError):
@@ -39,7 +46,7 @@ class Executor:
     def __init__(
         self,
         plan: Plan,
-        pool: ServerPool,
+        pool: Leases,
         recorder: Recorder,
         *,
         root: Path,

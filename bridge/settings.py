@@ -36,6 +36,11 @@ BRIDGE_LLM_API_KEY = "BRIDGE_LLM_API_KEY"
 BRIDGE_LLM_CONCURRENCY = "BRIDGE_LLM_CONCURRENCY"
 BRIDGE_LLM_TIMEOUT = "BRIDGE_LLM_TIMEOUT"
 ECHO_BRAIN_URL = "ECHO_BRAIN_URL"
+BRIDGE_WORKERS = "BRIDGE_WORKERS"
+BRIDGE_WORKER_JOBS = "BRIDGE_WORKER_JOBS"
+BRIDGE_LEASE_SECONDS = "BRIDGE_LEASE_SECONDS"
+BRIDGE_AFFINITY = "BRIDGE_AFFINITY"
+BRIDGE_AGING_SECONDS = "BRIDGE_AGING_SECONDS"
 
 DEFAULT_MAX_CONCURRENT_JOBS = 3
 DEFAULT_WORKFLOW_TIMEOUT = 900.0
@@ -44,6 +49,9 @@ DEFAULT_OUTPUT_PATH = Path("output")
 BACKENDS = ("auto", "comfyui", "preview")
 DEFAULT_LLM_CONCURRENCY = 4
 DEFAULT_LLM_TIMEOUT = 120.0
+DEFAULT_WORKER_JOBS = 4
+DEFAULT_LEASE_SECONDS = 30.0
+DEFAULT_AGING_SECONDS = 300.0
 
 
 @dataclass(frozen=True)
@@ -64,6 +72,11 @@ class Settings:
     llm_concurrency: int = DEFAULT_LLM_CONCURRENCY
     llm_timeout: float = DEFAULT_LLM_TIMEOUT
     echo_brain_url: str = ""  # the old system's agent service
+    workers: bool = False  # submit to `bridge worker`s over PostgreSQL instead of running
+    worker_jobs: int = DEFAULT_WORKER_JOBS  # jobs one worker process holds at once
+    lease_seconds: float = DEFAULT_LEASE_SECONDS  # a silent worker's jobs are taken over after
+    affinity: bool = True  # group and route jobs by what the servers have loaded
+    aging_seconds: float = DEFAULT_AGING_SECONDS  # a waiting job rises a priority level per
 
     @property
     def database(self) -> str:
@@ -85,6 +98,11 @@ class Settings:
             "llm_concurrency": self.llm_concurrency,
             "llm_timeout": self.llm_timeout,
             "echo_brain_url": mask_url(self.echo_brain_url),
+            "workers": self.workers,
+            "worker_jobs": self.worker_jobs,
+            "lease_seconds": self.lease_seconds,
+            "affinity": self.affinity,
+            "aging_seconds": self.aging_seconds,
         }
 
 
@@ -118,9 +136,14 @@ _ENV = {
     "llm_concurrency": BRIDGE_LLM_CONCURRENCY,
     "llm_timeout": BRIDGE_LLM_TIMEOUT,
     "echo_brain_url": ECHO_BRAIN_URL,
+    "workers": BRIDGE_WORKERS,
+    "worker_jobs": BRIDGE_WORKER_JOBS,
+    "lease_seconds": BRIDGE_LEASE_SECONDS,
+    "affinity": BRIDGE_AFFINITY,
+    "aging_seconds": BRIDGE_AGING_SECONDS,
 }
 # The old Content Generation Bridge's config.json keys whose bridge name differs.
-_OLD_KEYS = {"max_concurrent_scenes": "max_concurrent_jobs"}
+_OLD_KEYS = {"max_concurrent_scenes": "max_concurrent_jobs", "execution": "workers"}
 
 
 def resolve(
@@ -249,6 +272,32 @@ def _coerce(name: str, raw: Any, source: str) -> Any:
             if not seconds > 0:
                 raise bad("a number of seconds above 0")
             return seconds
+        if name in ("workers", "affinity"):
+            flag = str(raw).strip().lower()
+            if flag not in (
+                "1",
+                "0",
+                "true",
+                "false",
+                "yes",
+                "no",
+                "on",
+                "off",
+                "workers",
+                "local",
+            ):
+                raise bad("1 or 0 (execution: workers or local)")
+            return flag in ("1", "true", "yes", "on", "workers")
+        if name == "worker_jobs":
+            value = int(str(raw))
+            if not 1 <= value <= 64:
+                raise bad("a whole number from 1 to 64")
+            return value
+        if name in ("lease_seconds", "aging_seconds"):
+            seconds = float(str(raw))
+            if not 0.5 <= seconds <= 86400:
+                raise bad("a number of seconds from 0.5 to 86400")
+            return seconds
         if name in ("lora_path", "output_path"):
             return Path(str(raw)).expanduser()
         if name == "backend":
@@ -268,5 +317,8 @@ def _coerce(name: str, raw: Any, source: str) -> Any:
             "quality_threshold": "a number from 0 to 1",
             "llm_concurrency": "a whole number",
             "llm_timeout": "a number of seconds",
+            "worker_jobs": "a whole number",
+            "lease_seconds": "a number of seconds",
+            "aging_seconds": "a number of seconds",
         }.get(name, "a valid value")
         raise bad(expected) from None

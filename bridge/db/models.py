@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, Index, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Column, Index, Text, UniqueConstraint
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlmodel import Field, SQLModel
 
@@ -111,6 +111,7 @@ class Run(SQLModel, table=True):
     counts: dict[str, int] | None = _json()
     manifest: str | None = None
     settings: dict[str, Any] | None = _json()
+    priority: int = 0  # orders the ready queue across runs (bridge submit --priority)
 
 
 class JobRecord(SQLModel, table=True):
@@ -140,6 +141,7 @@ class JobRecord(SQLModel, table=True):
     error: str | None = None
     error_kind: str | None = None
     quality: dict[str, Any] | None = _json()
+    worker_id: int | None = Field(default=None, sa_type=BigInteger)  # the queue worker holding it
 
 
 class GeneratedAsset(SQLModel, table=True):
@@ -186,3 +188,37 @@ class EventRecord(SQLModel, table=True):
     at: datetime = Field(default_factory=utcnow)
     kind: str = ""
     data: dict[str, Any] | None = _json()
+
+
+class WorkerRecord(SQLModel, table=True):
+    """A `bridge worker` process; its id is the queue's worker id, whose heartbeat the
+    queue keeps (procrastinate_workers). Deleted when the worker stops cleanly."""
+
+    __tablename__ = "workers"
+    id: int = Field(primary_key=True, sa_type=BigInteger)
+    name: str = ""
+    host: str = ""
+    pid: int = 0
+    started_at: datetime = Field(default_factory=utcnow)
+
+
+class ServerSlot(SQLModel, table=True):
+    """One of a server's slots, global across workers: held by a live worker for one job."""
+
+    __tablename__ = "server_slots"
+    server: str = Field(primary_key=True)
+    slot: int = Field(primary_key=True)
+    worker_id: int | None = Field(default=None, sa_type=BigInteger)
+    run_id: int | None = None
+    job_id: str | None = Field(default=None, max_length=200)
+    claimed_at: datetime | None = None
+
+
+class ServerRecord(SQLModel, table=True):
+    """What a server last ran (its cache signature) and how often its models switched."""
+
+    __tablename__ = "servers"
+    name: str = Field(primary_key=True)
+    signature: dict[str, Any] | None = _json()
+    switches: int = 0
+    jobs: int = 0

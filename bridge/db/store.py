@@ -42,6 +42,7 @@ from bridge.spec.model import Spec
 from bridge.states import RESUMABLE, JobState, RunState
 
 logger = logging.getLogger(__name__)
+WORKERS_BACKEND = "workers"  # a run submitted to `bridge worker`s
 
 
 @dataclass(frozen=True)
@@ -236,6 +237,8 @@ class Store:
                     Run.project_id == spec.project.id, Run.status == RunState.RUNNING.value
                 )
             ):
+                if old.backend == WORKERS_BACKEND:  # rendered by workers, not a process
+                    continue
                 if old.pid is None or not _alive(old.pid):
                     old.status = RunState.INTERRUPTED.value
                     old.finished_at = old.finished_at or utcnow()

@@ -33,6 +33,22 @@ from aiohttp import WSMsgType, web
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "comfyui"
 OUTPUT_NODES = {"SaveImage", "SaveVideo", "PreviewImage", "SaveImageWebsocket"}
 SAMPLERS = {"KSampler", "FramePackSampler"}
+# Nodes whose outputs are costly to recompute: what a "model switch" reloads. Independent
+# of bridge's own list (bridge/affinity.py) on purpose: the simulator plays the server.
+EXPENSIVE = {
+    "CheckpointLoaderSimple",
+    "UNETLoader",
+    "CLIPLoader",
+    "VAELoader",
+    "LoraLoader",
+    "LoraLoaderModelOnly",
+    "CLIPTextEncode",
+    "LoadFramePackModel",
+    "DownloadAndLoadFramePackModel",
+    "EmptyImage",
+    "ImageScale",
+    "ImageScaleBy",
+}
 
 
 def default_object_info() -> dict[str, Any]:
@@ -74,12 +90,17 @@ class Simulator:
     black_outputs: bool = False
     black_prompts: int = 0  # the next N prompts render black, then normal again
     drop_socket_after: int | None = None
+    # model switches: a prompt whose expensive nodes differ from the previous prompt's pays this
+    switch_seconds: float = 0.0
     # observation
     posted: list[str] = field(default_factory=list)
     uploads: list[str] = field(default_factory=list)
     interrupted: list[str] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
     executed: list[str] = field(default_factory=list)
+    switches: int = 0  # prompts that found other expensive nodes loaded than they need
+    max_load: int = 0  # most prompts ever queued or running at once
+    busy_seconds: float = 0.0  # time spent executing prompts
     url: str = ""
 
     def __post_init__(self) -> None:
@@ -100,6 +121,7 @@ class Simulator:
         self.current_node: str | None = None
         self.history: dict[str, dict[str, Any]] = {}
         self.cache: dict[str, dict[str, Any]] = {}  # node key -> ui output
+        self.loaded: frozenset[str] = frozenset()  # expensive node keys of the last prompt
         self.counter = itertools.count(0)
         self.sockets: dict[str, web.WebSocketResponse] = {}
         self.wake = asyncio.Event()
@@ -277,6 +299,7 @@ class Simulator:
         number = next(self.counter)
         self.queue.append(Prompt(number, prompt_id, graph, extra, outputs, client_id))
         self.posted.append(prompt_id)
+        self.max_load = max(self.max_load, self._remaining())
         self.wake.set()
         await self._status()
         return web.json_response({"prompt_id": prompt_id, "number": number, "node_errors": {}})
@@ -488,6 +511,9 @@ class Simulator:
                 "uploads": self.uploads,
                 "interrupted": self.interrupted,
                 "deleted": self.deleted,
+                "switches": self.switches,
+                "max_load": self.max_load,
+                "busy_seconds": self.busy_seconds,
             }
         )
 
@@ -501,6 +527,7 @@ class Simulator:
             "black_outputs",
             "black_prompts",
             "drop_socket_after",
+            "switch_seconds",
         ):
             if key in body:
                 setattr(self, key, body[key])
@@ -518,11 +545,27 @@ class Simulator:
             prompt = min(self.queue, key=lambda p: p.number)
             self.queue.remove(prompt)
             self.running = prompt
+            started = asyncio.get_running_loop().time()
             try:
+                await self._switch(prompt)
                 await self._execute(prompt)
             finally:
                 self.running = None
                 self.current_node = None
+                self.busy_seconds += asyncio.get_running_loop().time() - started
+
+    async def _switch(self, p: Prompt) -> None:
+        """Load what the prompt's expensive nodes need when the last prompt had others
+        (a checkpoint, a LoRA set, encoded text: seconds to tens of seconds on a GPU)."""
+        order = _order(p.graph, p.outputs)
+        needed = frozenset(
+            _node_key(p.graph, n) for n in order if p.graph[n]["class_type"] in EXPENSIVE
+        )
+        if needed and needed != self.loaded:
+            self.switches += 1
+            if self.switch_seconds:
+                await asyncio.sleep(self.switch_seconds)
+        self.loaded = needed or self.loaded
 
     async def _execute(self, p: Prompt) -> None:
         sid = p.client_id
@@ -818,8 +861,8 @@ def _media(graph: dict[str, Any], nid: str) -> tuple[int, int, int, float, int |
     return int(found["w"]), int(found["h"]), int(found["frames"]), float(found["fps"]), color
 
 
-async def _serve(port: int, job_seconds: float) -> None:
-    sim = Simulator(job_seconds=job_seconds)
+async def _serve(port: int, job_seconds: float, switch_seconds: float) -> None:
+    sim = Simulator(job_seconds=job_seconds, switch_seconds=switch_seconds)
     url = await sim.start(port)
     print(f"listening on {url}", flush=True)
     stop = asyncio.Event()
@@ -834,8 +877,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="ComfyUI 0.8 simulator for bridge's tests")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--job-seconds", type=float, default=0.05)
+    parser.add_argument(
+        "--switch-seconds", type=float, default=0.0, help="cost of a change of expensive nodes"
+    )
     args = parser.parse_args()
-    asyncio.run(_serve(args.port, args.job_seconds))
+    asyncio.run(_serve(args.port, args.job_seconds, args.switch_seconds))
 
 
 if __name__ == "__main__":

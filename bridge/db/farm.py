@@ -1,0 +1,313 @@
+"""The rows bridge's workers share on PostgreSQL: job claims, global server slots, the
+servers' last cache signature, and which process is behind each queue worker.
+
+Liveness is the queue's own: a worker is alive while its heartbeat in procrastinate's
+`procrastinate_workers` is younger than the lease. A job row or a server slot held by a
+worker that is no longer alive can be taken over; nothing here writes a heartbeat.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.engine import Engine
+
+from bridge.states import JobState
+
+_LIVE = (
+    "SELECT id FROM procrastinate_workers "
+    "WHERE last_heartbeat > now() - make_interval(secs => :lease)"
+)
+_UNFINISHED = ("pending", "submitted", "running")
+RUN_LOCK = 0x6272  # pg_advisory_lock(int, int) class key for finishing a run
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A job row this worker now holds; `took_over` when a dead worker held it before."""
+
+    state: JobState
+    took_over: bool
+
+
+@dataclass(frozen=True)
+class Slot:
+    server: str
+    slot: int
+
+
+@dataclass(frozen=True)
+class WorkerRow:
+    id: int
+    name: str
+    host: str
+    pid: int
+    heartbeat_age: float | None  # seconds; None once the queue pruned it
+    jobs: tuple[str, ...]
+
+
+def claim_job(
+    engine: Engine, run_id: int, job_id: str, worker_id: int, lease: float
+) -> Claim | None:
+    """Hold the job for `worker_id`: a finished row is returned as it is (its follow-ups may
+    still be due); None when another live worker holds it."""
+    with engine.begin() as conn:
+        row = conn.execute(
+            text(
+                "SELECT state, worker_id, worker_id IN (" + _LIVE + ") AS alive "
+                "FROM jobs WHERE run_id = :run AND job_id = :job FOR UPDATE"
+            ),
+            {"run": run_id, "job": job_id, "lease": lease},
+        ).one_or_none()
+        if row is None:
+            return None
+        state = JobState(row.state)
+        if state.finished:
+            return Claim(state, took_over=False)
+        holder = row.worker_id
+        if holder is not None and holder != worker_id and row.alive:
+            return None
+        conn.execute(
+            text("UPDATE jobs SET worker_id = :me WHERE run_id = :run AND job_id = :job"),
+            {"me": worker_id, "run": run_id, "job": job_id},
+        )
+        return Claim(state, took_over=holder is not None and holder != worker_id)
+
+
+def release_job(engine: Engine, run_id: int, job_id: str) -> None:
+    with engine.begin() as conn:
+        conn.execute(
+            text("UPDATE jobs SET worker_id = NULL WHERE run_id = :run AND job_id = :job"),
+            {"run": run_id, "job": job_id},
+        )
+
+
+def skip_pending(engine: Engine, run_id: int, job_id: str, error: str) -> None:
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "UPDATE jobs SET state = 'skipped', error = :error, finished_at = now() "
+                "WHERE run_id = :run AND job_id = :job AND state = 'pending'"
+            ),
+            {"run": run_id, "job": job_id, "error": error},
+        )
+
+
+def set_priority(engine: Engine, run_id: int, priority: int) -> None:
+    with engine.begin() as conn:
+        conn.execute(
+            text("UPDATE runs SET priority = :p WHERE id = :run"), {"p": priority, "run": run_id}
+        )
+
+
+def job_states(engine: Engine, run_id: int) -> dict[str, JobState]:
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text("SELECT job_id, state FROM jobs WHERE run_id = :run"), {"run": run_id}
+        )
+        return {r.job_id: JobState(r.state) for r in rows}
+
+
+def ensure_slots(engine: Engine, limits: Mapping[str, int]) -> None:
+    """One row per slot of each server; a lowered limit drops the free slots above it."""
+    with engine.begin() as conn:
+        for server, limit in limits.items():
+            for slot in range(limit):
+                conn.execute(
+                    text(
+                        "INSERT INTO server_slots (server, slot) VALUES (:s, :n) "
+                        "ON CONFLICT DO NOTHING"
+                    ),
+                    {"s": server, "n": slot},
+                )
+            conn.execute(
+                text(
+                    "DELETE FROM server_slots WHERE server = :s AND slot >= :n "
+                    "AND worker_id IS NULL"
+                ),
+                {"s": server, "n": limit},
+            )
+            conn.execute(
+                text("INSERT INTO servers (name) VALUES (:s) ON CONFLICT DO NOTHING"),
+                {"s": server},
+            )
+
+
+def claim_slot(
+    engine: Engine,
+    servers: Sequence[str],
+    *,
+    worker_id: int,
+    run_id: int,
+    job_id: str,
+    lease: float,
+) -> Slot | None:
+    """A free slot on the first of `servers` that has one, or None.
+
+    Free: held by no one; or by a dead worker for a job that is no longer on a server.
+    A slot a dead worker held for a job still submitted or running stays that job's, for
+    whichever worker takes the job over: its prompt may still be on the server, and the
+    server must never hold more of bridge's prompts than its slots.
+    """
+    if not servers:
+        return None
+    with engine.begin() as conn:
+        row = conn.execute(
+            text(
+                "SELECT s.server, s.slot FROM server_slots s "
+                "WHERE s.server = ANY(:servers) AND ("
+                "  (s.run_id = :run AND s.job_id = :job)"
+                "  OR s.worker_id IS NULL"
+                "  OR (s.worker_id NOT IN (" + _LIVE + ") AND NOT EXISTS ("
+                "    SELECT 1 FROM jobs j WHERE j.run_id = s.run_id AND j.job_id = s.job_id"
+                "    AND j.state IN ('submitted', 'running')))"
+                ") ORDER BY (s.run_id IS NOT DISTINCT FROM :run "
+                "AND s.job_id IS NOT DISTINCT FROM :job) DESC, "
+                "array_position(:servers, s.server), s.slot "
+                "FOR UPDATE SKIP LOCKED LIMIT 1"
+            ),
+            {"servers": list(servers), "run": run_id, "job": job_id, "lease": lease},
+        ).one_or_none()
+        if row is None:
+            return None
+        conn.execute(
+            text(
+                "UPDATE server_slots SET worker_id = :me, run_id = :run, job_id = :job, "
+                "claimed_at = now() WHERE server = :s AND slot = :n"
+            ),
+            {"me": worker_id, "run": run_id, "job": job_id, "s": row.server, "n": row.slot},
+        )
+        return Slot(row.server, row.slot)
+
+
+def release_slot(engine: Engine, slot: Slot) -> None:
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "UPDATE server_slots SET worker_id = NULL, run_id = NULL, job_id = NULL, "
+                "claimed_at = NULL WHERE server = :s AND slot = :n"
+            ),
+            {"s": slot.server, "n": slot.slot},
+        )
+
+
+def signatures(engine: Engine) -> dict[str, dict[str, float]]:
+    """The cache signature of the job each server was last given."""
+    with engine.connect() as conn:
+        rows = conn.execute(text("SELECT name, signature FROM servers"))
+        return {r.name: dict(r.signature or {}) for r in rows}
+
+
+def ran(engine: Engine, server: str, signature: Mapping[str, float], switched: bool) -> None:
+    """`server` was given a job with `signature`; `switched` when it shares too little
+    with the job before it (its models are reloaded)."""
+    import json
+
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "UPDATE servers SET signature = CAST(:sig AS JSON), jobs = jobs + 1, "
+                "switches = switches + :sw WHERE name = :s"
+            ),
+            {"sig": json.dumps(dict(signature)), "sw": int(switched), "s": server},
+        )
+
+
+def server_counts(engine: Engine) -> dict[str, tuple[int, int]]:
+    """(jobs given, model switches) per server."""
+    with engine.connect() as conn:
+        rows = conn.execute(text("SELECT name, jobs, switches FROM servers"))
+        return {r.name: (r.jobs, r.switches) for r in rows}
+
+
+def register_worker(engine: Engine, worker_id: int, name: str, host: str, pid: int) -> None:
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO workers (id, name, host, pid, started_at) "
+                "VALUES (:id, :name, :host, :pid, now()) ON CONFLICT (id) DO UPDATE "
+                "SET name = :name, host = :host, pid = :pid"
+            ),
+            {"id": worker_id, "name": name, "host": host, "pid": pid},
+        )
+
+
+def unregister_worker(engine: Engine, worker_id: int) -> None:
+    with engine.begin() as conn:
+        conn.execute(text("DELETE FROM workers WHERE id = :id"), {"id": worker_id})
+        conn.execute(
+            text("UPDATE jobs SET worker_id = NULL WHERE worker_id = :id"), {"id": worker_id}
+        )
+
+
+def prune_workers(engine: Engine) -> None:
+    """Forget the processes whose queue worker the queue itself has pruned."""
+    with engine.begin() as conn:
+        conn.execute(
+            text("DELETE FROM workers WHERE id NOT IN (SELECT id FROM procrastinate_workers)")
+        )
+
+
+def workers(engine: Engine) -> list[WorkerRow]:
+    """Every known worker, its heartbeat's age and the jobs it holds."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT w.id, w.name, w.host, w.pid, "
+                "EXTRACT(EPOCH FROM now() - p.last_heartbeat) AS age "
+                "FROM workers w LEFT JOIN procrastinate_workers p ON p.id = w.id ORDER BY w.id"
+            )
+        ).all()
+        held: dict[int, list[str]] = {}
+        for j in conn.execute(
+            text(
+                "SELECT worker_id, run_id, job_id FROM jobs WHERE worker_id IS NOT NULL "
+                "AND state IN ('pending', 'submitted', 'running') ORDER BY id"
+            )
+        ):
+            held.setdefault(j.worker_id, []).append(f"{j.run_id}:{j.job_id}")
+    return [
+        WorkerRow(
+            id=r.id,
+            name=r.name,
+            host=r.host,
+            pid=r.pid,
+            heartbeat_age=float(r.age) if r.age is not None else None,
+            jobs=tuple(held.get(r.id, ())),
+        )
+        for r in rows
+    ]
+
+
+@contextlib.contextmanager
+def run_lock(engine: Engine, run_id: int) -> Iterator[bool]:
+    """Whether this process holds the run's session lock (freed if the process dies)."""
+    with engine.connect() as conn:
+        got = bool(
+            conn.execute(
+                text("SELECT pg_try_advisory_lock(:k, :run)"), {"k": RUN_LOCK, "run": run_id}
+            ).scalar()
+        )
+        conn.commit()
+        try:
+            yield got
+        finally:
+            if got:
+                conn.execute(
+                    text("SELECT pg_advisory_unlock(:k, :run)"), {"k": RUN_LOCK, "run": run_id}
+                )
+                conn.commit()
+
+
+def queue_exists(engine: Engine) -> bool:
+    with engine.connect() as conn:
+        found: Any = conn.execute(text("SELECT to_regclass('procrastinate_jobs')")).scalar()
+        return found is not None
+
+
+def unfinished(states: Mapping[str, JobState]) -> bool:
+    return any(s.value in _UNFINISHED for s in states.values())

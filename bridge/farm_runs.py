@@ -1,0 +1,175 @@
+"""A submitted run as every worker sees it: its spec and plan, recompiled from the spec file
+the run row names, its finished jobs' outputs read from the asset rows, and its end.
+
+The plan is not stored: a spec always compiles to the same jobs and hashes, and the run row
+keeps the spec's revision, so a worker that reads a changed spec refuses it instead of
+rendering something other than what was submitted.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bridge import manifest
+from bridge.compile import compile_plan
+from bridge.db import farm
+from bridge.db.store import Store
+from bridge.errors import BridgeError
+from bridge.manifest import JobResult, OutputFile
+from bridge.plan import Plan
+from bridge.record import Recorder, RunReport
+from bridge.spec.model import Spec
+from bridge.states import JobState, RunState
+from bridge.webhooks import Hook, Notifier, hooks_from_spec
+
+SPEC_PATH = "spec_path"  # keys of a submitted run's settings column
+SELECTION = "selection"
+
+
+@dataclass(frozen=True)
+class RunContext:
+    run_id: int
+    spec: Spec
+    plan: Plan
+    priority: int
+
+
+def plan_for(spec: Spec, selection: dict[str, Any] | None) -> Plan:
+    from bridge.runner import Selection
+
+    sel = selection or {}
+    chosen = Selection(
+        scene_ids=tuple(sel.get("scene_ids", ())),
+        only=tuple(sel.get("only", ())),
+        force=bool(sel.get("force", False)),
+    )
+    return chosen.narrow(compile_plan(spec))
+
+
+class Runs:
+    """The runs this worker has seen, compiled once each."""
+
+    def __init__(
+        self, store: Store, root: Path, environ: Mapping[str, str], webhooks: Notifier
+    ) -> None:
+        self.store = store
+        self.root = root
+        self.environ = environ
+        self.webhooks = webhooks
+        self._known: dict[int, RunContext] = {}
+        self._lock = threading.Lock()
+
+    def get(self, run_id: int) -> RunContext:
+        with self._lock:
+            if run_id in self._known:
+                return self._known[run_id]
+        from bridge.spec.validate import load_spec
+
+        run = self.store.run(run_id)
+        if run is None or not run.settings or SPEC_PATH not in run.settings:
+            raise BridgeError(f"run {run_id} was not submitted to workers")
+        spec = load_spec(run.settings[SPEC_PATH])
+        if spec.revision != run.revision:
+            raise BridgeError(
+                f"{run.settings[SPEC_PATH]} changed since run {run_id} was submitted; "
+                "submit it again"
+            )
+        ctx = RunContext(run_id, spec, plan_for(spec, run.settings.get(SELECTION)), run.priority)
+        with self._lock:
+            self._known[run_id] = ctx
+        return ctx
+
+    def results(self, ctx: RunContext, job_ids: Iterable[str]) -> dict[str, JobResult]:
+        """The outputs of finished jobs, from their rows and assets."""
+        wanted = list(job_ids)
+        if not wanted:
+            return {}
+        plan = ctx.plan
+        assets = self.store.find_assets(plan.project, (plan.job(j).hash for j in wanted))
+        rows = {r.job_id: r for r in self.store.jobs(ctx.run_id)}
+        out = {}
+        for job_id in wanted:
+            asset = assets.get(plan.job(job_id).hash)
+            if asset is None:
+                continue
+            row = rows.get(job_id)
+            out[job_id] = JobResult(
+                files=(
+                    OutputFile(
+                        path=self.root / asset.path,
+                        sha256=asset.sha256,
+                        bytes=asset.bytes,
+                        probe=asset.probe,
+                        quality=asset.quality,
+                    ),
+                ),
+                server=row.server if row and row.server else "cache",
+                prompt_id=row.prompt_id if row else None,
+                seconds=row.seconds if row else None,
+                attempts=row.attempts if row else 0,
+            )
+        return out
+
+    def finish_if_done(self, ctx: RunContext) -> bool:
+        """Write the manifest and end the run once every job ended; exactly one worker
+        does it (the run row is locked and must still be running)."""
+        states = farm.job_states(self.store.engine, ctx.run_id)
+        if farm.unfinished(states):
+            return False
+        with farm.run_lock(self.store.engine, ctx.run_id) as mine:
+            run = self.store.run(ctx.run_id)
+            if not mine or run is None or run.status != RunState.RUNNING.value:
+                return False
+            hooks = hooks_from_spec(ctx.spec.webhooks, self.environ)
+            finish(
+                self.store, self.root, ctx, states, self.results(ctx, states), hooks, self.webhooks
+            )
+        return True
+
+
+def finish(
+    store: Store,
+    root: Path,
+    ctx: RunContext,
+    states: dict[str, JobState],
+    results: dict[str, JobResult],
+    hooks: list[Hook],
+    webhooks: Notifier,
+) -> Path:
+    """The manifest, the run's final row and its `run_finished` webhook."""
+    errors = {r.job_id: r.error or "" for r in store.jobs(ctx.run_id) if r.state == "failed"}
+    run = store.run(ctx.run_id)
+    report = RunReport(
+        run_id=ctx.run_id,
+        project=ctx.plan.project,
+        states=states,
+        errors=errors,
+        manifest=None,
+        preview=bool(run and run.preview),
+        backend=run.backend if run else "",
+        results=results,
+    )
+    recorder = Recorder(
+        store,
+        ctx.spec,
+        ctx.plan,
+        root=root,
+        hooks=hooks,
+        webhooks=webhooks,
+        detach=True,
+    )
+    recorder.run_id = ctx.run_id
+    return recorder.finish(
+        report,
+        {
+            "backend": report.backend,
+            "preview": report.preview,
+            "started_at": run.started_at.isoformat(timespec="seconds") if run else None,
+            "finished_at": manifest.now(),
+            "workers": True,
+        },
+    )

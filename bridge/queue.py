@@ -1,0 +1,187 @@
+"""The shared ready queue: procrastinate on PostgreSQL.
+
+procrastinate owns what a hand-written queue would get wrong: claiming a job exactly once
+(FOR UPDATE SKIP LOCKED in its fetch function), waking idle workers at once (LISTEN/NOTIFY),
+ordering by priority, and worker heartbeats with the stalled-job query that hands a dead
+worker's jobs to another. bridge defers one queue job per bridge job when it becomes ready
+(its dependencies finished, whichever worker finished them); bridge's own tables stay the
+record of runs, jobs, prompt_ids and assets.
+
+A queue job's priority is the run's priority level (×1000) plus a rank bonus that falls
+with each job of the run already handed out, so runs of equal priority take turns instead
+of the first one draining; waiting jobs age up a level every `aging` seconds, so a low run
+is never starved.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import procrastinate
+from procrastinate.exceptions import AlreadyEnqueued
+from sqlalchemy import text
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import ProgrammingError
+
+from bridge import affinity
+from bridge.db import farm
+from bridge.errors import UsageError
+from bridge.plan import Job, Plan
+from bridge.states import JobState
+
+log = logging.getLogger(__name__)
+
+TASK = "bridge.job"
+PRIORITIES: Mapping[str, int] = {"low": -10, "normal": 0, "high": 10, "urgent": 20}
+LEVEL = 1000  # queue priority per priority level; ranks within a level use less
+SCHEMA_LOCK = int.from_bytes(b"bridgeq\x01")
+
+
+def parse_priority(value: str | int | None) -> int:
+    """`low`, `normal`, `high`, `urgent` (the old system's words) or an integer -100..100."""
+    if value is None or value == "":
+        return 0
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif str(value).strip().lower() in PRIORITIES:
+        return PRIORITIES[str(value).strip().lower()]
+    else:
+        try:
+            number = int(str(value).strip())
+        except ValueError:
+            raise UsageError(
+                f"priority {value!r}: expected low, normal, high, urgent or a whole number"
+            ) from None
+    if not -100 <= number <= 100:
+        raise UsageError(f"priority {number}: expected a whole number from -100 to 100")
+    return number
+
+
+def app_for(database_url: str) -> procrastinate.App:
+    """The queue on bridge's PostgreSQL database."""
+    if not database_url.startswith(("postgresql://", "postgresql+psycopg://")):
+        raise UsageError(
+            "workers share their jobs through PostgreSQL: set DATABASE_URL=postgresql://..."
+        )
+    conninfo = "postgresql://" + database_url.split("://", 1)[1]
+    return procrastinate.App(connector=procrastinate.PsycopgConnector(conninfo=conninfo))
+
+
+async def ensure_schema(app: procrastinate.App, engine: Engine) -> None:
+    """Install procrastinate's tables once, serialised across processes."""
+    if farm.queue_exists(engine):
+        return
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": SCHEMA_LOCK})
+            exists = conn.execute(text("SELECT to_regclass('procrastinate_jobs')")).scalar()
+            if exists is None:
+                conn.exec_driver_sql(app.schema_manager.get_schema())
+    except ProgrammingError:
+        if not farm.queue_exists(engine):  # not a lost race with another worker
+            raise
+
+
+def queue_priority(level: int, rank: int) -> int:
+    return level * LEVEL + max(0, LEVEL // 2 - 1 - rank)
+
+
+def ordered(jobs: Sequence[Job], plan: Plan, *, group: bool) -> list[Job]:
+    """Ready jobs in the order they are handed out: plan order, or (`group`) jobs sharing
+    expensive nodes back to back, families in the order they first appear."""
+    index = {j: i for i, j in enumerate(plan.order)}
+    jobs = sorted(jobs, key=lambda j: index[j.id])
+    if not group:
+        return jobs
+    first: dict[str, int] = {}
+    keyed = []
+    for job in jobs:
+        fam = affinity.family(affinity.signature(job.workflow)) if job.kind.remote else ""
+        first.setdefault(fam, len(first))
+        keyed.append((first[fam], index[job.id], job))
+    return [job for _, _, job in sorted(keyed, key=lambda k: (k[0], k[1]))]
+
+
+async def defer_ready(
+    app: procrastinate.App,
+    engine: Engine,
+    run_id: int,
+    plan: Plan,
+    level: int,
+    *,
+    group: bool,
+) -> int:
+    """Queue every job of the run whose dependencies all finished well and that no one
+    holds yet; returns how many were queued. Safe to call from several workers at once: a
+    queueing lock refuses a second copy while one waits, and the claim refuses one whose
+    job another worker already holds."""
+    states = farm.job_states(engine, run_id)
+    held = _held(engine, run_id)
+    done = {JobState.SUCCEEDED, JobState.CACHED}
+    ready = [
+        plan.job(j)
+        for j in plan.order
+        if states.get(j) is JobState.PENDING
+        and j not in held
+        and all(states.get(d) in done for d in plan.graph.predecessors(j))
+    ]
+    handed = sum(1 for s in states.values() if s is not JobState.PENDING) + len(held)
+    count = 0
+    for rank, job in enumerate(ordered(ready, plan, group=group), start=handed):
+        deferrer = app.configure_task(
+            TASK,
+            priority=queue_priority(level, rank),
+            queueing_lock=f"{run_id}/{job.id}",
+        )
+        try:
+            await deferrer.defer_async(run_id=run_id, job_id=job.id, aged_at=time.time())
+        except AlreadyEnqueued:
+            continue
+        count += 1
+    return count
+
+
+def _held(engine: Engine, run_id: int) -> set[str]:
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT job_id FROM jobs WHERE run_id = :run AND worker_id IS NOT NULL "
+                "AND state = 'pending'"
+            ),
+            {"run": run_id},
+        )
+        return {r.job_id for r in rows}
+
+
+async def age(engine: Engine, aging: float) -> int:
+    """Raise every job that waited `aging` seconds by one priority level."""
+    with engine.begin() as conn:
+        result: Any = conn.execute(
+            text(
+                "UPDATE procrastinate_jobs SET priority = priority + :level, "
+                "args = jsonb_set(args, '{aged_at}', to_jsonb(EXTRACT(EPOCH FROM now())))"
+                " WHERE status = 'todo' AND task_name = :task "
+                "AND COALESCE((args->>'aged_at')::float, 0) < EXTRACT(EPOCH FROM now()) - :aging"
+            ),
+            {"level": LEVEL, "task": TASK, "aging": aging},
+        )
+        return int(result.rowcount or 0)
+
+
+async def requeue_stalled(app: procrastinate.App, lease: float) -> list[dict[str, Any]]:
+    """Hand the jobs of workers whose heartbeat stopped `lease` seconds ago back to the
+    queue (procrastinate's stalled-job query); returns their arguments."""
+    manager = app.job_manager
+    out = []
+    for job in await manager.get_stalled_jobs(seconds_since_heartbeat=lease):
+        try:
+            await manager.retry_job(job)
+        except Exception as exc:  # another worker requeued it first
+            log.debug("requeue of queue job %s: %s", job.id, exc)
+            continue
+        out.append(dict(job.task_kwargs))
+    await manager.prune_stalled_workers(seconds_since_heartbeat=lease)
+    return out

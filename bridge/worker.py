@@ -1,0 +1,317 @@
+"""`bridge worker`: one of many processes, on many hosts, that render the jobs of every run
+submitted to the shared PostgreSQL.
+
+The queue (bridge.queue, procrastinate) hands this process one ready job at a time, up to
+`worker_jobs` at once. Each is run by the same Scheduler and Executor as `bridge run` — on
+a one-job plan whose dependencies are given as already finished, their outputs read from
+the asset rows — so quality retries, transient retries, timeouts, resume and records are
+exactly those of a single-process run. What is particular to workers is here: the job row
+is claimed first (a dead worker's row is taken over, a live one's left alone), a server is
+chosen among those with the job's models by how much of the job it already has cached, a
+global slot on it is held for the prompt's life, and when the job ends the jobs it unblocked
+are queued and a run whose jobs all ended is finished (manifest, run row, webhook).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import socket
+import tempfile
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import networkx as nx
+import procrastinate
+from procrastinate.worker import Worker as QueueWorker
+
+from bridge import affinity, farm_runs, preflight, queue
+from bridge.backends.base import Backend
+from bridge.backends.pool import ServerPool
+from bridge.db import farm
+from bridge.db.store import Store
+from bridge.errors import ConfigError, PreflightError
+from bridge.execute import Executor
+from bridge.plan import Job
+from bridge.record import Recorder
+from bridge.runner import Runner
+from bridge.scheduler import Policy, Scheduler
+from bridge.settings import Settings
+from bridge.states import JobState
+from bridge.webhooks import Notifier, hooks_from_spec
+
+log = logging.getLogger(__name__)
+
+SLOT_POLL = (0.05, 0.25)  # seconds between tries for a busy server's slot (jittered)
+
+
+def check_output_path(root: Path) -> None:
+    """Workers share OUTPUT_PATH (an NFS mount, say): fail at start, not at the first job."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=root, prefix=".bridge-worker-", delete=True) as fh:
+            fh.write(b"ok")
+            fh.flush()
+    except OSError as exc:
+        raise ConfigError(
+            f"OUTPUT_PATH {root} is not writable from this worker ({exc.strerror}); every "
+            "worker needs the same shared, writable OUTPUT_PATH"
+        ) from None
+
+
+@dataclass
+class _Ran:
+    """What a worker knows of a server: its object_info, for per-job preflight."""
+
+    backend: Backend
+    object_info: Mapping[str, Any]
+
+
+class Worker:
+    def __init__(self, settings: Settings, *, environ: Mapping[str, str], name: str = "") -> None:
+        self.settings = settings
+        self.environ = dict(environ)
+        self.name = name or f"{socket.gethostname()}:{os.getpid()}"
+        self.store = Store(settings.database)
+        self.engine = self.store.engine
+        self.app = queue.app_for(settings.database)
+        self.webhooks = Notifier()
+        self.runs = farm_runs.Runs(self.store, settings.output_path, self.environ, self.webhooks)
+        self.servers: dict[str, _Ran] = {}
+        self.pool: ServerPool | None = None
+        self.queue_worker: QueueWorker | None = None
+        self._eligible: dict[str, tuple[str, ...]] = {}
+
+    async def run(self) -> None:
+        """Serve jobs until cancelled (SIGTERM/SIGINT stop it after the jobs in hand)."""
+        check_output_path(self.settings.output_path)
+        runner = Runner(self.settings, store=self.store, notify=log.warning, detach=True)
+        self.pool = await runner.backend()
+        for backend in self.pool.healthy():
+            info = await backend.object_info() if not runner.preview else {}
+            self.servers[backend.name] = _Ran(backend, info)
+        await asyncio.to_thread(
+            farm.ensure_slots, self.engine, {b.name: b.slots for b in self.pool.backends}
+        )
+        s = self.settings
+        self.app.task(name=queue.TASK, pass_context=True)(self._task)
+        try:
+            async with self.app.open_async():
+                await queue.ensure_schema(self.app, self.engine)
+                self.queue_worker = QueueWorker(
+                    app=self.app,
+                    name=self.name,
+                    concurrency=s.worker_jobs,
+                    install_signal_handlers=False,
+                    update_heartbeat_interval=max(0.2, s.lease_seconds / 4),
+                    stalled_worker_timeout=s.lease_seconds,
+                    fetch_job_polling_interval=max(0.2, min(5.0, s.lease_seconds / 2)),
+                    delete_jobs="successful",
+                )
+                sweeper = asyncio.create_task(self._sweep(), name="bridge sweeper")
+                try:
+                    await self.queue_worker.run()  # type: ignore[no-untyped-call]
+                finally:
+                    sweeper.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await sweeper
+                    if self.queue_worker.worker_id is not None:
+                        farm.unregister_worker(self.engine, self.queue_worker.worker_id)
+        finally:
+            await self.webhooks.drain()
+            await runner.close()
+
+    async def _sweep(self) -> None:
+        """Register this process, then hand stalled workers' jobs back and age the queue."""
+        s = self.settings
+        while self.queue_worker is None or self.queue_worker.worker_id is None:
+            await asyncio.sleep(0.05)
+        worker_id = self.queue_worker.worker_id
+        host, pid = socket.gethostname(), os.getpid()
+        await asyncio.to_thread(farm.register_worker, self.engine, worker_id, self.name, host, pid)
+        log.info("worker %s (queue id %d) serving", self.name, worker_id)
+        while True:
+            await asyncio.sleep(max(0.2, s.lease_seconds / 3))
+            try:
+                for args in await queue.requeue_stalled(self.app, s.lease_seconds):
+                    log.warning(
+                        "took over job %s of run %s", args.get("job_id"), args.get("run_id")
+                    )
+                    await asyncio.to_thread(
+                        self.store.log,
+                        args.get("run_id"),
+                        "lease_taken_over",
+                        args.get("job_id"),
+                        {"by": self.name},
+                    )
+                await asyncio.to_thread(farm.prune_workers, self.engine)
+                await queue.age(self.engine, s.aging_seconds)
+            except Exception as exc:  # the database is away: the queue worker notices too
+                log.warning("sweep failed: %s", exc)
+
+    # -- one job ---------------------------------------------------------------------------
+
+    async def _task(
+        self, context: procrastinate.JobContext, /, run_id: int, job_id: str, **_: Any
+    ) -> None:
+        worker_id = context.job.worker_id
+        assert worker_id is not None, "the queue gives every fetched job its worker"
+        lease = self.settings.lease_seconds
+        claim = await asyncio.to_thread(
+            farm.claim_job, self.engine, run_id, job_id, worker_id, lease
+        )
+        if claim is None:
+            log.debug("%s of run %d is held by a live worker", job_id, run_id)
+            return
+        ctx = await asyncio.to_thread(self.runs.get, run_id)
+        if not claim.state.finished:
+            await asyncio.to_thread(
+                self.store.log,
+                run_id,
+                "job_claimed",
+                job_id,
+                {"worker": self.name, "took_over": claim.took_over},
+            )
+            await self._run_one(ctx, ctx.plan.job(job_id), worker_id)
+        await self._advance(ctx)
+
+    async def _run_one(self, ctx: farm_runs.RunContext, job: Job, worker_id: int) -> None:
+        plan, store = ctx.plan, self.store
+        deps = tuple(plan.graph.predecessors(job.id))
+        sub = replace(
+            plan,
+            graph=plan.graph.subgraph((*deps, job.id)).copy(),
+            order=tuple(j for j in plan.order if j in {*deps, job.id}),
+        )
+        recorder = Recorder(
+            store,
+            ctx.spec,
+            plan,
+            root=self.settings.output_path,
+            hooks=hooks_from_spec(ctx.spec.webhooks, self.environ),
+            webhooks=self.webhooks,
+            detach=True,
+        )
+        recorder.run_id = ctx.run_id
+        results = await asyncio.to_thread(self.runs.results, ctx, deps)
+        resumable = await asyncio.to_thread(store.resumable, plan.project, [job.hash])
+        executor = Executor(
+            sub,
+            self._leases(ctx.run_id, job, worker_id),
+            recorder,
+            root=self.settings.output_path,
+            quality_threshold=self.settings.quality_threshold,
+            resumable=resumable,
+            detach=True,
+            notify=log.warning,
+        )
+        executor.results.update(results)
+        scheduler = Scheduler(
+            sub,
+            executor,
+            policy=Policy(max_remote=1, max_local=1, timeout=self.settings.workflow_timeout),
+            record=recorder,
+        )
+        states = await scheduler.run(dict(results))
+        if states.get(job.id) is JobState.FAILED:
+            await asyncio.to_thread(self._skip_downstream, ctx, job.id)
+
+    def _skip_downstream(self, ctx: farm_runs.RunContext, failed: str) -> None:
+        for job_id in nx.descendants(ctx.plan.graph, failed):
+            farm.skip_pending(self.engine, ctx.run_id, job_id, f"skipped: {failed} failed")
+
+    async def _advance(self, ctx: farm_runs.RunContext) -> None:
+        """Queue what the job unblocked; finish the run when nothing is left."""
+        await queue.defer_ready(
+            self.app, self.engine, ctx.run_id, ctx.plan, ctx.priority, group=self.settings.affinity
+        )
+        await asyncio.to_thread(self.runs.finish_if_done, ctx)
+
+    # -- servers ---------------------------------------------------------------------------
+
+    def _leases(self, run_id: int, job: Job, worker_id: int) -> JobLeases:
+        return JobLeases(self, run_id, job, worker_id)
+
+    def eligible(self, job: Job) -> tuple[str, ...]:
+        """The servers that have every node, model and LoRA the job's workflow names."""
+        if job.hash not in self._eligible:
+            ok = tuple(
+                name
+                for name, ran in self.servers.items()
+                if not ran.object_info or not preflight.problems([job], ran.object_info)
+            )
+            if not ok:
+                found = [
+                    f"{name}: {p}"
+                    for name, ran in self.servers.items()
+                    for p in preflight.problems([job], ran.object_info)
+                ]
+                raise PreflightError(found)
+            self._eligible[job.hash] = ok
+        return self._eligible[job.hash]
+
+
+class JobLeases:
+    """The Executor's pool for one job: a backend whose global slot this worker holds."""
+
+    def __init__(self, worker: Worker, run_id: int, job: Job, worker_id: int) -> None:
+        self.worker = worker
+        self.run_id = run_id
+        self.job = job
+        self.worker_id = worker_id
+
+    @contextlib.asynccontextmanager
+    async def lease(self, prefer: str | None = None) -> AsyncIterator[Backend]:
+        """A slot on the server the job's prompt already went to (`prefer`, a take-over),
+        else on the eligible server that has the most of the job already cached."""
+        w = self.worker
+        assert w.pool is not None
+        engine, settings = w.engine, w.settings
+        signature = affinity.signature(self.job.workflow) if self.job.kind.remote else {}
+        eligible = w.eligible(self.job)
+        while True:
+            healthy = [b.name for b in w.pool.healthy() if b.name in eligible]
+            if prefer in healthy:
+                order = [prefer]
+            elif settings.affinity:
+                last = await asyncio.to_thread(farm.signatures, engine)
+                order = sorted(healthy, key=lambda n: -affinity.overlap(last.get(n, {}), signature))
+            else:
+                order = list(healthy)
+                random.shuffle(order)
+            slot = await asyncio.to_thread(
+                farm.claim_slot,
+                engine,
+                order,
+                worker_id=self.worker_id,
+                run_id=self.run_id,
+                job_id=self.job.id,
+                lease=settings.lease_seconds,
+            )
+            if slot is not None:
+                break
+            await asyncio.sleep(random.uniform(*SLOT_POLL))
+        try:
+            last = await asyncio.to_thread(farm.signatures, engine)
+            had = affinity.overlap(last.get(slot.server, {}), signature)
+            switched = bool(signature) and had < sum(signature.values())
+            await asyncio.to_thread(farm.ran, engine, slot.server, signature, switched)
+            yield w.servers[slot.server].backend
+        finally:
+            await asyncio.shield(asyncio.to_thread(farm.release_slot, engine, slot))
+
+
+async def serve(settings: Settings, environ: Mapping[str, str], name: str = "") -> None:
+    worker = Worker(settings, environ=environ, name=name)
+    try:
+        await worker.run()
+    finally:
+        worker.store.close()
+
+
+__all__ = ["JobLeases", "Worker", "check_output_path", "serve"]
