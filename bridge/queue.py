@@ -79,7 +79,8 @@ async def ensure_schema(app: procrastinate.App, engine: Engine) -> None:
             conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": SCHEMA_LOCK})
             exists = conn.execute(text("SELECT to_regclass('procrastinate_jobs')")).scalar()
             if exists is None:
-                conn.exec_driver_sql(app.schema_manager.get_schema())
+                # the raw cursor: the schema's own % signs are not placeholders
+                conn.connection.cursor().execute(app.schema_manager.get_schema())
     except ProgrammingError:
         if not farm.queue_exists(engine):  # not a lost race with another worker
             raise

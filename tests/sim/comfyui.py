@@ -682,6 +682,7 @@ class Simulator:
             },
         }
         self.executed.append(pid)
+        self.running = None  # like PromptQueue.task_done: off the queue as history is written
         await self._status()
         await self._send("executing", {"node": None, "prompt_id": pid}, sid)
 

@@ -1,0 +1,308 @@
+"""Workers on one PostgreSQL: real `bridge worker` processes, simulator processes as the
+servers, `bridge submit` to hand them runs. Short jobs and a 2 s lease keep them fast."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import PG_ADMIN, process_env
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = [pytest.mark.slow, pytest.mark.postgres]
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    psycopg = pytest.importorskip("psycopg")
+    try:
+        admin = psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=3)
+    except psycopg.OperationalError as exc:
+        if os.environ.get("BRIDGE_REQUIRE_POSTGRES"):
+            pytest.fail(f"PostgreSQL is not reachable: {exc}")
+        pytest.skip(f"PostgreSQL is not reachable: {exc}")
+    name = f"bridge_workers_{uuid.uuid4().hex[:10]}"
+    with admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+        try:
+            yield f"postgresql://postgres@127.0.0.1:5432/{name}"
+        finally:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def sims() -> Iterator[Callable[..., list[str]]]:
+    procs: list[subprocess.Popen[str]] = []
+
+    def start(count: int, job_seconds: float = 0.2, switch_seconds: float = 0.0) -> list[str]:
+        urls = []
+        for _ in range(count):
+            proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "tests.sim.comfyui",
+                    "--port",
+                    "0",
+                    "--job-seconds",
+                    str(job_seconds),
+                    "--switch-seconds",
+                    str(switch_seconds),
+                ],
+                cwd=ROOT,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            procs.append(proc)
+            assert proc.stdout is not None
+            line = proc.stdout.readline().strip()
+            assert line.startswith("listening on "), line
+            urls.append(line.removeprefix("listening on "))
+        return urls
+
+    yield start
+    for proc in procs:
+        proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        proc.wait(timeout=10)
+
+
+class Farm:
+    """Worker processes sharing one database, output folder and set of servers."""
+
+    def __init__(self, tmp_path: Path, env: dict[str, str]) -> None:
+        self.tmp_path = tmp_path
+        self.env = env
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(self, name: str) -> None:
+        log = (self.tmp_path / f"{name}.log").open("ab")
+        self.procs[name] = subprocess.Popen(
+            [sys.executable, "-m", "bridge", "worker", "--name", name],
+            cwd=ROOT,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def kill(self, name: str) -> None:
+        self.procs[name].send_signal(signal.SIGKILL)
+        self.procs[name].wait(timeout=10)
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+    def bridge(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "bridge", *args],
+            cwd=ROOT,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+
+@pytest.fixture
+def farm_factory(tmp_path: Path, pg_url: str) -> Iterator[Callable[..., Farm]]:
+    farms: list[Farm] = []
+
+    def make(urls: list[str], **extra: str) -> Farm:
+        env = process_env(
+            tmp_path,
+            DATABASE_URL=pg_url,
+            COMFYUI_URL=",".join(urls),
+            BRIDGE_LEASE_SECONDS="2",
+            LOG_LEVEL="INFO",
+            **extra,
+        )
+        farm = Farm(tmp_path, env)
+        farms.append(farm)
+        return farm
+
+    yield make
+    for farm in farms:
+        farm.stop()
+
+
+def sim_state(url: str) -> dict:
+    with urllib.request.urlopen(f"{url}/_sim", timeout=5) as resp:
+        return json.load(resp)
+
+
+def db_rows(url: str, query: str, *params: object) -> list[tuple]:
+    import psycopg
+
+    with psycopg.connect(url) as conn:
+        return list(conn.execute(query, params).fetchall())
+
+
+def wait_run(url: str, run_id: int, timeout: float) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = db_rows(url, "SELECT status FROM runs WHERE id = %s", run_id)[0][0]
+        if status != "running":
+            return status
+        time.sleep(0.3)
+    raise AssertionError(f"run {run_id} still running after {timeout} s")
+
+
+def start_png(tmp_path: Path) -> None:
+    subprocess.run(
+        ["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc2=s=64x48", "-frames:v", "1"]
+        + [str(tmp_path / "start.png")],
+        check=True,
+    )
+
+
+def chain_spec(tmp_path: Path, scenes: int = 10) -> Path:
+    """Per scene: three shots chained by continue_from (3 renders, 2 last-frame jobs, one
+    assembly), and the project's assembly: 6 × scenes + 1 jobs."""
+    start_png(tmp_path)
+    lines = [
+        "version: 1",
+        "project: {id: farm, title: Farm}",
+        "defaults: {preset: draft, fps: 16, motion: wan-i2v, duration: 8f}",
+        "scenes:",
+    ]
+    for n in range(scenes):
+        lines += [
+            f"  - id: c{n:02d}",
+            "    shots:",
+            f"      - {{id: s01, start_image: start.png, action: 'walks {n}',"
+            " params: {width: 64, height: 64}}",
+            f"      - {{id: s02, continue_from: s01, action: 'turns {n}',"
+            " params: {width: 64, height: 64}}",
+            f"      - {{id: s03, continue_from: s02, action: 'waves {n}',"
+            " params: {width: 64, height: 64}}",
+        ]
+    path = tmp_path / "farm.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def flat_spec(tmp_path: Path, shots: int, project: str, priority: str | None = None) -> Path:
+    """`shots` independent core-smoke shots, no assembly: one job each."""
+    lines = [
+        "version: 1",
+        f"project: {{id: {project}, title: {project}}}",
+        *([f"priority: {priority}"] if priority else []),
+        "defaults: {preset: draft, fps: 8, motion: core-smoke, duration: 4f}",
+        "outputs: {assemble: false, report: false}",
+        "scenes:",
+        "  - id: all",
+        "    shots:",
+    ]
+    lines += [
+        f"      - {{id: s{i:03d}, action: 'shot {i}', params: {{width: 64, height: 64}}}}"
+        for i in range(shots)
+    ]
+    path = tmp_path / f"{project}.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_kill_9_workers_at_random_loses_and_duplicates_nothing(
+    tmp_path: Path, sims: Callable[..., list[str]], farm_factory: Callable[..., Farm], pg_url: str
+) -> None:
+    urls = sims(3, job_seconds=0.3)
+    farm = farm_factory(urls, BRIDGE_WORKER_JOBS="3", MAX_CONCURRENT_JOBS="6")
+    names = ["w1", "w2", "w3"]
+    for name in names:
+        farm.start(name)
+    spec = chain_spec(tmp_path)
+    done = farm.bridge("submit", str(spec))
+    assert done.returncode == 0, done.stderr
+    run_id = int(done.stdout.strip())
+    rng = random.Random(13)
+    for _ in range(5):
+        time.sleep(rng.uniform(0.5, 2.5))
+        victim = rng.choice(names)
+        farm.kill(victim)
+        farm.start(victim)
+    assert wait_run(pg_url, run_id, timeout=150) == "succeeded"
+
+    jobs = db_rows(pg_url, "SELECT job_id, state, prompt_id FROM jobs WHERE run_id = %s", run_id)
+    assert len(jobs) == 61
+    assert {state for _, state, _ in jobs} == {"succeeded"}
+    posted = [p for url in urls for p in sim_state(url)["posted"]]
+    assert len(posted) == len(set(posted)), "a prompt_id was posted twice"
+    renders = {p for job, _, p in jobs if job.startswith("render:")}
+    assert set(posted) == renders  # every render's final prompt, and nothing else
+    manifest = json.loads((tmp_path / "out" / "farm" / "manifest.json").read_text())
+    assert manifest["run"]["status"] == "succeeded"
+    for job in manifest["jobs"]:
+        assert job["outputs"], job["id"]
+        assert (tmp_path / "out" / "farm" / job["outputs"][0]["path"]).is_file()
+    takeovers = db_rows(
+        pg_url,
+        "SELECT count(*) FROM events WHERE kind = 'job_claimed' AND data::text LIKE '%%\"took_over\": true%%'",
+    )
+    assert takeovers[0][0] >= 1, "no job was ever taken over from a killed worker"
+
+
+def test_server_limits_hold_across_four_workers(
+    tmp_path: Path, sims: Callable[..., list[str]], farm_factory: Callable[..., Farm], pg_url: str
+) -> None:
+    urls = sims(2, job_seconds=0.2)
+    farm = farm_factory(urls, BRIDGE_WORKER_JOBS="4", MAX_CONCURRENT_JOBS="4")  # 2 per server
+    for name in ("w1", "w2", "w3", "w4"):
+        farm.start(name)
+    done = farm.bridge("submit", str(flat_spec(tmp_path, 24, "limits")), "--wait")
+    assert done.returncode == 0, done.stdout + done.stderr
+    loads = [sim_state(url)["max_load"] for url in urls]
+    assert max(loads) <= 2, loads
+    assert sum(len(sim_state(url)["posted"]) for url in urls) == 24
+
+
+def test_a_high_run_overtakes_a_long_normal_run(
+    tmp_path: Path, sims: Callable[..., list[str]], farm_factory: Callable[..., Farm], pg_url: str
+) -> None:
+    urls = sims(2, job_seconds=0.1)
+    farm = farm_factory(urls, BRIDGE_WORKER_JOBS="2", MAX_CONCURRENT_JOBS="2")
+    for name in ("w1", "w2"):
+        farm.start(name)
+    normal = farm.bridge("submit", str(flat_spec(tmp_path, 200, "long")))
+    assert normal.returncode == 0, normal.stderr
+    normal_id = int(normal.stdout)
+    while not db_rows(
+        pg_url, "SELECT 1 FROM jobs WHERE run_id = %s AND state = 'succeeded'", normal_id
+    ):
+        time.sleep(0.2)
+    high = farm.bridge("submit", str(flat_spec(tmp_path, 3, "urgent")), "--priority", "high")
+    assert high.returncode == 0, high.stderr
+    high_id = int(high.stdout)
+    submitted = db_rows(pg_url, "SELECT started_at FROM runs WHERE id = %s", high_id)[0][0]
+    assert wait_run(pg_url, high_id, timeout=60) == "succeeded"
+    first = db_rows(pg_url, "SELECT min(started_at) FROM jobs WHERE run_id = %s", high_id)[0][0]
+    overtaken = db_rows(
+        pg_url,
+        "SELECT count(*) FROM jobs WHERE run_id = %s AND started_at > %s AND started_at < %s",
+        normal_id,
+        submitted,
+        first,
+    )[0][0]
+    # at most the jobs the two workers already held when it arrived start before it
+    assert overtaken <= 4, overtaken
+    remaining = db_rows(
+        pg_url, "SELECT count(*) FROM jobs WHERE run_id = %s AND state = 'pending'", normal_id
+    )[0][0]
+    assert remaining > 0, "the normal run ended first: the test proved nothing"
