@@ -167,8 +167,10 @@ def wait_run(url: str, run_id: int, timeout: float) -> str:
 
 def start_png(tmp_path: Path) -> None:
     subprocess.run(
-        ["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc2=s=64x48", "-frames:v", "1"]
-        + [str(tmp_path / "start.png")],
+        [
+            *("ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc2=s=64x48", "-frames:v", "1"),
+            str(tmp_path / "start.png"),
+        ],
         check=True,
     )
 
