@@ -22,6 +22,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from bridge.masking import mask_text
+
 
 @dataclass(frozen=True, slots=True)
 class Location:
@@ -45,6 +47,7 @@ class BridgeError(Exception):
     """Base of every error bridge raises on purpose; the message says what to do next."""
 
     def __init__(self, message: str, where: Location | None = None) -> None:
+        message = mask_text(message)  # messages reach logs, the database and webhooks
         super().__init__(message)
         self.message = message
         self.where = where

@@ -11,11 +11,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import quote
 
 import yaml
 
 from bridge.errors import ConfigError
+from bridge.masking import mask_url
 
 COMFYUI_URL = "COMFYUI_URL"
 MAX_CONCURRENT_JOBS = "MAX_CONCURRENT_JOBS"
@@ -56,7 +57,7 @@ class Settings:
     def public(self) -> dict[str, Any]:
         """The settings with secrets removed, for logs, manifests and the database."""
         return {
-            "comfyui_urls": list(self.comfyui_urls),
+            "comfyui_urls": [mask_url(u) for u in self.comfyui_urls],
             "max_concurrent_jobs": self.max_concurrent_jobs,
             "workflow_timeout": self.workflow_timeout,
             "quality_threshold": self.quality_threshold,
@@ -65,19 +66,6 @@ class Settings:
             "database": mask_url(self.database),
             "backend": self.backend,
         }
-
-
-def mask_url(url: str) -> str:
-    """The URL with any password replaced by ***."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparseable url>"
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
 
 
 _ENV = {

@@ -29,7 +29,7 @@ from bridge.backends.base import Attempt, Outcome, Progress, ProgressFn
 from bridge.errors import PermanentBackendError, TransientBackendError
 from bridge.hashing import file_digest
 from bridge.paths import PathEscape, safe_relative
-from bridge.settings import mask_url
+from bridge.masking import mask_url
 
 log = logging.getLogger(__name__)
 

@@ -33,7 +33,7 @@ from bridge.db.models import (
 )
 from bridge.errors import ConfigError
 from bridge.plan import Job
-from bridge.settings import mask_url
+from bridge.masking import mask_url
 from bridge.spec.model import Spec
 
 UNFINISHED = ("pending", "submitted", "running")
