@@ -32,8 +32,8 @@ from bridge.db.models import (
     utcnow,
 )
 from bridge.errors import ConfigError
-from bridge.plan import Job
 from bridge.masking import mask_url
+from bridge.plan import Job
 from bridge.spec.model import Spec
 
 UNFINISHED = ("pending", "submitted", "running")
