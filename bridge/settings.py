@@ -29,11 +29,15 @@ LOG_LEVEL = "LOG_LEVEL"
 BRIDGE_BACKEND = "BRIDGE_BACKEND"
 BRIDGE_API_TOKEN = "BRIDGE_API_TOKEN"
 BRIDGE_CONFIG = "BRIDGE_CONFIG"
+BRIDGE_WAIT_FOR_SERVER = "BRIDGE_WAIT_FOR_SERVER"
+MAX_JOBS_PER_SPEC = "MAX_JOBS_PER_SPEC"
 
 DEFAULT_MAX_CONCURRENT_JOBS = 3
 DEFAULT_WORKFLOW_TIMEOUT = 900.0
 DEFAULT_QUALITY_THRESHOLD = 0.7
 DEFAULT_OUTPUT_PATH = Path("output")
+DEFAULT_WAIT_FOR_SERVER = 4 * 3600.0
+DEFAULT_MAX_JOBS_PER_SPEC = 5000
 BACKENDS = ("auto", "comfyui", "preview")
 
 
@@ -49,6 +53,8 @@ class Settings:
     log_level: str = "WARNING"
     backend: str = "auto"  # auto: ComfyUI when one answers, else the preview animatic
     api_token: str | None = field(default=None, repr=False)
+    wait_for_server: float = DEFAULT_WAIT_FOR_SERVER  # watch: how long a spec waits for ComfyUI
+    max_jobs_per_spec: int = DEFAULT_MAX_JOBS_PER_SPEC  # serve: larger plans get a 422
 
     @property
     def database(self) -> str:
@@ -65,6 +71,8 @@ class Settings:
             "output_path": str(self.output_path),
             "database": mask_url(self.database),
             "backend": self.backend,
+            "wait_for_server": self.wait_for_server,
+            "max_jobs_per_spec": self.max_jobs_per_spec,
         }
 
 
@@ -79,6 +87,8 @@ _ENV = {
     "log_level": LOG_LEVEL,
     "backend": BRIDGE_BACKEND,
     "api_token": BRIDGE_API_TOKEN,
+    "wait_for_server": BRIDGE_WAIT_FOR_SERVER,
+    "max_jobs_per_spec": MAX_JOBS_PER_SPEC,
 }
 
 
@@ -167,6 +177,16 @@ def _coerce(name: str, raw: Any, source: str) -> Any:
             if not timeout > 0:
                 raise bad("a number of seconds above 0")
             return timeout
+        if name == "wait_for_server":
+            wait = float(str(raw))
+            if not wait >= 0:
+                raise bad("a number of seconds, 0 or more")
+            return wait
+        if name == "max_jobs_per_spec":
+            cap = int(str(raw))
+            if cap < 1:
+                raise bad("a whole number above 0")
+            return cap
         if name == "quality_threshold":
             threshold = float(str(raw))
             if not 0 <= threshold <= 1:
@@ -189,5 +209,7 @@ def _coerce(name: str, raw: Any, source: str) -> Any:
             "max_concurrent_jobs": "a whole number",
             "workflow_timeout": "a number of seconds",
             "quality_threshold": "a number from 0 to 1",
+            "wait_for_server": "a number of seconds",
+            "max_jobs_per_spec": "a whole number",
         }.get(name, "a valid value")
         raise bad(expected) from None

@@ -97,6 +97,8 @@ class Store:
             project.negative = spec.project.negative
             project.spec_file = spec.file
             project.revision = spec.revision
+            project.spec_text = spec.text
+            project.spec_folder = str(spec.folder)
             project.updated_at = utcnow()
             s.add(project)
             s.flush()

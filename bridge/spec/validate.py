@@ -8,6 +8,7 @@ always run and their errors are reported together, so a user fixes a spec in one
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import functools
 import hashlib
@@ -81,7 +82,8 @@ def validate(doc: Document) -> Spec:
     if checker.errors:
         raise SpecErrors(checker.errors)
     revision = hashlib.sha256(doc.text.encode()).hexdigest()
-    return build(doc.data, doc.file, doc.folder, revision, checker.templates)
+    spec = build(doc.data, doc.file, doc.folder, revision, checker.templates)
+    return dataclasses.replace(spec, text=doc.text)
 
 
 def display_path(pointer: str) -> str:
