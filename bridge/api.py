@@ -4,33 +4,42 @@ Thin by design: requests are checked, turned into a spec and a selection, and ha
 the one Runner the process owns (one pool, one global job limit for every request). Run
 state is read back from the job store, so what the API says is what the CLI's `status`
 says. Documented in schemas/openapi.json.
+
+The event loop only routes: parsing, validating and compiling a spec run in a small thread
+pool, store reads in threads, and the dependencies (database, ComfyUI) are probed in the
+background, so /api/health answers at once from the last probe whatever else is going on.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import hmac
 import ipaddress
 import logging
+import re
+import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, replace
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeVar
 
 import orjson
 from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
-from bridge import console
+from bridge import console, outputs
 from bridge.compile import compile_plan
 from bridge.db.models import JobRecord, Project, Run, Scene
 from bridge.errors import BridgeError, ConfigError, SpecErrors
+from bridge.masking import mask_url
+from bridge.plan import Plan
 from bridge.presets import PRESETS
 from bridge.runner import Runner, Selection
-from bridge.spec.load import load_bytes
+from bridge.spec.load import load_bytes, load_text
 from bridge.spec.model import Spec
-from bridge.spec.validate import load_spec, validate
+from bridge.spec.validate import validate
 from bridge.templates import bundled
 from bridge.webhooks import Hook
 
@@ -38,7 +47,23 @@ log = logging.getLogger(__name__)
 
 MAX_BODY = 1024 * 1024
 RUN_STATES = ("running", "succeeded", "failed", "cancelled", "interrupted")
+PRIORITIES = ("low", "normal", "high", "urgent")  # the old system's words; integers too
+RUN_ID = re.compile(r"[0-9]{1,18}")  # ASCII digits only: no '+1', '1_0' or other scripts
+PROBE_INTERVAL = 2.0
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+T = TypeVar("T")
+
+
+class Conflict(BridgeError):
+    """The request clashes with the current state (a run under way, an ambiguous id)."""
+
+    def __init__(self, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.details = details
+
+
+class TooLarge(BridgeError):
+    """The spec compiles to more jobs than MAX_JOBS_PER_SPEC allows."""
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -63,12 +88,21 @@ def check_exposure(host: str, token: str | None) -> None:
 
 
 class Api:
-    def __init__(self, runner: Runner, token: str | None = None) -> None:
+    def __init__(self, runner: Runner, token: str | None = None, *, workers: int = 2) -> None:
         self.runner = runner
         self.store = runner.store
         self.token = token
         self.tasks: dict[int, asyncio.Task[Any]] = {}
-        self.spec_dir = runner.settings.output_path / ".api-specs"
+        self.rendering: dict[str, int | None] = {}  # project → its run (None while starting)
+        # Bounded: a burst of big specs queues here instead of starving the process.
+        self.cpu = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="bridge-api")
+        self.deps: dict[str, dict[str, Any]] = {}
+        self.node_info: dict[str, tuple[int, list[str], float]] = {}  # name → classes, loras, at
+        self._probe: asyncio.Task[None] | None = None
+
+    async def off_loop(self, fn: Callable[..., T], *args: Any) -> T:
+        """CPU-bound work (parse, validate, compile) in the bounded pool."""
+        return await asyncio.get_running_loop().run_in_executor(self.cpu, fn, *args)
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=MAX_BODY, middlewares=[self._errors, self._auth])
@@ -82,6 +116,7 @@ class Api:
         r.add_get("/api/jobs", self.jobs)
         r.add_get("/api/runs/{run_id}", self.run_detail)
         r.add_get("/metrics", self.metrics)
+        app.on_startup.append(self._start_probe)
         app.on_cleanup.append(self._cleanup)
         return app
 
@@ -90,9 +125,9 @@ class Api:
     @web.middleware
     async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         if self.token and request.path != "/api/health":
-            given = request.headers.get("Authorization", "")
-            expected = f"Bearer {self.token}"
-            if not hmac.compare_digest(given.encode(), expected.encode()):
+            scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+            matches = hmac.compare_digest(given.strip().encode(), self.token.encode())
+            if scheme.lower() != "bearer" or not matches:  # the scheme is case-insensitive
                 return _problem(401, "missing or wrong bearer token")
         return await handler(request)
 
@@ -104,12 +139,19 @@ class Api:
             if exc.status == 413:
                 return _problem(413, f"request body is larger than {MAX_BODY} bytes")
             if exc.status >= 400:
-                return _problem(exc.status, exc.reason)
+                response = _problem(exc.status, exc.reason)
+                if "Allow" in exc.headers:
+                    response.headers["Allow"] = exc.headers["Allow"]
+                return response
             raise
         except SpecErrors as exc:
             return _problem(
                 422, "the spec has errors", errors=[console.error_record(e) for e in exc.errors]
             )
+        except TooLarge as exc:
+            return _problem(422, exc.message)
+        except Conflict as exc:
+            return _problem(409, exc.message, **exc.details)
         except BridgeError as exc:
             return _problem(400, exc.message)
         except Exception:
@@ -117,47 +159,107 @@ class Api:
             return _problem(500, "internal error; see the server log")
 
     async def _cleanup(self, app: web.Application) -> None:
+        if self._probe is not None:
+            self._probe.cancel()
         for task in self.tasks.values():
             task.cancel()
         await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+        self.cpu.shutdown(wait=False, cancel_futures=True)
+
+    # -- dependencies, probed in the background ------------------------------------------
+
+    async def _start_probe(self, app: web.Application) -> None:
+        await self.probe()
+        self._probe = asyncio.create_task(self._probe_forever(), name="api health")
+
+    async def _probe_forever(self) -> None:
+        while True:
+            await asyncio.sleep(PROBE_INTERVAL)
+            await self.probe()
+
+    async def probe(self) -> None:
+        """Check the database and the render servers once; health reports the result."""
+        self.deps["database"] = await self._probe_database()
+        self.deps["comfyui"] = await self._probe_servers()
+
+    async def _probe_database(self) -> dict[str, Any]:
+        from sqlalchemy import text
+
+        def ping() -> None:
+            with self.store.session() as s:
+                s.exec(text("SELECT 1"))  # type: ignore[call-overload]
+
+        try:
+            await asyncio.wait_for(asyncio.to_thread(ping), 10)
+        except Exception as exc:  # any failure means the same to a client: down
+            return {"up": False, "error": str(BridgeError(str(exc).splitlines()[0]))}
+        return {"up": True}
+
+    async def _probe_servers(self) -> dict[str, Any]:
+        """Starts the pool when it is not up yet, so serve starts without ComfyUI."""
+        if self.runner.pool is None:
+            try:
+                await self.runner.backend()
+            except ConfigError as exc:
+                return {"up": False, "needed": True, "error": exc.message}
+        pool = self.runner.pool
+        assert pool is not None
+        if self.runner.preview:
+            return {"up": True, "needed": False, "backend": "preview"}
+        healthy = pool.healthy()
+        for backend in healthy:
+            await self._remember_nodes(backend)
+        return {"up": bool(healthy), "needed": True}
+
+    async def _remember_nodes(self, backend: Any) -> None:
+        from bridge import preflight
+
+        try:
+            info = await backend.object_info()
+        except BridgeError:
+            return
+        loras = preflight.combo_options(
+            info.get("LoraLoader", {}).get("input", {}).get("required", {}).get("lora_name")
+        )
+        self.node_info[backend.name] = (len(info), list(loras or []), time.time())
+
+    def _servers(self) -> list[dict[str, Any]]:
+        pool = self.runner.pool
+        if pool is None:
+            urls = self.runner.settings.comfyui_urls
+            return [{"name": mask_url(u), "healthy": False} for u in urls]
+        return [
+            {"name": b.name, "healthy": bool(getattr(b, "healthy", True))} for b in pool.backends
+        ]
 
     # -- reading -------------------------------------------------------------------------
 
     async def health(self, request: web.Request) -> web.Response:
-        pool = self.runner.pool
-        servers = [
-            {"name": b.name, "healthy": bool(getattr(b, "healthy", True))}
-            for b in (pool.backends if pool else [])
-        ]
+        """`ok` (200) when every needed dependency answered the last probe, else `degraded`
+        (503) with each one's state; answered from memory, never waiting on a dependency."""
+        deps = {name: dict(state) for name, state in self.deps.items()}
+        ok = all(d["up"] or not d.get("needed", True) for d in deps.values()) and bool(deps)
         return _json(
             {
-                "status": "ok",
+                "status": "ok" if ok else "degraded",
                 "backend": "preview" if self.runner.preview else "comfyui",
-                "servers": servers,
+                "dependencies": deps,
+                "servers": self._servers(),
                 "running": len(self.tasks),
-            }
+            },
+            200 if ok else 503,
         )
 
     async def capabilities(self, request: web.Request) -> web.Response:
-        from bridge import preflight
-
-        pool = await self.runner.backend()
+        """Node data comes from the last successful probe; from a server that is down now it
+        is marked stale, with its age."""
         servers = []
-        for b in pool.backends:
-            entry: dict[str, Any] = {"name": b.name, "healthy": bool(getattr(b, "healthy", True))}
-            if entry["healthy"] and not self.runner.preview:
-                try:
-                    info = await b.object_info()
-                except BridgeError as exc:
-                    entry["error"] = exc.message
-                else:
-                    loras = preflight.combo_options(
-                        info.get("LoraLoader", {})
-                        .get("input", {})
-                        .get("required", {})
-                        .get("lora_name")
-                    )
-                    entry.update(node_classes=len(info), loras=loras or [])
+        for entry in self._servers():
+            known = self.node_info.get(entry["name"])
+            if known is not None and not self.runner.preview:
+                classes, loras, at = known
+                entry.update(node_classes=classes, loras=loras)
+                entry.update(stale=not entry["healthy"], age_seconds=round(time.time() - at, 1))
             servers.append(entry)
         return _json(
             {
@@ -169,16 +271,12 @@ class Api:
             }
         )
 
-    def _run_or_404(self, raw: str) -> Run:
-        try:
-            run_id = int(raw)
-        except ValueError:
-            raise web.HTTPNotFound(reason=f"no run {raw!r}") from None
-        if not 0 < run_id < 2**63:
-            raise web.HTTPNotFound(reason=f"no run {raw!r}")
-        run = self.store.run(run_id)
+    async def _run_or_404(self, raw: str) -> Run:
+        if not RUN_ID.fullmatch(raw) or int(raw) == 0:
+            raise web.HTTPNotFound(reason=f"no run {raw!r}: run ids are whole numbers from 1")
+        run = await asyncio.to_thread(self.store.run, int(raw))
         if run is None:
-            raise web.HTTPNotFound(reason=f"no run {run_id}")
+            raise web.HTTPNotFound(reason=f"no run {int(raw)}")
         return run
 
     def _run_view(self, run: Run) -> dict[str, Any]:
@@ -199,54 +297,83 @@ class Api:
         }
 
     async def status(self, request: web.Request) -> web.Response:
-        return _json(self._run_view(self._run_or_404(request.match_info["job_id"])))
+        run = await self._run_or_404(request.match_info["job_id"])
+        return _json(await asyncio.to_thread(self._run_view, run))
 
     async def run_detail(self, request: web.Request) -> web.Response:
-        run = self._run_or_404(request.match_info["run_id"])
-        view = self._run_view(run)
-        view["jobs"] = [_job_view(j) for j in self.store.jobs(run.id or 0)]
-        return _json(view)
+        run = await self._run_or_404(request.match_info["run_id"])
+
+        def view() -> dict[str, Any]:
+            out = self._run_view(run)
+            out["jobs"] = [_job_view(j) for j in self.store.jobs(run.id or 0)]
+            return out
+
+        return _json(await asyncio.to_thread(view))
 
     async def jobs(self, request: web.Request) -> web.Response:
         status = request.query.get("status")
         if status is not None and status not in RUN_STATES:
             return _problem(400, f"status must be one of {', '.join(RUN_STATES)}")
-        try:
-            limit = int(request.query.get("limit", "50"))
-        except ValueError:
-            return _problem(400, "limit must be a whole number")
-        if not 1 <= limit <= 500:
-            return _problem(400, "limit must be from 1 to 500")
-        runs = self.store.runs(limit=500 if status else limit)
-        if status:
-            runs = [r for r in runs if r.status == status][:limit]
-        return _json({"jobs": [self._run_view(r) for r in runs]})
+        raw = request.query.get("limit", "50")
+        if not re.fullmatch(r"[0-9]{1,3}", raw) or not 1 <= int(raw) <= 500:
+            return _problem(400, "limit must be a whole number from 1 to 500")
+        limit = int(raw)
+
+        def view() -> list[dict[str, Any]]:
+            runs = self.store.runs(limit=500 if status else limit)
+            if status:
+                runs = [r for r in runs if r.status == status][:limit]
+            return [self._run_view(r) for r in runs]
+
+        return _json({"jobs": await asyncio.to_thread(view)})
 
     async def metrics(self, request: web.Request) -> web.Response:
         registry = CollectorRegistry()
         registry.register(_Collector(self))
-        return web.Response(body=generate_latest(registry), content_type="text/plain")
+        body = await asyncio.to_thread(generate_latest, registry)
+        return web.Response(body=body, content_type="text/plain")
 
     # -- starting runs -------------------------------------------------------------------
 
+    async def _body(self, request: web.Request) -> bytes:
+        """The body, decoded; a body that claims an encoding it does not have is a 400."""
+        try:
+            return await request.read()
+        except web.HTTPException:
+            raise
+        except Exception as exc:  # aiohttp's decoders raise several types for bad input
+            raise BridgeError(f"the body could not be decoded: {type(exc).__name__}") from None
+
     async def post_spec(self, request: web.Request) -> web.Response:
-        raw = await request.read()
+        raw = await self._body(request)
         if not raw.strip():
             return _problem(400, "send the spec's YAML as the request body")
-        digest = hashlib.sha256(raw).hexdigest()[:16]
-        self.spec_dir.mkdir(parents=True, exist_ok=True)
-        path = self.spec_dir / f"{digest}.yaml"
-        doc = load_bytes(raw, str(path))
-        spec = validate(doc)  # SpecErrors → 422 with positions
-        path.write_bytes(raw)
         hooks = _hooks(request.query.get("notify_webhook"))
-        return await self._start(spec, Selection(), hooks)
+        spec, plan = await self.off_loop(self._load_posted, raw)
+        return await self._start(spec, plan, Selection(), hooks)
+
+    def _load_posted(self, raw: bytes) -> tuple[Spec, Plan]:
+        """A posted spec is kept (content-addressed) and its relative paths resolve beside
+        the kept copy; error positions name the body, never a server path."""
+        kept = outputs.keep_spec(self.runner.settings.output_path, raw, "posted.yaml")
+        spec = validate(load_bytes(raw, "posted.yaml", base=kept.parent))
+        return self._compiled(replace(spec, file=str(kept)), Selection())
+
+    def _compiled(self, spec: Spec, selection: Selection) -> tuple[Spec, Plan]:
+        plan = selection.narrow(compile_plan(spec))
+        cap = self.runner.settings.max_jobs_per_spec
+        if len(plan) > cap:
+            raise TooLarge(
+                f"the spec compiles to {len(plan):,} jobs; this server accepts at most {cap:,} "
+                "per spec (MAX_JOBS_PER_SPEC): split it or raise the limit"
+            )
+        return spec, plan
 
     async def _options(self, request: web.Request) -> tuple[str | None, list[Hook]]:
         if not request.can_read_body:
             return None, []
         try:
-            body = orjson.loads(await request.read())
+            body = orjson.loads(await self._body(request))
         except orjson.JSONDecodeError:
             raise BridgeError("the body must be JSON") from None
         if not isinstance(body, dict):
@@ -258,41 +385,89 @@ class Api:
         if preset is not None and (not isinstance(preset, str) or preset not in PRESETS):
             raise BridgeError(f"quality_preset must be one of {', '.join(PRESETS)}")
         priority = body.get("priority")
-        if priority is not None and (not isinstance(priority, int) or isinstance(priority, bool)):
-            raise BridgeError("priority must be a whole number")
+        numeric = isinstance(priority, int) and not isinstance(priority, bool)
+        if priority is not None and not numeric and priority not in PRIORITIES:
+            raise BridgeError(f"priority must be a whole number or one of {', '.join(PRIORITIES)}")
         return preset, _hooks(body.get("notify_webhook"))
 
-    def _spec_of(self, project_id: str) -> Spec:
+    def _stored_spec(self, project_id: str) -> Spec:
+        """The project's own stored text and revision, resolved against the folder it came
+        from; never a file path that may since hold another spec."""
         with self.store.session() as s:
             project = s.get(Project, project_id)
-        if project is None or not project.spec_file:
+        if project is None:
             raise web.HTTPNotFound(reason=f"no project {project_id!r}")
-        return load_spec(project.spec_file)
+        if not project.spec_text:
+            raise Conflict(f"project {project_id!r} has no stored spec; run its spec once again")
+        display = Path(project.spec_file).name or f"{project_id}.yaml"
+        spec = validate(load_text(project.spec_text, display, base=Path(project.spec_folder)))
+        if spec.revision != project.revision:
+            raise Conflict(f"project {project_id!r}: the stored spec does not match its revision")
+        return replace(spec, file=project.spec_file)
+
+    def _scene_project(self, scene_id: str, project: str | None) -> str:
+        from sqlmodel import select
+
+        with self.store.session() as s:
+            query = select(Scene.project_id).where(Scene.id == scene_id)
+            if project is not None:
+                query = query.where(Scene.project_id == project)
+            owners = sorted(s.exec(query).all())
+        if not owners:
+            where = f" in project {project!r}" if project is not None else ""
+            raise web.HTTPNotFound(reason=f"no scene {scene_id!r}{where}")
+        if len(owners) > 1:
+            raise Conflict(
+                f"scene {scene_id!r} exists in {len(owners)} projects; name one with ?project=",
+                candidates=owners,
+            )
+        return owners[0]
 
     async def generate_project(self, request: web.Request) -> web.Response:
         preset, hooks = await self._options(request)
-        spec = self._spec_of(request.match_info["project_id"])
-        return await self._start(_with_preset(spec, preset), Selection(), hooks)
+        project_id = request.match_info["project_id"]
+
+        def load() -> tuple[Spec, Plan]:
+            return self._compiled(_with_preset(self._stored_spec(project_id), preset), Selection())
+
+        spec, plan = await self.off_loop(load)
+        return await self._start(spec, plan, Selection(), hooks)
 
     async def generate_scene(self, request: web.Request) -> web.Response:
         preset, hooks = await self._options(request)
         scene_id = request.match_info["scene_id"]
-        from sqlmodel import select
+        named = request.query.get("project")
+        selection = Selection(scene_ids=(scene_id,))
 
-        with self.store.session() as s:
-            scene = s.exec(select(Scene).where(Scene.id == scene_id)).first()
-        if scene is None:
-            raise web.HTTPNotFound(reason=f"no scene {scene_id!r}")
-        spec = self._spec_of(scene.project_id)
-        return await self._start(
-            _with_preset(spec, preset), Selection(scene_ids=(scene_id,)), hooks
-        )
+        def load() -> tuple[Spec, Plan]:
+            spec = self._stored_spec(self._scene_project(scene_id, named))
+            return self._compiled(_with_preset(spec, preset), selection)
 
-    async def _start(self, spec: Spec, selection: Selection, hooks: list[Hook]) -> web.Response:
-        plan = selection.narrow(compile_plan(spec))
+        spec, plan = await self.off_loop(load)
+        return await self._start(spec, plan, selection, hooks)
+
+    async def _start(
+        self, spec: Spec, plan: Plan, selection: Selection, hooks: list[Hook]
+    ) -> web.Response:
+        """Start the run and answer with its id; a project already rendering gets a 409
+        naming the run under way (runs of one project never queue behind each other here)."""
+        if plan.project in self.rendering:
+            running = self.rendering[plan.project]
+            raise Conflict(
+                f"project {plan.project!r} is already rendering"
+                + (f" (run {running})" if running else "")
+                + "; wait for it to finish, then ask again",
+                run_id=running,
+                links={"status": f"/api/status/{running}"} if running else {},
+            )
+        if self.runner.pool is None and not self.deps.get("comfyui", {}).get("up"):
+            problem = self.deps.get("comfyui", {}).get("error", "no render server is up yet")
+            return _problem(503, f"cannot render now: {problem}")
+        self.rendering[plan.project] = None
         created: asyncio.Future[int] = asyncio.get_running_loop().create_future()
 
         def on_run(run_id: int) -> None:
+            self.rendering[plan.project] = run_id
             if not created.done():
                 created.set_result(run_id)
 
@@ -303,6 +478,8 @@ class Api:
                 if not created.done():
                     created.set_exception(exc)
                 raise
+            finally:
+                self.rendering.pop(plan.project, None)
 
         task = asyncio.create_task(go())
         run_id = await created
@@ -376,15 +553,14 @@ class _Collector:
         yield GaugeMetricFamily("bridge_queue_depth", "Prompts on the servers now", value=depth)
         yield GaugeMetricFamily("bridge_runs_active", "Runs under way", value=len(self.api.tasks))
         up = GaugeMetricFamily("bridge_server_up", "1 when the server answers", labels=["server"])
-        for b in pool.backends if pool else []:
-            up.add_metric([b.name], 1.0 if getattr(b, "healthy", True) else 0.0)
+        for server in self.api._servers():
+            up.add_metric([server["name"]], 1.0 if server["healthy"] else 0.0)
         yield up
 
 
 async def serve(runner: Runner, host: str, port: int, token: str | None) -> None:
     check_exposure(host, token)
-    await runner.backend()
-    api = Api(runner, token)
+    api = Api(runner, token)  # starts without ComfyUI; the background probe connects
     app_runner = web.AppRunner(api.app(), handle_signals=False, access_log=None)
     await app_runner.setup()
     site = web.TCPSite(app_runner, host, port)
