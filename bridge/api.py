@@ -37,7 +37,7 @@ from bridge.masking import mask_url
 from bridge.plan import Plan
 from bridge.presets import PRESETS
 from bridge.runner import Runner, Selection
-from bridge.spec.load import load_bytes, load_text
+from bridge.spec.load import load_bytes
 from bridge.spec.model import Spec
 from bridge.spec.validate import validate
 from bridge.templates import bundled
@@ -391,18 +391,26 @@ class Api:
         return preset, _hooks(body.get("notify_webhook"))
 
     def _stored_spec(self, project_id: str) -> Spec:
-        """The project's own stored text and revision, resolved against the folder it came
-        from; never a file path that may since hold another spec."""
+        """The project's own spec at its recorded revision (the watch folder's and the API's
+        content-addressed kept copy, or the file `bridge run` was given), resolved against the
+        folder it came from. A file that now holds other text is refused, never rendered."""
         with self.store.session() as s:
             project = s.get(Project, project_id)
-        if project is None:
+        if project is None or not project.spec_file:
             raise web.HTTPNotFound(reason=f"no project {project_id!r}")
-        if not project.spec_text:
-            raise Conflict(f"project {project_id!r} has no stored spec; run its spec once again")
-        display = Path(project.spec_file).name or f"{project_id}.yaml"
-        spec = validate(load_text(project.spec_text, display, base=Path(project.spec_folder)))
+        folder = Path(project.spec_folder or ".")
+        kept = Path(project.spec_file)
+        path = kept if kept.is_absolute() else folder / kept.name
+        try:
+            raw = path.read_bytes()
+        except OSError:
+            raise Conflict(f"project {project_id!r}: its spec is gone; send it again") from None
+        spec = validate(load_bytes(raw, kept.name, base=folder))
         if spec.revision != project.revision:
-            raise Conflict(f"project {project_id!r}: the stored spec does not match its revision")
+            raise Conflict(
+                f"project {project_id!r}: its spec file has changed since it was rendered; "
+                "send or drop the spec again"
+            )
         return replace(spec, file=project.spec_file)
 
     def _scene_project(self, scene_id: str, project: str | None) -> str:

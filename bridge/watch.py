@@ -313,7 +313,8 @@ class WatchFolder:
 
     def _load(self, claimed: Path) -> tuple[Spec, Plan]:
         """Read, validate and compile (in a worker thread). Relative paths resolve against
-        DIR, where the spec was dropped; the database records a content-addressed kept copy."""
+        DIR, where the spec was dropped; the database records a content-addressed kept copy
+        (the spec text itself stays out of the database: it may hold webhook credentials)."""
         raw = read_regular(claimed)
         if len(raw) > MAX_BYTES:
             raise NotRegular(f"larger than the limit of {MAX_BYTES:,} bytes")

@@ -27,10 +27,9 @@ class Project(SQLModel, table=True):
     title: str = ""
     style: str = ""
     negative: str = ""
-    spec_file: str = ""  # absolute path of the kept copy of the spec
+    spec_file: str = ""  # absolute path of the kept, content-addressed copy of the spec
     revision: str = ""  # sha256 of the spec text last synced
-    spec_text: str = ""  # that text: re-renders use it, never a path that may have changed
-    spec_folder: str = ""  # where its relative paths resolve (the folder it came from)
+    spec_folder: str = ""  # where its relative paths resolve (the folder it was dropped in)
     updated_at: datetime = Field(default_factory=utcnow)
 
 

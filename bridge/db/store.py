@@ -97,7 +97,6 @@ class Store:
             project.negative = spec.project.negative
             project.spec_file = spec.file
             project.revision = spec.revision
-            project.spec_text = spec.text
             project.spec_folder = str(spec.folder)
             project.updated_at = utcnow()
             s.add(project)

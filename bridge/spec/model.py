@@ -102,7 +102,6 @@ class Spec:
     report: bool
     webhooks: tuple[Mapping[str, Any], ...]
     data: Mapping[str, Any] = field(repr=False, compare=False)
-    text: str = field(default="", repr=False, compare=False)  # stored: re-renders use it
 
     def scene(self, scene_id: str) -> Scene:
         return next(s for s in self.scenes if s.id == scene_id)

@@ -8,7 +8,6 @@ always run and their errors are reported together, so a user fixes a spec in one
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import functools
 import hashlib
@@ -82,8 +81,7 @@ def validate(doc: Document) -> Spec:
     if checker.errors:
         raise SpecErrors(checker.errors)
     revision = hashlib.sha256(doc.text.encode()).hexdigest()
-    spec = build(doc.data, doc.file, doc.folder, revision, checker.templates)
-    return dataclasses.replace(spec, text=doc.text)
+    return build(doc.data, doc.file, doc.folder, revision, checker.templates)
 
 
 def display_path(pointer: str) -> str:
