@@ -263,6 +263,7 @@ class WatchFolder:
                 "it is not tried again\n",
             )
             self.echo(f"failed {name}: the daemon died with it {died} times")
+            tries.unlink()
             return
         tries.write_text(str(died + 1))  # left behind only if the process dies
         try:
