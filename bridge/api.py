@@ -13,6 +13,7 @@ background, so /api/health answers at once from the last probe whatever else is 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import ipaddress
 import logging
@@ -206,6 +207,11 @@ class Api:
         assert pool is not None
         if self.runner.preview:
             return {"up": True, "needed": False, "backend": "preview"}
+        # A server that went away is noticed here, not by a job failing on it; the pool's
+        # own probe brings it back (restarting its socket) once it answers again.
+        for backend in pool.healthy():
+            with contextlib.suppress(BridgeError, TimeoutError):
+                await asyncio.wait_for(backend.system_stats(), PROBE_INTERVAL * 2)
         healthy = pool.healthy()
         for backend in healthy:
             await self._remember_nodes(backend)
