@@ -19,6 +19,7 @@ import ipaddress
 import logging
 import re
 import time
+import zlib
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, replace
@@ -342,13 +343,30 @@ class Api:
     # -- starting runs -------------------------------------------------------------------
 
     async def _body(self, request: web.Request) -> bytes:
-        """The body, decoded; a body that claims an encoding it does not have is a 400."""
+        """The body, decoded here rather than by the HTTP parser (which logs a traceback for
+        bad input): one that claims an encoding it does not have is a 400, one that inflates
+        past the cap a 413."""
+        raw = await request.read()
+        encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+        if encoding == "identity":
+            return raw
+        wbits = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS}.get(
+            encoding, zlib.MAX_WBITS if encoding == "deflate" else 0
+        )
+        if not wbits:
+            raise web.HTTPUnsupportedMediaType(
+                reason=f"Content-Encoding {encoding!r} is not supported (gzip, deflate)"
+            )
+        inflate = zlib.decompressobj(wbits)
         try:
-            return await request.read()
-        except web.HTTPException:
-            raise
-        except Exception as exc:  # aiohttp's decoders raise several types for bad input
-            raise BridgeError(f"the body could not be decoded: {type(exc).__name__}") from None
+            body = inflate.decompress(raw, MAX_BODY + 1)
+        except zlib.error:
+            raise BridgeError(f"the body is not valid {encoding} data") from None
+        if len(body) > MAX_BODY or inflate.unconsumed_tail:
+            raise web.HTTPRequestEntityTooLarge(max_size=MAX_BODY, actual_size=len(body))
+        if not inflate.eof:
+            raise BridgeError(f"the body is truncated {encoding} data")
+        return body
 
     async def post_spec(self, request: web.Request) -> web.Response:
         raw = await self._body(request)
@@ -575,7 +593,9 @@ class _Collector:
 async def serve(runner: Runner, host: str, port: int, token: str | None) -> None:
     check_exposure(host, token)
     api = Api(runner, token)  # starts without ComfyUI; the background probe connects
-    app_runner = web.AppRunner(api.app(), handle_signals=False, access_log=None)
+    app_runner = web.AppRunner(
+        api.app(), handle_signals=False, access_log=None, auto_decompress=False
+    )
     await app_runner.setup()
     site = web.TCPSite(app_runner, host, port)
     await site.start()

@@ -289,6 +289,11 @@ def test_serve_without_comfyui_then_with_it_under_concurrent_clients(
             {**auth, "Content-Encoding": "gzip"},
         )
         assert status == 422  # real gzip is decoded and validated
+        bomb = gzip.compress(b"a" * (8 * 1024 * 1024))
+        status, _, _ = raw_request(
+            f"{api}/api/specs", "POST", bomb, {**auth, "Content-Encoding": "gzip"}
+        )
+        assert status == 413
         status, headers, _ = raw_request(f"{api}/api/specs", "GET", b"", auth)
         assert status == 405
         assert "POST" in headers["Allow"]
