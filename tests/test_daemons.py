@@ -318,3 +318,104 @@ def test_serve_without_comfyui_then_with_it_under_concurrent_clients(
         assert server["age_seconds"] >= 0
     finally:
         stop(proc)
+
+
+# -- secrets -----------------------------------------------------------------------------
+
+PLANTED = ("comfy-user", "COMFY-PW-7f3", "DB-PW-91c", "hook-user", "HOOK-PW-5ab", "HOOK-TOK-c0d")
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A fresh PostgreSQL database (trust auth: the planted ?password= is ignored)."""
+    import uuid
+
+    import psycopg
+
+    from tests.conftest import PG_ADMIN
+
+    try:
+        admin = psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=3)
+    except psycopg.OperationalError as exc:
+        pytest.skip(f"PostgreSQL is not reachable: {exc}")
+    name = f"bridge_test_{uuid.uuid4().hex[:12]}"
+    with admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+        try:
+            yield f"postgresql://postgres@127.0.0.1:5432/{name}"
+        finally:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_planted_secrets_reach_no_artifact_of_a_run(
+    tmp_path: Path, sim_port: tuple[int, list[subprocess.Popen]], postgres_url: str
+) -> None:
+    """Item 12: credentials in COMFYUI_URL, DATABASE_URL and a webhook URL appear in no log
+    line, manifest, runs/*.json, database row or webhook body of a real run."""
+    import http.server
+
+    import psycopg
+
+    port, sims = sim_port
+    sims.append(start_sim(port, job_seconds=0.05))
+    bodies: list[bytes] = []
+
+    class Hook(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            bodies.append(self.rfile.read(int(self.headers["Content-Length"])))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    hook = f"http://hook-user:HOOK-PW-5ab@127.0.0.1:{server.server_port}/h?token=HOOK-TOK-c0d"
+    spec = tmp_path / "spec" / "smoke.yaml"
+    spec.parent.mkdir()
+    spec.write_text(
+        SMOKE.read_text() + f"webhooks:\n  - {{url: '{hook}', events: [run_finished, job_failed,"
+        " job_finished]}\n"
+    )
+    env = process_env(
+        tmp_path,
+        COMFYUI_URL=f"http://comfy-user:COMFY-PW-7f3@127.0.0.1:{port}",
+        DATABASE_URL=f"{postgres_url}?password=DB-PW-91c",
+        LOG_LEVEL="DEBUG",
+    )
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "bridge", "run", str(spec)],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=180,
+            check=False,
+        )
+        assert proc.returncode == 0, proc.stderr
+        wait_for(lambda: any(b'"run_finished"' in b for b in bodies), 20)
+    finally:
+        server.shutdown()
+    artifacts = {"stdout": proc.stdout, "stderr": proc.stderr}
+    artifacts |= {f"webhook body {i}": b.decode() for i, b in enumerate(bodies)}
+    files = [p for p in (tmp_path / "out").rglob("*") if p.is_file()]
+    assert any(p.name == "manifest.json" for p in files)
+    assert any(p.parent.name == "runs" and p.suffix == ".json" for p in files)
+    artifacts |= {str(p): p.read_bytes().decode("utf-8", "replace") for p in files}
+    with psycopg.connect(postgres_url) as db:
+        tables = [
+            row[0]
+            for row in db.execute(
+                "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'"
+            )
+        ]
+        assert {"runs", "jobs", "events", "projects"} <= set(tables)
+        for table in tables:
+            rows = db.execute(f'SELECT t::text FROM "{table}" t').fetchall()
+            artifacts[f"table {table}"] = "\n".join(r[0] for r in rows)
+    assert "webhook_delivered" in artifacts["table events"]  # the hook was recorded
+    assert "127.0.0.1" in artifacts["table runs"]  # the URLs are there, masked
+    leaks = [(where, s) for where, text in artifacts.items() for s in PLANTED if s in text]
+    assert leaks == []
