@@ -110,6 +110,9 @@ def test_watch_takes_only_complete_regular_files(tmp_path: Path) -> None:
                 fh.write(line.replace("id: smoke", "id: slow"))
             time.sleep(0.3 if line.strip() else 0)
         (drop / "bad.yaml").write_text("version: 1\nproject: {id: 'no way'}\n")
+        # The documented atomic way: written under a skipped name, then renamed in.
+        (drop / ".moved.yaml").write_text(SMOKE.read_text().replace("id: smoke", "id: moved"))
+        os.rename(drop / ".moved.yaml", drop / "moved.yaml")
         for name, where in [
             ("killer.yaml", "failed"),
             ("again.yaml", "done"),
@@ -117,6 +120,7 @@ def test_watch_takes_only_complete_regular_files(tmp_path: Path) -> None:
             ("rel.yaml", "done"),
             ("slow.yaml", "done"),
             ("bad.yaml", "rejected"),
+            ("moved.yaml", "done"),
         ]:
             wait_for(lambda n=name: outcome(drop, n) != [], 120)
             assert outcome(drop, name) == [where], name
@@ -125,6 +129,7 @@ def test_watch_takes_only_complete_regular_files(tmp_path: Path) -> None:
         sock.close()
     assert "died with it 2 times" in out
     assert out.count("running slow.yaml") == 1  # claimed once, complete
+    assert out.count("running moved.yaml") == 1
     for name in ("zero.yaml", "passwd.yaml", "fifo.yaml", "dir.yaml", "sock.yaml"):
         assert out.count(f"ignoring {name}:") == 1, name
         assert os.path.lexists(drop / name), name  # left where it was
