@@ -310,7 +310,8 @@ class _Run:
         self.run_id = 0
         self.resumable: dict[str, Resumable] = {}
 
-    async def go(self) -> RunReport:
+    def _open(self) -> dict[str, str]:
+        """The run's opening writes, one per job for a big plan: run in a thread (`go`)."""
         store = self.store
         reasons = plan_reasons(
             store, self.plan, self.root, self.spec.templates, force=self.selection.force
@@ -323,6 +324,21 @@ class _Run:
             settings=self.runner.settings.public(),
         )
         store.add_jobs(self.run_id, self.plan.jobs(), reasons)
+        return reasons
+
+    async def go(self) -> RunReport:
+        store = self.store
+        # Off the event loop, so the API's health and status stay live meanwhile. A cancel
+        # arriving meanwhile lets the writes finish, then records the run as cancelled.
+        opening = asyncio.ensure_future(asyncio.to_thread(self._open))
+        try:
+            reasons = await asyncio.shield(opening)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(opening)
+            if self.run_id:
+                store.finish_run(self.run_id, "cancelled", {}, None)
+            raise
         if self.on_run is not None:
             self.on_run(self.run_id)
         store.log(self.run_id, "run_started", spec=self.spec.file, jobs=len(self.plan))
