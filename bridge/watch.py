@@ -130,6 +130,7 @@ class WatchFolder:
         self._ignored: set[Path] = set()
         self._running: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
+        self._close_events = True  # inotify reports a writer closing; other observers do not
 
     # -- what is taken, and when -----------------------------------------------------
 
@@ -171,7 +172,7 @@ class WatchFolder:
         now = time.monotonic()
         if how == "moved":  # renamed in: complete by the documented contract
             self._pending[path] = _Pending(signature, True, now - self.settle)
-        elif how == "closed":
+        elif how == "closed" or not self._close_events:  # without them: settle time only
             self._pending[path] = _Pending(signature, True, now)
         else:
             entry = self._pending.get(path)
@@ -187,6 +188,7 @@ class WatchFolder:
             note.unlink(missing_ok=True)  # rewritten by the specs that still wait
         # Watch first, then scan: a file landing in between is seen twice, never missed.
         observer = Observer()
+        self._close_events = type(observer).__name__ == "InotifyObserver"
         observer.schedule(_Events(asyncio.get_running_loop(), self._seen), str(self.folder))
         observer.start()
         for left in sorted(self.processing.iterdir()):
