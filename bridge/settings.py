@@ -13,11 +13,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import quote
 
 import yaml
 
 from bridge.errors import ConfigError
+from bridge.masking import mask_url
 
 COMFYUI_URL = "COMFYUI_URL"
 MAX_CONCURRENT_JOBS = "MAX_CONCURRENT_JOBS"
@@ -36,11 +37,15 @@ BRIDGE_LLM_API_KEY = "BRIDGE_LLM_API_KEY"
 BRIDGE_LLM_CONCURRENCY = "BRIDGE_LLM_CONCURRENCY"
 BRIDGE_LLM_TIMEOUT = "BRIDGE_LLM_TIMEOUT"
 ECHO_BRAIN_URL = "ECHO_BRAIN_URL"
+BRIDGE_WAIT_FOR_SERVER = "BRIDGE_WAIT_FOR_SERVER"
+MAX_JOBS_PER_SPEC = "MAX_JOBS_PER_SPEC"
 
 DEFAULT_MAX_CONCURRENT_JOBS = 3
 DEFAULT_WORKFLOW_TIMEOUT = 900.0
 DEFAULT_QUALITY_THRESHOLD = 0.7
 DEFAULT_OUTPUT_PATH = Path("output")
+DEFAULT_WAIT_FOR_SERVER = 4 * 3600.0
+DEFAULT_MAX_JOBS_PER_SPEC = 5000
 BACKENDS = ("auto", "comfyui", "preview")
 DEFAULT_LLM_CONCURRENCY = 4
 DEFAULT_LLM_TIMEOUT = 120.0
@@ -64,6 +69,8 @@ class Settings:
     llm_concurrency: int = DEFAULT_LLM_CONCURRENCY
     llm_timeout: float = DEFAULT_LLM_TIMEOUT
     echo_brain_url: str = ""  # the old system's agent service
+    wait_for_server: float = DEFAULT_WAIT_FOR_SERVER  # watch: how long a spec waits for ComfyUI
+    max_jobs_per_spec: int = DEFAULT_MAX_JOBS_PER_SPEC  # serve: larger plans get a 422
 
     @property
     def database(self) -> str:
@@ -72,7 +79,7 @@ class Settings:
     def public(self) -> dict[str, Any]:
         """The settings with secrets removed, for logs, manifests and the database."""
         return {
-            "comfyui_urls": list(self.comfyui_urls),
+            "comfyui_urls": [mask_url(u) for u in self.comfyui_urls],
             "max_concurrent_jobs": self.max_concurrent_jobs,
             "workflow_timeout": self.workflow_timeout,
             "quality_threshold": self.quality_threshold,
@@ -85,20 +92,9 @@ class Settings:
             "llm_concurrency": self.llm_concurrency,
             "llm_timeout": self.llm_timeout,
             "echo_brain_url": mask_url(self.echo_brain_url),
+            "wait_for_server": self.wait_for_server,
+            "max_jobs_per_spec": self.max_jobs_per_spec,
         }
-
-
-def mask_url(url: str) -> str:
-    """The URL with any password replaced by ***."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparseable url>"
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
 
 
 _ENV = {
@@ -118,6 +114,8 @@ _ENV = {
     "llm_concurrency": BRIDGE_LLM_CONCURRENCY,
     "llm_timeout": BRIDGE_LLM_TIMEOUT,
     "echo_brain_url": ECHO_BRAIN_URL,
+    "wait_for_server": BRIDGE_WAIT_FOR_SERVER,
+    "max_jobs_per_spec": MAX_JOBS_PER_SPEC,
 }
 # The old Content Generation Bridge's config.json keys whose bridge name differs.
 _OLD_KEYS = {"max_concurrent_scenes": "max_concurrent_jobs"}
@@ -229,6 +227,16 @@ def _coerce(name: str, raw: Any, source: str) -> Any:
             if not timeout > 0:
                 raise bad("a number of seconds above 0")
             return timeout
+        if name == "wait_for_server":
+            wait = float(str(raw))
+            if not wait >= 0:
+                raise bad("a number of seconds, 0 or more")
+            return wait
+        if name == "max_jobs_per_spec":
+            cap = int(str(raw))
+            if cap < 1:
+                raise bad("a whole number above 0")
+            return cap
         if name == "quality_threshold":
             threshold = float(str(raw))
             if not 0 <= threshold <= 1:
@@ -268,5 +276,7 @@ def _coerce(name: str, raw: Any, source: str) -> Any:
             "quality_threshold": "a number from 0 to 1",
             "llm_concurrency": "a whole number",
             "llm_timeout": "a number of seconds",
+            "wait_for_server": "a number of seconds",
+            "max_jobs_per_spec": "a whole number",
         }.get(name, "a valid value")
         raise bad(expected) from None
