@@ -4,36 +4,55 @@ Thin by design: requests are checked, turned into a spec and a selection, and ha
 the one Runner the process owns (one pool, one global job limit for every request). Run
 state is read back from the job store, so what the API says is what the CLI's `status`
 says. Documented in schemas/openapi.json.
+
+The event loop only routes: parsing, validating and compiling a spec run in a small thread
+pool, store reads in threads, and the dependencies (database, ComfyUI) are probed in the
+background, so /api/health answers at once from the last probe whatever else is going on.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
+import contextlib
 import hmac
 import ipaddress
 import logging
+import re
+import time
+import zlib
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, replace
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeVar
 
 import orjson
 from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from bridge import console
+from bridge import console, outputs
 from bridge.compile import compile_plan
 from bridge.db.models import JobRecord, Run
 from bridge.direct.direct import analyze_scene, direct_spec, llm_status, wants_direction
-from bridge.errors import BridgeError, ConfigError, DirectionError, NotFoundError, SpecErrors
+from bridge.direct.merge import merge_direction
+from bridge.errors import (
+    BridgeError,
+    ConfigError,
+    ConflictError,
+    DirectionError,
+    NotFoundError,
+    SpecErrors,
+)
 from bridge.events import SUBSCRIBER_ERRORS
+from bridge.masking import mask_url
+from bridge.plan import Plan
 from bridge.presets import PRESETS
 from bridge.runner import Runner, Selection
 from bridge.spec import rows
 from bridge.spec.load import load_bytes
 from bridge.spec.model import Spec
-from bridge.spec.validate import load_spec, validate
+from bridge.spec.validate import validate
 from bridge.states import JobState, RunState
 from bridge.templates import bundled
 from bridge.webhooks import Hook
@@ -41,7 +60,15 @@ from bridge.webhooks import Hook
 log = logging.getLogger(__name__)
 
 MAX_BODY = 1024 * 1024
+PRIORITIES = ("low", "normal", "high", "urgent")  # the old system's words; integers too
+RUN_ID = re.compile(r"[0-9]{1,18}")  # ASCII digits only: no '+1', '1_0' or other scripts
+PROBE_INTERVAL = 2.0
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+T = TypeVar("T")
+
+
+class TooLarge(BridgeError):
+    """The spec compiles to more jobs than MAX_JOBS_PER_SPEC allows."""
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -66,12 +93,22 @@ def check_exposure(host: str, token: str | None) -> None:
 
 
 class Api:
-    def __init__(self, runner: Runner, token: str | None = None) -> None:
+    def __init__(self, runner: Runner, token: str | None = None, *, workers: int = 2) -> None:
         self.runner = runner
         self.store = runner.store
         self.token = token
         self.tasks: dict[int, asyncio.Task[Any]] = {}
-        self.spec_dir = runner.settings.output_path / ".api-specs"
+        self.rendering: dict[str, int | None] = {}  # project → its run (None while starting)
+        # Bounded: a burst of big specs queues here instead of starving the process.
+        self.cpu = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="bridge-api")
+        self.deps: dict[str, dict[str, Any]] = {}
+        self.node_info: dict[str, tuple[int, list[str], float]] = {}  # name → classes, loras, at
+        self._probe: asyncio.Task[None] | None = None
+        self.direction: dict[str, Any] = {}  # the LLM endpoints, probed with the rest
+
+    async def off_loop(self, fn: Callable[..., T], *args: Any) -> T:
+        """CPU-bound work (parse, validate, compile) in the bounded pool."""
+        return await asyncio.get_running_loop().run_in_executor(self.cpu, fn, *args)
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=MAX_BODY, middlewares=[self._errors, self._auth])
@@ -85,6 +122,7 @@ class Api:
         r.add_get("/api/jobs", self.jobs)
         r.add_get("/api/runs/{run_id}", self.run_detail)
         r.add_get("/metrics", self.metrics)
+        app.on_startup.append(self._start_probe)
         app.on_cleanup.append(self._cleanup)
         return app
 
@@ -93,9 +131,9 @@ class Api:
     @web.middleware
     async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         if self.token and request.path != "/api/health":
-            given = request.headers.get("Authorization", "")
-            expected = f"Bearer {self.token}"
-            if not hmac.compare_digest(given.encode(), expected.encode()):
+            scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+            matches = hmac.compare_digest(given.strip().encode(), self.token.encode())
+            if scheme.lower() != "bearer" or not matches:  # the scheme is case-insensitive
                 return _problem(401, "missing or wrong bearer token")
         return await handler(request)
 
@@ -107,7 +145,10 @@ class Api:
             if exc.status == 413:
                 return _problem(413, f"request body is larger than {MAX_BODY} bytes")
             if exc.status >= 400:
-                return _problem(exc.status, exc.reason)
+                response = _problem(exc.status, exc.reason)
+                if "Allow" in exc.headers:
+                    response.headers["Allow"] = exc.headers["Allow"]
+                return response
             raise
         except SpecErrors as exc:
             return _problem(
@@ -115,6 +156,12 @@ class Api:
             )
         except DirectionError as exc:  # the model service failed, not the request
             return _problem(502, exc.message)
+        except TooLarge as exc:
+            return _problem(422, exc.message)
+        except ConflictError as exc:
+            return _problem(409, exc.message, **exc.details)
+        except NotFoundError as exc:
+            return _problem(404, exc.message)
         except BridgeError as exc:
             return _problem(400, exc.message)
         except Exception:
@@ -122,45 +169,108 @@ class Api:
             return _problem(500, "internal error; see the server log")
 
     async def _cleanup(self, app: web.Application) -> None:
+        if self._probe is not None:
+            self._probe.cancel()
         for task in self.tasks.values():
             task.cancel()
         await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+        self.cpu.shutdown(wait=False, cancel_futures=True)
+
+    # -- dependencies, probed in the background ------------------------------------------
+
+    async def _start_probe(self, app: web.Application) -> None:
+        await self.probe()
+        self._probe = asyncio.create_task(self._probe_forever(), name="api health")
+
+    async def _probe_forever(self) -> None:
+        while True:
+            await asyncio.sleep(PROBE_INTERVAL)
+            await self.probe()
+
+    async def probe(self) -> None:
+        """Check the database and the render servers once; health reports the result."""
+        self.deps["database"] = await self._probe_database()
+        self.deps["comfyui"] = await self._probe_servers()
+        self.direction = await llm_status(self.runner.settings)
+
+    async def _probe_database(self) -> dict[str, Any]:
+        try:
+            up = await asyncio.wait_for(asyncio.to_thread(self.store.check), 10)
+        except (TimeoutError, BridgeError) as exc:
+            return {"up": False, "error": str(exc) or "no answer within 10 s"}
+        return {"up": True} if up else {"up": False, "error": "the database does not answer"}
+
+    async def _probe_servers(self) -> dict[str, Any]:
+        """Starts the pool when it is not up yet, so serve starts without ComfyUI."""
+        if self.runner.pool is None:
+            try:
+                await self.runner.backend()
+            except ConfigError as exc:
+                return {"up": False, "needed": True, "error": exc.message}
+        pool = self.runner.pool
+        assert pool is not None
+        if self.runner.preview:
+            return {"up": True, "needed": False, "backend": "preview"}
+        # A server that went away is noticed here, not by a job failing on it; the pool's
+        # own probe brings it back (restarting its socket) once it answers again.
+        for backend in pool.healthy():
+            with contextlib.suppress(BridgeError, TimeoutError):
+                await asyncio.wait_for(backend.system_stats(), PROBE_INTERVAL * 2)
+        healthy = pool.healthy()
+        for backend in healthy:
+            await self._remember_nodes(backend)
+        return {"up": bool(healthy), "needed": True}
+
+    async def _remember_nodes(self, backend: Any) -> None:
+        from bridge import preflight
+
+        try:
+            info = await backend.object_info()
+        except BridgeError:
+            return
+        loras = preflight.combo_options(
+            info.get("LoraLoader", {}).get("input", {}).get("required", {}).get("lora_name")
+        )
+        self.node_info[backend.name] = (len(info), list(loras or []), time.time())
+
+    def _servers(self) -> list[dict[str, Any]]:
+        pool = self.runner.pool
+        if pool is None:
+            urls = self.runner.settings.comfyui_urls
+            return [{"name": mask_url(u), "healthy": False} for u in urls]
+        return [
+            {"name": b.name, "healthy": bool(getattr(b, "healthy", True))} for b in pool.backends
+        ]
 
     # -- reading -------------------------------------------------------------------------
 
     async def health(self, request: web.Request) -> web.Response:
-        pool = self.runner.pool
-        servers = [{"name": b.name, "healthy": b.healthy} for b in (pool.backends if pool else [])]
+        """`ok` (200) when every needed dependency answered the last probe, else `degraded`
+        (503) with each one's state; answered from memory, never waiting on a dependency."""
+        deps = {name: dict(state) for name, state in self.deps.items()}
+        ok = all(d["up"] or not d.get("needed", True) for d in deps.values()) and bool(deps)
         return _json(
             {
-                "status": "ok",
+                "status": "ok" if ok else "degraded",
                 "backend": "preview" if self.runner.preview else "comfyui",
-                "servers": servers,
+                "dependencies": deps,
+                "servers": self._servers(),
                 "running": len(self.tasks),
-                "direction": await llm_status(self.runner.settings),
-            }
+                "direction": self.direction,
+            },
+            200 if ok else 503,
         )
 
     async def capabilities(self, request: web.Request) -> web.Response:
-        from bridge import preflight
-
-        pool = await self.runner.backend()
+        """Node data comes from the last successful probe; from a server that is down now it
+        is marked stale, with its age."""
         servers = []
-        for b in pool.backends:
-            entry: dict[str, Any] = {"name": b.name, "healthy": b.healthy}
-            if entry["healthy"] and not self.runner.preview:
-                try:
-                    info = await b.object_info()
-                except BridgeError as exc:
-                    entry["error"] = exc.message
-                else:
-                    loras = preflight.combo_options(
-                        info.get("LoraLoader", {})
-                        .get("input", {})
-                        .get("required", {})
-                        .get("lora_name")
-                    )
-                    entry.update(node_classes=len(info), loras=loras or [])
+        for entry in self._servers():
+            known = self.node_info.get(entry["name"])
+            if known is not None and not self.runner.preview:
+                classes, loras, at = known
+                entry.update(node_classes=classes, loras=loras)
+                entry.update(stale=not entry["healthy"], age_seconds=round(time.time() - at, 1))
             servers.append(entry)
         return _json(
             {
@@ -169,20 +279,16 @@ class Api:
                     n: {"kind": t.kind, "description": t.description} for n, t in bundled().items()
                 },
                 "presets": {n: asdict(p) for n, p in PRESETS.items()},
-                "direction": await llm_status(self.runner.settings),
+                "direction": self.direction,
             }
         )
 
-    def _run_or_404(self, raw: str) -> Run:
-        try:
-            run_id = int(raw)
-        except ValueError:
-            raise web.HTTPNotFound(reason=f"no run {raw!r}") from None
-        if not 0 < run_id < 2**63:
-            raise web.HTTPNotFound(reason=f"no run {raw!r}")
-        run = self.store.run(run_id)
+    async def _run_or_404(self, raw: str) -> Run:
+        if not RUN_ID.fullmatch(raw) or int(raw) == 0:
+            raise web.HTTPNotFound(reason=f"no run {raw!r}: run ids are whole numbers from 1")
+        run = await asyncio.to_thread(self.store.run, int(raw))
         if run is None:
-            raise web.HTTPNotFound(reason=f"no run {run_id}")
+            raise web.HTTPNotFound(reason=f"no run {int(raw)}")
         return run
 
     def _run_view(self, run: Run) -> dict[str, Any]:
@@ -203,58 +309,103 @@ class Api:
         }
 
     async def status(self, request: web.Request) -> web.Response:
-        return _json(self._run_view(self._run_or_404(request.match_info["job_id"])))
+        run = await self._run_or_404(request.match_info["job_id"])
+        return _json(await asyncio.to_thread(self._run_view, run))
 
     async def run_detail(self, request: web.Request) -> web.Response:
-        run = self._run_or_404(request.match_info["run_id"])
-        view = self._run_view(run)
-        view["jobs"] = [_job_view(j) for j in self.store.jobs(run.id or 0)]
-        return _json(view)
+        run = await self._run_or_404(request.match_info["run_id"])
+
+        def view() -> dict[str, Any]:
+            out = self._run_view(run)
+            out["jobs"] = [_job_view(j) for j in self.store.jobs(run.id or 0)]
+            return out
+
+        return _json(await asyncio.to_thread(view))
 
     async def jobs(self, request: web.Request) -> web.Response:
         raw_status = request.query.get("status")
         if raw_status is not None and raw_status not in set(RunState):
             return _problem(400, f"status must be one of {', '.join(RunState)}")
         status = RunState(raw_status) if raw_status is not None else None
-        try:
-            limit = int(request.query.get("limit", "50"))
-        except ValueError:
-            return _problem(400, "limit must be a whole number")
-        if not 1 <= limit <= 500:
-            return _problem(400, "limit must be from 1 to 500")
-        runs = self.store.runs(limit=limit, status=status)
-        return _json({"jobs": [self._run_view(r) for r in runs]})
+        raw = request.query.get("limit", "50")
+        if not re.fullmatch(r"[0-9]{1,3}", raw) or not 1 <= int(raw) <= 500:
+            return _problem(400, "limit must be a whole number from 1 to 500")
+        limit = int(raw)
+
+        def view() -> list[dict[str, Any]]:
+            return [self._run_view(r) for r in self.store.runs(limit=limit, status=status)]
+
+        return _json({"jobs": await asyncio.to_thread(view)})
 
     async def metrics(self, request: web.Request) -> web.Response:
         registry = CollectorRegistry()
         registry.register(_Collector(self))
-        return web.Response(body=generate_latest(registry), content_type="text/plain")
+        body = await asyncio.to_thread(generate_latest, registry)
+        return web.Response(body=body, content_type="text/plain")
 
     # -- starting runs -------------------------------------------------------------------
 
-    async def post_spec(self, request: web.Request) -> web.Response:
+    async def _body(self, request: web.Request) -> bytes:
+        """The body, decoded here rather than by the HTTP parser (which logs a traceback for
+        bad input): one that claims an encoding it does not have is a 400, one that inflates
+        past the cap a 413."""
         raw = await request.read()
+        encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+        if encoding == "identity":
+            return raw
+        wbits = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS}.get(
+            encoding, zlib.MAX_WBITS if encoding == "deflate" else 0
+        )
+        if not wbits:
+            raise web.HTTPUnsupportedMediaType(
+                reason=f"Content-Encoding {encoding!r} is not supported (gzip, deflate)"
+            )
+        inflate = zlib.decompressobj(wbits)
+        try:
+            body = inflate.decompress(raw, MAX_BODY + 1)
+        except zlib.error:
+            raise BridgeError(f"the body is not valid {encoding} data") from None
+        if len(body) > MAX_BODY or inflate.unconsumed_tail:
+            raise web.HTTPRequestEntityTooLarge(max_size=MAX_BODY, actual_size=len(body))
+        if not inflate.eof:
+            raise BridgeError(f"the body is truncated {encoding} data")
+        return body
+
+    async def post_spec(self, request: web.Request) -> web.Response:
+        raw = await self._body(request)
         if not raw.strip():
             return _problem(400, "send the spec's YAML as the request body")
-        digest = hashlib.sha256(raw).hexdigest()[:16]
-        self.spec_dir.mkdir(parents=True, exist_ok=True)
-        path = self.spec_dir / f"{digest}.yaml"
-        doc = load_bytes(raw, str(path))
-        if wants_direction(doc.data):  # direct: true scenes are directed, then checked
-            path.write_bytes(raw)
-            await direct_spec(path, self.runner.settings, say=log.warning)
-            spec = load_spec(path)
-        else:
-            spec = validate(doc)  # SpecErrors → 422 with positions
-            path.write_bytes(raw)
         hooks = _hooks(request.query.get("notify_webhook"))
-        return await self._start(spec, Selection(), hooks)
+        kept = await self.off_loop(
+            outputs.keep_spec, self.runner.settings.output_path, raw, "posted.yaml"
+        )
+        if await self.off_loop(lambda: wants_direction(load_bytes(raw, "posted.yaml").data)):
+            # direct: true scenes are directed first; the direction file sits beside the copy
+            await direct_spec(kept, self.runner.settings, say=log.warning)
+        spec, plan = await self.off_loop(self._load_posted, raw, kept)
+        return await self._start(spec, plan, Selection(), hooks)
+
+    def _load_posted(self, raw: bytes, kept: Path) -> tuple[Spec, Plan]:
+        """A posted spec is kept (content-addressed) and its relative paths resolve beside
+        the kept copy; error positions name the body, never a server path."""
+        doc = merge_direction(load_bytes(raw, "posted.yaml", base=kept.parent), kept)
+        return self._compiled(replace(validate(doc), file=str(kept)), Selection())
+
+    def _compiled(self, spec: Spec, selection: Selection) -> tuple[Spec, Plan]:
+        plan = selection.narrow(compile_plan(spec))
+        cap = self.runner.settings.max_jobs_per_spec
+        if len(plan) > cap:
+            raise TooLarge(
+                f"the spec compiles to {len(plan):,} jobs; this server accepts at most {cap:,} "
+                "per spec (MAX_JOBS_PER_SPEC): split it or raise the limit"
+            )
+        return spec, plan
 
     async def _options(self, request: web.Request) -> tuple[str | None, list[Hook]]:
         if not request.can_read_body:
             return None, []
         try:
-            body = orjson.loads(await request.read())
+            body = orjson.loads(await self._body(request))
         except orjson.JSONDecodeError:
             raise BridgeError("the body must be JSON") from None
         if not isinstance(body, dict):
@@ -268,47 +419,68 @@ class Api:
         if not isinstance(body.get("analyze", False), bool):
             raise BridgeError("analyze must be true or false")
         priority = body.get("priority")
-        if priority is not None and (not isinstance(priority, int) or isinstance(priority, bool)):
-            raise BridgeError("priority must be a whole number")
+        numeric = isinstance(priority, int) and not isinstance(priority, bool)
+        if priority is not None and not numeric and priority not in PRIORITIES:
+            raise BridgeError(f"priority must be a whole number or one of {', '.join(PRIORITIES)}")
         return preset, _hooks(body.get("notify_webhook"))
-
-    def _spec_of(self, project_id: str) -> Spec:
-        try:
-            return rows.spec_for_project(self.store, project_id)
-        except NotFoundError as exc:
-            raise web.HTTPNotFound(reason=exc.message) from None
 
     async def generate_project(self, request: web.Request) -> web.Response:
         preset, hooks = await self._options(request)
-        spec = self._spec_of(request.match_info["project_id"])
-        return await self._start(_with_preset(spec, preset), Selection(), hooks)
+        project_id = request.match_info["project_id"]
+
+        def load() -> tuple[Spec, Plan]:
+            return self._compiled(
+                _with_preset(rows.spec_for_project(self.store, project_id), preset), Selection()
+            )
+
+        spec, plan = await self.off_loop(load)
+        return await self._start(spec, plan, Selection(), hooks)
 
     async def generate_scene(self, request: web.Request) -> web.Response:
         preset, hooks = await self._options(request)
         scene_id = request.match_info["scene_id"]
-        try:
-            project_id = rows.project_of_scene(self.store, scene_id)
-        except NotFoundError as exc:
-            raise web.HTTPNotFound(reason=exc.message) from None
-        if request.can_read_body and orjson.loads(await request.read()).get("analyze") is True:
+        named = request.query.get("project")
+        selection = Selection(scene_ids=(scene_id,))
+        project_id = await asyncio.to_thread(rows.project_of_scene, self.store, scene_id, named)
+        if request.can_read_body and orjson.loads(await self._body(request)).get("analyze"):
             # The old system's "scene with analysis": direct the scene, then render it.
-            project = self.store.project(project_id)
+            project = await asyncio.to_thread(self.store.project, project_id)
             if project is None or not project.spec_file:
                 raise BridgeError(
                     f"scene {scene_id!r} is held only in the database; analysis writes a "
                     "direction file beside a spec: `bridge export` it first"
                 )
             await analyze_scene(project.spec_file, scene_id, self.runner.settings, say=log.warning)
-        spec = self._spec_of(project_id)
-        return await self._start(
-            _with_preset(spec, preset), Selection(scene_ids=(scene_id,)), hooks
-        )
 
-    async def _start(self, spec: Spec, selection: Selection, hooks: list[Hook]) -> web.Response:
-        plan = selection.narrow(compile_plan(spec))
+        def load() -> tuple[Spec, Plan]:
+            spec = rows.spec_for_project(self.store, project_id)
+            return self._compiled(_with_preset(spec, preset), selection)
+
+        spec, plan = await self.off_loop(load)
+        return await self._start(spec, plan, selection, hooks)
+
+    async def _start(
+        self, spec: Spec, plan: Plan, selection: Selection, hooks: list[Hook]
+    ) -> web.Response:
+        """Start the run and answer with its id; a project already rendering gets a 409
+        naming the run under way (runs of one project never queue behind each other here)."""
+        if plan.project in self.rendering:
+            running = self.rendering[plan.project]
+            raise ConflictError(
+                f"project {plan.project!r} is already rendering"
+                + (f" (run {running})" if running else "")
+                + "; wait for it to finish, then ask again",
+                run_id=running,
+                links={"status": f"/api/status/{running}"} if running else {},
+            )
+        if self.runner.pool is None and not self.deps.get("comfyui", {}).get("up"):
+            problem = self.deps.get("comfyui", {}).get("error", "no render server is up yet")
+            return _problem(503, f"cannot render now: {problem}")
+        self.rendering[plan.project] = None
         created: asyncio.Future[int] = asyncio.get_running_loop().create_future()
 
         def on_run(run_id: int) -> None:
+            self.rendering[plan.project] = run_id
             if not created.done():
                 created.set_result(run_id)
 
@@ -319,6 +491,8 @@ class Api:
                 if not created.done():
                     created.set_exception(exc)
                 raise
+            finally:
+                self.rendering.pop(plan.project, None)
 
         task = asyncio.create_task(go())
         run_id = await created
@@ -391,16 +565,17 @@ class _Collector:
         yield GaugeMetricFamily("bridge_queue_depth", "Prompts on the servers now", value=depth)
         yield GaugeMetricFamily("bridge_runs_active", "Runs under way", value=len(self.api.tasks))
         up = GaugeMetricFamily("bridge_server_up", "1 when the server answers", labels=["server"])
-        for b in pool.backends if pool else []:
-            up.add_metric([b.name], 1.0 if b.healthy else 0.0)
+        for server in self.api._servers():
+            up.add_metric([server["name"]], 1.0 if server["healthy"] else 0.0)
         yield up
 
 
 async def serve(runner: Runner, host: str, port: int, token: str | None) -> None:
     check_exposure(host, token)
-    await runner.backend()
-    api = Api(runner, token)
-    app_runner = web.AppRunner(api.app(), handle_signals=False, access_log=None)
+    api = Api(runner, token)  # starts without ComfyUI; the background probe connects
+    app_runner = web.AppRunner(
+        api.app(), handle_signals=False, access_log=None, auto_decompress=False
+    )
     await app_runner.setup()
     site = web.TCPSite(app_runner, host, port)
     await site.start()

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from bridge import console
 from bridge.errors import BridgeError, SpecErrors, UsageError
+from bridge.masking import MaskingFilter, mask_text
 from bridge.settings import Settings, resolve
 
 if TYPE_CHECKING:
@@ -41,6 +42,8 @@ def _settings(args: argparse.Namespace) -> Settings:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(MaskingFilter())
     return settings
 
 
@@ -668,7 +671,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except Exception:
         log = Path(tempfile.gettempdir()) / "bridge-crash.log"
-        log.write_text(traceback.format_exc())
+        log.write_text(mask_text(traceback.format_exc()))
         console.err(f"bridge: internal error; please report it with {log}")
         return 3
 

@@ -23,6 +23,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
+
+from bridge.masking import mask_text
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +50,7 @@ class BridgeError(Exception):
     """Base of every error bridge raises on purpose; the message says what to do next."""
 
     def __init__(self, message: str, where: Location | None = None) -> None:
+        message = mask_text(message)  # messages reach logs, the database and webhooks
         super().__init__(message)
         self.message = message
         self.where = where
@@ -63,6 +67,16 @@ class UsageError(BridgeError):
 
 class NotFoundError(UsageError):
     """Raised when a project or scene asked for by id is not in the database."""
+
+
+class ConflictError(UsageError):
+    """Raised when a request clashes with the current state (a run under way, an id that
+    names several things, a stored spec whose file now holds other text); `details` say
+    what it clashes with."""
+
+    def __init__(self, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.details = details
 
 
 class ConfigError(BridgeError):

@@ -7,6 +7,7 @@ and are restricted by the schema to letters, digits, '-' and '_', so they are sa
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -58,3 +59,13 @@ def unchanged(path: Path, sha256: str, size: int | None = None) -> bool:
         return file_digest(path) == sha256
     except OSError:
         return False
+
+
+def keep_spec(root: Path, raw: bytes, name: str) -> Path:
+    """A content-addressed copy of a spec's bytes under OUTPUT_PATH/.specs/: the path the
+    database records can never come to hold another file."""
+    digest = hashlib.sha256(raw).hexdigest()[:16]
+    path = (root / ".specs" / f"{digest}-{Path(name).name}").absolute()
+    if not path.exists():
+        atomic_write_bytes(path, raw)
+    return path

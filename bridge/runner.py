@@ -28,6 +28,7 @@ from bridge.record import Recorder, RunReport
 from bridge.scheduler import JobState, Policy, Scheduler
 from bridge.settings import Settings
 from bridge.spec.model import Spec
+from bridge.states import RunState
 from bridge.webhooks import Hook, Notifier, hooks_from_spec
 
 __all__ = ["RunReport", "Runner", "Selection", "run_cancellable"]
@@ -170,7 +171,6 @@ class Runner:
         on_run: Callable[[int], None] | None,
     ) -> RunReport:
         root = self.settings.output_path
-        reasons = freshness.reasons(self.store, plan, root, spec.templates, force=selection.force)
         backend = ", ".join(pool.names)
         recorder = Recorder(
             self.store,
@@ -181,9 +181,27 @@ class Runner:
             webhooks=self.webhooks,
             detach=self.detach,
         )
-        run_id = recorder.start(
-            reasons, backend=backend, preview=self.preview, settings=self.settings.public()
-        )
+
+        def opening() -> tuple[dict[str, freshness.Reason], int]:
+            found = freshness.reasons(self.store, plan, root, spec.templates, force=selection.force)
+            started = recorder.start(
+                found, backend=backend, preview=self.preview, settings=self.settings.public()
+            )
+            return found, started
+
+        # A big plan's opening writes (a row per job) run off the event loop, so the API's
+        # health stays live meanwhile; a cancel arriving then lets them finish and records
+        # the run as cancelled.
+        opened = asyncio.ensure_future(asyncio.to_thread(opening))
+        try:
+            reasons, run_id = await asyncio.shield(opened)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(opened)
+            if recorder.run_id:
+                self.store.end_pending(recorder.run_id, JobState.CANCELLED)
+                self.store.finish_run(recorder.run_id, RunState.CANCELLED, {}, None)
+            raise
         if on_run is not None:
             on_run(run_id)
         execute = Executor(

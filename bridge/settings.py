@@ -13,11 +13,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import quote
 
 import yaml
 
 from bridge.errors import ConfigError
+from bridge.masking import mask_url
 
 COMFYUI_URL = "COMFYUI_URL"
 MAX_CONCURRENT_JOBS = "MAX_CONCURRENT_JOBS"
@@ -41,11 +42,15 @@ BRIDGE_WORKER_JOBS = "BRIDGE_WORKER_JOBS"
 BRIDGE_LEASE_SECONDS = "BRIDGE_LEASE_SECONDS"
 BRIDGE_AFFINITY = "BRIDGE_AFFINITY"
 BRIDGE_AGING_SECONDS = "BRIDGE_AGING_SECONDS"
+BRIDGE_WAIT_FOR_SERVER = "BRIDGE_WAIT_FOR_SERVER"
+MAX_JOBS_PER_SPEC = "MAX_JOBS_PER_SPEC"
 
 DEFAULT_MAX_CONCURRENT_JOBS = 3
 DEFAULT_WORKFLOW_TIMEOUT = 900.0
 DEFAULT_QUALITY_THRESHOLD = 0.7
 DEFAULT_OUTPUT_PATH = Path("output")
+DEFAULT_WAIT_FOR_SERVER = 4 * 3600.0
+DEFAULT_MAX_JOBS_PER_SPEC = 5000
 BACKENDS = ("auto", "comfyui", "preview")
 DEFAULT_LLM_CONCURRENCY = 4
 DEFAULT_LLM_TIMEOUT = 120.0
@@ -77,6 +82,8 @@ class Settings:
     lease_seconds: float = DEFAULT_LEASE_SECONDS  # a silent worker's jobs are taken over after
     affinity: bool = True  # group and route jobs by what the servers have loaded
     aging_seconds: float = DEFAULT_AGING_SECONDS  # a waiting job rises a priority level per
+    wait_for_server: float = DEFAULT_WAIT_FOR_SERVER  # watch: how long a spec waits for ComfyUI
+    max_jobs_per_spec: int = DEFAULT_MAX_JOBS_PER_SPEC  # serve: larger plans get a 422
 
     @property
     def database(self) -> str:
@@ -85,7 +92,7 @@ class Settings:
     def public(self) -> dict[str, Any]:
         """The settings with secrets removed, for logs, manifests and the database."""
         return {
-            "comfyui_urls": list(self.comfyui_urls),
+            "comfyui_urls": [mask_url(u) for u in self.comfyui_urls],
             "max_concurrent_jobs": self.max_concurrent_jobs,
             "workflow_timeout": self.workflow_timeout,
             "quality_threshold": self.quality_threshold,
@@ -103,20 +110,9 @@ class Settings:
             "lease_seconds": self.lease_seconds,
             "affinity": self.affinity,
             "aging_seconds": self.aging_seconds,
+            "wait_for_server": self.wait_for_server,
+            "max_jobs_per_spec": self.max_jobs_per_spec,
         }
-
-
-def mask_url(url: str) -> str:
-    """The URL with any password replaced by ***."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparseable url>"
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
 
 
 _ENV = {
@@ -141,6 +137,8 @@ _ENV = {
     "lease_seconds": BRIDGE_LEASE_SECONDS,
     "affinity": BRIDGE_AFFINITY,
     "aging_seconds": BRIDGE_AGING_SECONDS,
+    "wait_for_server": BRIDGE_WAIT_FOR_SERVER,
+    "max_jobs_per_spec": MAX_JOBS_PER_SPEC,
 }
 # The old Content Generation Bridge's config.json keys whose bridge name differs.
 _OLD_KEYS = {"max_concurrent_scenes": "max_concurrent_jobs", "execution": "workers"}
@@ -252,6 +250,16 @@ def _coerce(name: str, raw: Any, source: str) -> Any:
             if not timeout > 0:
                 raise bad("a number of seconds above 0")
             return timeout
+        if name == "wait_for_server":
+            wait = float(str(raw))
+            if not wait >= 0:
+                raise bad("a number of seconds, 0 or more")
+            return wait
+        if name == "max_jobs_per_spec":
+            cap = int(str(raw))
+            if cap < 1:
+                raise bad("a whole number above 0")
+            return cap
         if name == "quality_threshold":
             threshold = float(str(raw))
             if not 0 <= threshold <= 1:
@@ -320,5 +328,7 @@ def _coerce(name: str, raw: Any, source: str) -> Any:
             "worker_jobs": "a whole number",
             "lease_seconds": "a number of seconds",
             "aging_seconds": "a number of seconds",
+            "wait_for_server": "a number of seconds",
+            "max_jobs_per_spec": "a whole number",
         }.get(name, "a valid value")
         raise bad(expected) from None

@@ -1,8 +1,11 @@
 """Webhook notices: a JSON POST when a run or a job finishes, signed, retried, recorded.
 
 Deliveries run as background tasks with a bounded number of tries, so a webhook that never
-answers costs the run nothing. The body is signed with HMAC-SHA256 over the exact bytes
-sent (`X-Bridge-Signature: sha256=<hex>`) when a secret is configured.
+answers costs the run nothing. With a secret, each attempt is signed in the manner of
+Stripe's scheme: `X-Bridge-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of "t.body">`,
+so a receiver can check both the bytes and their age and refuse replays. Secrets come only
+from variables named BRIDGE_WEBHOOK_SECRET_*, so a spec cannot turn a webhook into an HMAC
+oracle for another secret of the process (BRIDGE_API_TOKEN).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import contextlib
 import hashlib
 import hmac
 import logging
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -19,8 +23,12 @@ from typing import Any
 import aiohttp
 import orjson
 
+from bridge.errors import ConfigError
+from bridge.masking import mask_text, mask_url
+
 log = logging.getLogger(__name__)
 SIGNATURE_HEADER = "X-Bridge-Signature"
+SECRET_PREFIX = "BRIDGE_WEBHOOK_SECRET_"
 
 
 @dataclass(frozen=True)
@@ -30,8 +38,10 @@ class Hook:
     secret: str | None = None
 
 
-def sign(secret: str, body: bytes) -> str:
-    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+def sign(secret: str, body: bytes, timestamp: int) -> str:
+    """The X-Bridge-Signature value: `t=<timestamp>,v1=<hex HMAC-SHA256(secret, "t.body")>`."""
+    signed = str(timestamp).encode() + b"." + body
+    return f"t={timestamp},v1={hmac.new(secret.encode(), signed, hashlib.sha256).hexdigest()}"
 
 
 Record = Callable[[str, Mapping[str, Any]], None]
@@ -69,12 +79,13 @@ class Notifier:
     async def _deliver(
         self, hook: Hook, event: str, payload: Mapping[str, Any], record: Record
     ) -> None:
-        body = orjson.dumps({"event": event, **payload})
+        body = mask_text(orjson.dumps({"event": event, **payload}).decode()).encode()
         headers = {"Content-Type": "application/json", "User-Agent": "bridge-webhook"}
-        if hook.secret:
-            headers[SIGNATURE_HEADER] = sign(hook.secret, body)
+        shown = mask_url(hook.url)
         error = ""
         for attempt in range(1, self.tries + 1):
+            if hook.secret:  # signed per attempt, so a late retry is not refused as stale
+                headers[SIGNATURE_HEADER] = sign(hook.secret, body, int(time.time()))
             try:
                 async with (
                     aiohttp.ClientSession(
@@ -86,7 +97,7 @@ class Notifier:
                         record(
                             "webhook_delivered",
                             {
-                                "url": hook.url,
+                                "url": shown,
                                 "event": event,
                                 "status": resp.status,
                                 "attempt": attempt,
@@ -95,11 +106,11 @@ class Notifier:
                         return
                     error = f"HTTP {resp.status}"
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-                error = str(exc) or type(exc).__name__
+                error = mask_text(str(exc)) or type(exc).__name__
             if attempt < self.tries:
                 await asyncio.sleep(self.backoff * 2 ** (attempt - 1))
-        log.warning("webhook %s gave up after %d tries: %s", hook.url, self.tries, error)
-        record("webhook_failed", {"url": hook.url, "event": event, "error": error})
+        log.warning("webhook %s gave up after %d tries: %s", shown, self.tries, error)
+        record("webhook_failed", {"url": shown, "event": event, "error": error})
 
     async def drain(self, timeout: float = 5.0) -> None:
         """Give pending deliveries a moment at shutdown, then drop them."""
@@ -117,7 +128,10 @@ def hooks_from_spec(
 ) -> list[Hook]:
     out = []
     for entry in entries:
-        secret = environ.get(entry["secret_env"]) if entry.get("secret_env") else None
+        name = entry.get("secret_env")
+        if name and not name.startswith(SECRET_PREFIX):
+            raise ConfigError(f"webhook secret_env {name!r} must be named {SECRET_PREFIX}*")
+        secret = environ.get(name) if name else None
         events = frozenset(entry.get("events") or ("run_finished",))
         out.append(Hook(entry["url"], events, secret))
     return out

@@ -387,7 +387,7 @@ def test_llm_settings_from_the_environment_and_the_key_masked() -> None:
     shown = json.dumps(s.public()) + repr(s)
     assert "sk-secret" not in shown
     assert "pw" not in shown
-    assert "http://user:***@127.0.0.1:11434" in shown
+    assert "http://***@127.0.0.1:11434" in shown  # the whole userinfo is masked
 
 
 @pytest.mark.parametrize(

@@ -149,7 +149,7 @@ def test_watch_killed_mid_run_resumes_and_finishes(tmp_path: Path) -> None:
 
 @pytest.fixture
 def api(tmp_path: Path) -> Iterator[str]:
-    env = env_for(tmp_path, BRIDGE_API_TOKEN="s3cret", HOOK_SECRET="hook-key")
+    env = env_for(tmp_path, BRIDGE_API_TOKEN="s3cret", BRIDGE_WEBHOOK_SECRET_HOOK="hook-key")
     proc, first = start(["serve", "--port", "0"], env)
     assert first.startswith("listening on "), first + (proc.stderr.read() if proc.stderr else "")
     yield first.removeprefix("listening on ")
@@ -254,9 +254,7 @@ def test_webhook_is_signed_and_a_dead_one_does_not_hold_up_the_run(
     hook = f"http://127.0.0.1:{server.server_port}/hook"
     try:
         spec = (ROOT / "specs" / "smoke.yaml").read_text()
-        spec += (
-            f"webhooks:\n  - {{url: '{hook}', events: [run_finished], secret_env: HOOK_SECRET}}\n"
-        )
+        spec += f"webhooks:\n  - {{url: '{hook}', events: [run_finished], secret_env: BRIDGE_WEBHOOK_SECRET_HOOK}}\n"
         spec += "  - {url: 'http://127.0.0.1:9/never', events: [run_finished]}\n"
         started = time.monotonic()
         status, body = call(f"{api}/api/specs", "POST", spec.encode())
@@ -271,9 +269,21 @@ def test_webhook_is_signed_and_a_dead_one_does_not_hold_up_the_run(
     assert notice["event"] == "run_finished"
     assert notice["run_id"] == body["run_id"]
     assert notice["status"] == "succeeded"
-    from bridge.webhooks import sign
+    verify = readme_verifier()
+    assert verify(payload, signature, "hook-key")
+    assert not verify(payload + b" ", signature, "hook-key")
+    assert not verify(payload, signature, "other-key")
+    stale = signature.replace("t=", "t=1", 1)  # a timestamp far in the future is refused too
+    assert not verify(payload, stale, "hook-key")
 
-    assert signature == sign("hook-key", payload)
+
+def readme_verifier():
+    """The README's copy-pasteable receiver snippet, run as written."""
+    readme = (ROOT / "README.md").read_text()
+    code = readme.split("```python\n# verify a bridge webhook\n", 1)[1].split("```", 1)[0]
+    namespace: dict = {}
+    exec(code, namespace)
+    return namespace["verify"]
 
 
 def test_schemathesis_finds_no_server_error(api: str) -> None:

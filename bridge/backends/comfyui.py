@@ -29,8 +29,8 @@ import orjson
 from bridge.backends.base import Attempt, Outcome, Progress, ProgressFn
 from bridge.errors import PermanentBackendError, TransientBackendError
 from bridge.hashing import file_digest
+from bridge.masking import mask_url
 from bridge.paths import PathEscape, safe_relative
-from bridge.settings import mask_url
 
 log = logging.getLogger(__name__)
 

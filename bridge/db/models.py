@@ -36,9 +36,10 @@ class Project(SQLModel, table=True):
     description: str = ""
     style: str = ""
     negative: str = ""
-    spec_file: str = ""
+    spec_file: str = ""  # absolute path of the kept, content-addressed copy of the spec
     revision: str = ""  # sha256 of the spec text last synced
     options: dict[str, Any] | None = _json()  # the spec's templates, outputs and webhooks
+    spec_folder: str = ""  # where its relative paths resolve (the folder it was dropped in)
     updated_at: datetime = Field(default_factory=utcnow)
 
 

@@ -35,8 +35,8 @@ from bridge.db.models import (
 )
 from bridge.db.schema import ensure_schema
 from bridge.errors import ConfigError
+from bridge.masking import mask_url
 from bridge.plan import Job
-from bridge.settings import mask_url
 from bridge.spec import rows
 from bridge.spec.model import Spec
 from bridge.states import RESUMABLE, JobState, RunState
@@ -166,6 +166,7 @@ class Store:
             project.spec_file = spec.file
             project.revision = spec.revision
             project.options = rows.project_options(spec) or None
+            project.spec_folder = str(spec.folder)
             project.updated_at = utcnow()
             s.add(project)
             s.flush()

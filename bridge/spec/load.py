@@ -42,10 +42,11 @@ class Document:
     positions: dict[str, tuple[int, int]] = field(repr=False)
     key_positions: dict[str, tuple[int, int]] = field(repr=False)
     text: str = field(repr=False, default="")
+    base: Path | None = None  # where relative paths resolve, when not beside `file`
 
     @property
     def folder(self) -> Path:
-        return Path(self.file).resolve().parent
+        return self.base or Path(self.file).resolve().parent
 
     def locate(self, pointer: str, *, key: bool = False) -> Location:
         """The position of `pointer`, or of its nearest ancestor that has one."""
@@ -69,10 +70,8 @@ def load_file(path: str | Path, display: str | None = None) -> Document:
     name = display or str(path)
     p = Path(path)
     try:
-        size = p.stat().st_size
-        if size > MAX_BYTES:
-            raise _one(f"file is {size:,} bytes; the limit is {MAX_BYTES:,}", name)
-        raw = p.read_bytes()
+        with p.open("rb") as fh:  # bounded whatever stat() says (devices report 0)
+            raw = fh.read(MAX_BYTES + 1)
     except FileNotFoundError:
         raise _one("no such file", name) from None
     except IsADirectoryError:
@@ -82,7 +81,7 @@ def load_file(path: str | Path, display: str | None = None) -> Document:
     return load_bytes(raw, name)
 
 
-def load_bytes(raw: bytes, file: str = "<spec>") -> Document:
+def load_bytes(raw: bytes, file: str = "<spec>", base: Path | None = None) -> Document:
     if len(raw) > MAX_BYTES:
         raise _one(f"spec is {len(raw):,} bytes; the limit is {MAX_BYTES:,}", file)
     try:
@@ -98,10 +97,10 @@ def load_bytes(raw: bytes, file: str = "<spec>") -> Document:
                 )
             ]
         ) from None
-    return load_text(text.removeprefix("\ufeff"), file)
+    return load_text(text.removeprefix("\ufeff"), file, base)
 
 
-def load_text(text: str, file: str = "<spec>") -> Document:
+def load_text(text: str, file: str = "<spec>", base: Path | None = None) -> Document:
     try:
         node = yaml.compose(text, Loader=_Loader)
     except yaml.MarkedYAMLError as exc:
@@ -121,7 +120,7 @@ def load_text(text: str, file: str = "<spec>") -> Document:
     data = walker.convert(node, "", 0)
     if walker.errors:
         raise SpecErrors(walker.errors)
-    return Document(data, file, walker.positions, walker.key_positions, text)
+    return Document(data, file, walker.positions, walker.key_positions, text, base)
 
 
 def _check_size(root: yaml.Node, file: str) -> None:

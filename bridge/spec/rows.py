@@ -16,6 +16,7 @@ import json
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,11 +27,13 @@ from sqlmodel import Session, col, select
 from bridge.db.models import Character as CharacterRow
 from bridge.db.models import Project as ProjectRow
 from bridge.db.models import Scene as SceneRow
-from bridge.errors import NotFoundError, UsageError
+from bridge.direct.merge import merge_direction
+from bridge.errors import ConflictError, NotFoundError
+from bridge.masking import mask_url
 from bridge.presets import DEFAULT_PRESET, PRESETS
-from bridge.spec.load import Document
+from bridge.spec.load import Document, load_bytes
 from bridge.spec.model import Scene, Shot, Spec
-from bridge.spec.validate import load_spec, validate
+from bridge.spec.validate import validate
 
 if TYPE_CHECKING:
     from bridge.db.store import Store
@@ -108,21 +111,40 @@ def lora_mapping(spec: Spec, scene: Scene) -> dict[str, Any]:
 
 
 def project_options(spec: Spec) -> dict[str, Any]:
-    """What the spec holds that has no row: its own templates, outputs and webhooks."""
-    return {k: spec.data[k] for k in ("templates", "outputs", "webhooks") if k in spec.data}
+    """What the spec holds that has no row: its own templates, outputs and webhooks (their
+    URLs masked like everything else written to the database, so an export of a project
+    with credentials in a webhook URL needs them put back by hand)."""
+    out = {k: spec.data[k] for k in ("templates", "outputs") if k in spec.data}
+    if "webhooks" in spec.data:
+        out["webhooks"] = [{**h, "url": mask_url(h["url"])} for h in spec.data["webhooks"]]
+    return out
 
 
 # -- rows → spec -----------------------------------------------------------------------
 
 
 def spec_for_project(store: Store, project_id: str) -> Spec:
-    """The project as a validated Spec: from the spec file it was synced from while that
-    file exists (the file is the source; its rows are a copy), else from its rows."""
+    """The project as a validated Spec: from the spec it was last rendered from while that
+    file exists (the source; its rows are a copy), else from its rows.
+
+    The file is read as the stored revision, resolved against the folder it came from (the
+    watch folder's or the API's kept copy, or the file `bridge run` was given); a file that
+    now holds other text is refused, never rendered in its place.
+    """
     with store.session() as s:
         project = s.get(ProjectRow, project_id)
-    if project is not None and project.spec_file and Path(project.spec_file).is_file():
-        return load_spec(project.spec_file)
-    return spec_from_rows(store, project_id)
+    kept = Path(project.spec_file) if project is not None and project.spec_file else None
+    if project is None or kept is None or not kept.is_file():
+        return spec_from_rows(store, project_id)
+    folder = Path(project.spec_folder) if project.spec_folder else kept.parent
+    doc = merge_direction(load_bytes(kept.read_bytes(), kept.name, base=folder), kept)
+    spec = validate(doc)
+    if spec.revision != project.revision:
+        raise ConflictError(
+            f"project {project_id!r}: its spec file {kept.name} has changed since it was "
+            "rendered; render the file itself (`bridge run FILE`) or send it again"
+        )
+    return replace(spec, file=project.spec_file)
 
 
 def spec_from_rows(store: Store, project_id: str) -> Spec:
@@ -165,8 +187,9 @@ def project_of_scene(store: Store, scene_id: str, project: str | None = None) ->
         where = f" in project {project!r}" if project is not None else ""
         raise NotFoundError(f"there is no scene {scene_id!r}{where} in the database")
     if len(owners) > 1:
-        raise UsageError(
-            f"scene {scene_id!r} is in several projects ({', '.join(owners)}); name its project"
+        raise ConflictError(
+            f"scene {scene_id!r} is in several projects ({', '.join(owners)}); name its project",
+            candidates=owners,
         )
     return owners[0]
 
