@@ -22,7 +22,7 @@ from sqlalchemy.exc import OperationalError, ProgrammingError
 from bridge.errors import ConfigError
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
-HEAD = "0003"  # the newest revision in migrations/versions (a test keeps them equal)
+HEAD = "0004"  # the newest revision in migrations/versions (a test keeps them equal)
 BASELINE = "0001"  # the schema bridge created before it had migrations
 LOCK_KEY = int.from_bytes(b"bridge\x00\x01")  # pg_advisory_xact_lock's bigint key
 

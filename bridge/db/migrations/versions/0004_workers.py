@@ -7,8 +7,8 @@ claimed with FOR UPDATE SKIP LOCKED. `servers` remember the cache signature of t
 each server ran (affinity routing) and count model switches. `workers` name the processes
 behind the queue's worker ids (host, pid) for `bridge status --workers`.
 
-Revision ID: 0003
-Revises: 0002
+Revision ID: 0004
+Revises: 0003
 Create Date: 2026-11-26
 """
 
@@ -19,8 +19,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0003"
-down_revision: str | Sequence[str] | None = "0002"
+revision: str = "0004"
+down_revision: str | Sequence[str] | None = "0003"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
