@@ -15,10 +15,10 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import event, inspect, text
-from sqlmodel import Session, SQLModel
+from sqlmodel import SQLModel
 
 from bridge.db import schema
-from bridge.db.models import EventRecord, JobRecord, Run
+from bridge.db.models import Run
 from bridge.db.store import Store, engine_for
 from bridge.errors import ConfigError
 from tests.conftest import PG_ADMIN, process_env
@@ -58,12 +58,27 @@ def test_a_database_made_before_migrations_is_upgraded_with_its_rows(database_ur
                 " updated_at) VALUES ('p', 'kept', '', '', '', '', CURRENT_TIMESTAMP)"
             )
         )
-    with Session(engine) as s:
-        s.add(Run(id=7, project_id="p", status="succeeded"))
-        s.flush()
-        s.add(JobRecord(run_id=7, job_id="render:a/s1", hash="h" * 64, state="succeeded"))
-        s.add(EventRecord(run_id=7, kind="run_finished", data={"ok": True}))
-        s.commit()
+        # 0001's columns, written as SQL: today's models have columns 0001 lacks
+        conn.execute(
+            text(
+                "INSERT INTO runs (id, project_id, spec_file, revision, backend, preview,"
+                " status, started_at) VALUES (7, 'p', '', '', '', false, 'succeeded',"
+                " CURRENT_TIMESTAMP)"
+            )
+        )
+        conn.execute(
+            text(
+                "INSERT INTO jobs (run_id, job_id, kind, hash, state, reason, attempts)"
+                " VALUES (7, 'render:a/s1', '', :h, 'succeeded', '', 0)"
+            ),
+            {"h": "h" * 64},
+        )
+        conn.execute(
+            text(
+                "INSERT INTO events (run_id, kind, at, data) VALUES"
+                " (7, 'run_finished', CURRENT_TIMESTAMP, '{\"ok\": true}')"
+            )
+        )
     engine.dispose()
     assert schema.current_revision(engine_for(database_url)) is None
 

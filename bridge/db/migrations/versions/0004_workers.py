@@ -34,7 +34,7 @@ def upgrade() -> None:
         sa.Column("name", sa.String(), nullable=False, server_default=""),
         sa.Column("host", sa.String(), nullable=False, server_default=""),
         sa.Column("pid", sa.Integer(), nullable=False, server_default="0"),
-        sa.Column("started_at", sa.DateTime(), nullable=False),
+        sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
     )
     op.create_table(
         "server_slots",
@@ -43,7 +43,7 @@ def upgrade() -> None:
         sa.Column("worker_id", sa.BigInteger(), nullable=True),
         sa.Column("run_id", sa.Integer(), nullable=True),
         sa.Column("job_id", sa.String(length=200), nullable=True),
-        sa.Column("claimed_at", sa.DateTime(), nullable=True),
+        sa.Column("claimed_at", sa.DateTime(timezone=True), nullable=True),
     )
     op.create_table(
         "servers",
