@@ -33,6 +33,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from bridge import console, outputs
 from bridge.compile import compile_plan
+from bridge.db import farm
 from bridge.db.models import JobRecord, Run
 from bridge.direct.direct import analyze_scene, direct_spec, llm_status, wants_direction
 from bridge.direct.merge import merge_direction
@@ -48,12 +49,14 @@ from bridge.events import SUBSCRIBER_ERRORS
 from bridge.masking import mask_url
 from bridge.plan import Plan
 from bridge.presets import PRESETS
+from bridge.queue import parse_priority
 from bridge.runner import Runner, Selection
 from bridge.spec import rows
 from bridge.spec.load import load_bytes
 from bridge.spec.model import Spec
 from bridge.spec.validate import validate
 from bridge.states import JobState, RunState
+from bridge.submit import submit
 from bridge.templates import bundled
 from bridge.webhooks import Hook
 
@@ -102,6 +105,7 @@ class Api:
         # Bounded: a burst of big specs queues here instead of starving the process.
         self.cpu = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="bridge-api")
         self.deps: dict[str, dict[str, Any]] = {}
+        self.farm: farm.FarmStats | None = None  # BRIDGE_WORKERS: the last probe's view
         self.node_info: dict[str, tuple[int, list[str], float]] = {}  # name → classes, loras, at
         self._probe: asyncio.Task[None] | None = None
         self.direction: dict[str, Any] = {}  # the LLM endpoints, probed with the rest
@@ -192,6 +196,8 @@ class Api:
         self.deps["database"] = await self._probe_database()
         self.deps["comfyui"] = await self._probe_servers()
         self.direction = await llm_status(self.runner.settings)
+        if self.runner.settings.workers:
+            self.farm = await self.off_loop(farm.stats, self.store.engine)
 
     async def _probe_database(self) -> dict[str, Any]:
         try:
@@ -257,6 +263,7 @@ class Api:
                 "servers": self._servers(),
                 "running": len(self.tasks),
                 "direction": self.direction,
+                "workers": _workers_view(self.farm),
             },
             200 if ok else 503,
         )
@@ -401,9 +408,9 @@ class Api:
             )
         return spec, plan
 
-    async def _options(self, request: web.Request) -> tuple[str | None, list[Hook]]:
+    async def _options(self, request: web.Request) -> tuple[str | None, list[Hook], int | None]:
         if not request.can_read_body:
-            return None, []
+            return None, [], None
         try:
             body = orjson.loads(await self._body(request))
         except orjson.JSONDecodeError:
@@ -422,10 +429,11 @@ class Api:
         numeric = isinstance(priority, int) and not isinstance(priority, bool)
         if priority is not None and not numeric and priority not in PRIORITIES:
             raise BridgeError(f"priority must be a whole number or one of {', '.join(PRIORITIES)}")
-        return preset, _hooks(body.get("notify_webhook"))
+        level = None if priority is None else parse_priority(priority)
+        return preset, _hooks(body.get("notify_webhook")), level
 
     async def generate_project(self, request: web.Request) -> web.Response:
-        preset, hooks = await self._options(request)
+        preset, hooks, priority = await self._options(request)
         project_id = request.match_info["project_id"]
 
         def load() -> tuple[Spec, Plan]:
@@ -434,10 +442,10 @@ class Api:
             )
 
         spec, plan = await self.off_loop(load)
-        return await self._start(spec, plan, Selection(), hooks)
+        return await self._start(spec, plan, Selection(), hooks, priority)
 
     async def generate_scene(self, request: web.Request) -> web.Response:
-        preset, hooks = await self._options(request)
+        preset, hooks, priority = await self._options(request)
         scene_id = request.match_info["scene_id"]
         named = request.query.get("project")
         selection = Selection(scene_ids=(scene_id,))
@@ -457,13 +465,25 @@ class Api:
             return self._compiled(_with_preset(spec, preset), selection)
 
         spec, plan = await self.off_loop(load)
-        return await self._start(spec, plan, selection, hooks)
+        return await self._start(spec, plan, selection, hooks, priority)
 
     async def _start(
-        self, spec: Spec, plan: Plan, selection: Selection, hooks: list[Hook]
+        self,
+        spec: Spec,
+        plan: Plan,
+        selection: Selection,
+        hooks: list[Hook],
+        priority: int | None = None,
     ) -> web.Response:
         """Start the run and answer with its id; a project already rendering gets a 409
-        naming the run under way (runs of one project never queue behind each other here)."""
+        naming the run under way (runs of one project never queue behind each other here).
+        With BRIDGE_WORKERS the run is submitted to the workers instead (the same answer)."""
+        if self.runner.settings.workers:
+            level = parse_priority(spec.data.get("priority")) if priority is None else priority
+            run_id = await submit(
+                self.runner.settings, self.store, spec, plan, selection, priority=level
+            )
+            return _accepted(run_id, len(plan))
         if plan.project in self.rendering:
             running = self.rendering[plan.project]
             raise ConflictError(
@@ -498,16 +518,36 @@ class Api:
         run_id = await created
         self.tasks[run_id] = task
         task.add_done_callback(lambda _: self.tasks.pop(run_id, None))
-        return _json(
-            {
-                "job_id": run_id,
-                "run_id": run_id,
-                "status": RunState.RUNNING.value,
-                "jobs": len(plan),
-                "links": {"status": f"/api/status/{run_id}", "run": f"/api/runs/{run_id}"},
-            },
-            202,
-        )
+        return _accepted(run_id, len(plan))
+
+
+def _workers_view(stats: farm.FarmStats | None) -> list[dict[str, Any]] | None:
+    if stats is None:
+        return None
+    return [
+        {
+            "id": w.id,
+            "name": w.name,
+            "host": w.host,
+            "pid": w.pid,
+            "heartbeat_age_seconds": None if w.heartbeat_age is None else round(w.heartbeat_age, 1),
+            "jobs": list(w.jobs),
+        }
+        for w in stats.workers
+    ]
+
+
+def _accepted(run_id: int, jobs: int) -> web.Response:
+    return _json(
+        {
+            "job_id": run_id,
+            "run_id": run_id,
+            "status": RunState.RUNNING.value,
+            "jobs": jobs,
+            "links": {"status": f"/api/status/{run_id}", "run": f"/api/runs/{run_id}"},
+        },
+        202,
+    )
 
 
 def _hooks(url: Any) -> list[Hook]:
@@ -568,6 +608,25 @@ class _Collector:
         for server in self.api._servers():
             up.add_metric([server["name"]], 1.0 if server["healthy"] else 0.0)
         yield up
+        stats = self.api.farm
+        if stats is not None:  # BRIDGE_WORKERS, as of the last health probe
+            yield GaugeMetricFamily("bridge_workers", "Workers known", value=len(stats.workers))
+            yield CounterMetricFamily(
+                "bridge_job_claims", "Jobs claimed by workers", value=stats.claims
+            )
+            yield CounterMetricFamily(
+                "bridge_lease_takeovers",
+                "Jobs handed on after their worker's heartbeat stopped",
+                value=stats.takeovers,
+            )
+            switches = CounterMetricFamily(
+                "bridge_model_switches",
+                "Jobs given to a server that had other expensive nodes loaded",
+                labels=["server"],
+            )
+            for name, (_, n) in sorted(stats.servers.items()):
+                switches.add_metric([mask_url(name)], n)
+            yield switches
 
 
 async def serve(runner: Runner, host: str, port: int, token: str | None) -> None:

@@ -27,6 +27,7 @@ from bridge.states import JobState, RunState
 from bridge.webhooks import Hook, Notifier, hooks_from_spec
 
 SPEC_PATH = "spec_path"  # keys of a submitted run's settings column
+SPEC_FOLDER = "spec_folder"  # where its relative paths resolve (a watch folder, say)
 SELECTION = "selection"
 
 
@@ -67,12 +68,23 @@ class Runs:
         with self._lock:
             if run_id in self._known:
                 return self._known[run_id]
-        from bridge.spec.validate import load_spec
+        from bridge.direct.merge import merge_direction
+        from bridge.spec.load import load_bytes
+        from bridge.spec.validate import validate
 
         run = self.store.run(run_id)
         if run is None or not run.settings or SPEC_PATH not in run.settings:
             raise BridgeError(f"run {run_id} was not submitted to workers")
-        spec = load_spec(run.settings[SPEC_PATH])
+        path = Path(run.settings[SPEC_PATH])
+        base = Path(run.settings.get(SPEC_FOLDER) or path.parent)
+        try:
+            raw = path.read_bytes()
+        except OSError as exc:
+            raise BridgeError(
+                f"run {run_id}: cannot read its spec {path} ({exc.strerror}); workers need "
+                "the spec on the shared OUTPUT_PATH or the same path on every host"
+            ) from None
+        spec = validate(merge_direction(load_bytes(raw, str(path), base=base), path))
         if spec.revision != run.revision:
             raise BridgeError(
                 f"{run.settings[SPEC_PATH]} changed since run {run_id} was submitted; "

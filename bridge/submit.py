@@ -16,6 +16,7 @@ from bridge import farm_runs, freshness, queue
 from bridge.db import farm
 from bridge.db.models import JobRecord, Run
 from bridge.db.store import WORKERS_BACKEND, Store
+from bridge.errors import UsageError
 from bridge.plan import Plan
 from bridge.record import Recorder
 from bridge.runner import Selection
@@ -41,8 +42,14 @@ async def submit(
         freshness.reasons, store, plan, root, spec.templates, force=selection.force
     )
     recorder = Recorder(store, spec, plan, root=root, hooks=[], webhooks=Notifier(), detach=True)
+    if not Path(spec.file).is_file():
+        raise UsageError(
+            f"project {spec.project.id!r} is held only in the database; workers render from "
+            "a spec file: `bridge export` it, then submit the file"
+        )
     public = settings.public()
     public[farm_runs.SPEC_PATH] = str(Path(spec.file).resolve())
+    public[farm_runs.SPEC_FOLDER] = str(spec.folder.resolve())
     public[farm_runs.SELECTION] = {
         "scene_ids": list(selection.scene_ids),
         "only": list(selection.only),

@@ -37,10 +37,12 @@ from bridge.direct.direct import direct_if_wanted
 from bridge.direct.merge import merge_direction
 from bridge.errors import BridgeError, ConfigError, DirectionError, SpecErrors
 from bridge.plan import Plan
-from bridge.runner import Runner
+from bridge.queue import parse_priority
+from bridge.runner import Runner, Selection
 from bridge.spec.load import MAX_BYTES, load_bytes
 from bridge.spec.model import Spec
 from bridge.spec.validate import validate
+from bridge.submit import submit
 
 log = logging.getLogger(__name__)
 
@@ -301,6 +303,9 @@ class WatchFolder:
             self._file(claimed, "rejected", "errors", f"{name}: {exc}\n")
             self.echo(f"rejected {name}: {exc}")
             return
+        if self.runner.settings.workers:  # the workers wait for the servers themselves
+            await self._submit(claimed, spec, plan)
+            return
         try:
             if not await self._server_ready(claimed):
                 return
@@ -320,6 +325,20 @@ class WatchFolder:
             reasons = "".join(f"{job}: {error}\n" for job, error in report.errors.items())
             self._file(claimed, "failed", "reason", reasons or f"run {report.status}\n")
             self.echo(f"failed {name}: {console.counts(report.counts())}")
+
+    async def _submit(self, claimed: Path, spec: Spec, plan: Plan) -> None:
+        """BRIDGE_WORKERS: hand the run to the workers and file the spec as done with it."""
+        try:
+            level = parse_priority(spec.data.get("priority"))
+            run_id = await submit(
+                self.runner.settings, self.runner.store, spec, plan, Selection(), priority=level
+            )
+        except BridgeError as exc:
+            self._file(claimed, "failed", "reason", f"{exc}\n")
+            self.echo(f"failed {claimed.name}: {exc}")
+            return
+        self._file(claimed, "done", "manifest", f"submitted as run {run_id}\n")
+        self.echo(f"submitted {claimed.name}: run {run_id} (bridge status {run_id} --wait)")
 
     def _load(self, claimed: Path) -> tuple[Spec, Plan]:
         """Read, validate and compile (in a worker thread). Relative paths resolve against

@@ -303,6 +303,36 @@ def run_lock(engine: Engine, run_id: int) -> Iterator[bool]:
                 conn.commit()
 
 
+@dataclass(frozen=True)
+class FarmStats:
+    """What /metrics and /api/health show of the workers."""
+
+    workers: list[WorkerRow]
+    claims: int
+    takeovers: int
+    servers: dict[str, tuple[int, int]]  # jobs given, model switches
+
+
+def stats(engine: Engine) -> FarmStats:
+    if not queue_exists(engine):
+        return FarmStats([], 0, 0, {})
+    with engine.connect() as conn:
+        counts: dict[str, int] = dict(
+            conn.execute(
+                text(
+                    "SELECT kind, count(*) FROM events "
+                    "WHERE kind IN ('job_claimed', 'lease_taken_over') GROUP BY kind"
+                )
+            ).all()
+        )
+    return FarmStats(
+        workers(engine),
+        int(counts.get("job_claimed", 0)),
+        int(counts.get("lease_taken_over", 0)),
+        server_counts(engine),
+    )
+
+
 def queue_exists(engine: Engine) -> bool:
     with engine.connect() as conn:
         found: Any = conn.execute(text("SELECT to_regclass('procrastinate_jobs')")).scalar()
