@@ -350,6 +350,181 @@ def bench_utilisation(args: argparse.Namespace) -> dict[str, object]:
     return figures
 
 
+def _family_spec(folder: Path, jobs: int, families: int, name: str, priority: str = "") -> Path:
+    """core-smoke shots whose expensive node (EmptyImage: size, length, colour) is one of
+    `families`, written interleaved A, B, C, D, A, ... as a spec author would."""
+    shots = "\n".join(
+        f"      - {{id: s{i:04d}, action: shot {i}, seed: {i % families + 1},"
+        " params: {width: 64, height: 64}}"
+        for i in range(jobs)
+    )
+    path = folder / f"{name}.yaml"
+    path.write_text(
+        f"version: 1\nproject: {{id: {name}}}\n"
+        + (f"priority: {priority}\n" if priority else "")
+        + "defaults: {preset: draft, fps: 12, motion: core-smoke, duration: 2f}\n"
+        "outputs: {assemble: false, report: false}\n"
+        f"scenes:\n  - id: all\n    shots:\n{shots}\n"
+    )
+    return path
+
+
+class _Farm:
+    """A fresh PostgreSQL database, simulated servers and `bridge worker` processes."""
+
+    def __init__(self, servers: int, workers: int, job_s: float, switch_s: float, **env: str):
+        import uuid
+
+        import psycopg
+
+        self.db = f"bridge_bench_{uuid.uuid4().hex[:8]}"
+        with psycopg.connect(_PG_ADMIN, autocommit=True) as admin:
+            admin.execute(f'CREATE DATABASE "{self.db}"')
+        self.url = f"postgresql://postgres@127.0.0.1:5432/{self.db}"
+        self.tmp = tempfile.TemporaryDirectory()
+        self.folder = Path(self.tmp.name)
+        self.sims: list[subprocess.Popen] = []
+        self.urls: list[str] = []
+        for _ in range(servers):
+            proc = subprocess.Popen(
+                [
+                    *(sys.executable, "-m", "tests.sim.comfyui", "--job-seconds", str(job_s)),
+                    *("--switch-seconds", str(switch_s)),
+                ],
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            self.sims.append(proc)
+            self.urls.append(proc.stdout.readline().strip().removeprefix("listening on "))  # type: ignore[union-attr]
+        self.env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith(("BRIDGE_", "COMFYUI_"))},
+            "DATABASE_URL": self.url,
+            "COMFYUI_URL": ",".join(self.urls),
+            "OUTPUT_PATH": str(self.folder / "out"),
+            "MAX_CONCURRENT_JOBS": str(2 * servers),
+            "BRIDGE_LEASE_SECONDS": "5",
+            "BRIDGE_WORKER_JOBS": "8",
+            "LOG_LEVEL": "WARNING",
+            **env,
+        }
+        self.workers = [
+            subprocess.Popen(
+                [sys.executable, "-m", "bridge", "worker", "--name", f"w{i}"],
+                env=self.env,
+                stdout=subprocess.DEVNULL,
+            )
+            for i in range(workers)
+        ]
+
+    def submit(self, spec: Path, *extra: str) -> int:
+        out = subprocess.run(
+            [sys.executable, "-m", "bridge", "submit", str(spec), *extra],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return int(out.stdout.strip())
+
+    def query(self, sql: str, *params: object) -> list[tuple]:
+        import psycopg
+
+        with psycopg.connect(self.url) as conn:
+            return list(conn.execute(sql, params).fetchall())
+
+    def wait(self, run_id: int, timeout: float = 3600) -> float:
+        """The run's makespan in seconds, from submit to its last job's end."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            row = self.query(
+                "SELECT status, EXTRACT(EPOCH FROM finished_at - started_at) FROM runs "
+                "WHERE id = %s",
+                run_id,
+            )[0]
+            if row[0] != "running":
+                assert row[0] == "succeeded", row
+                return float(row[1])
+            time.sleep(0.5)
+        raise TimeoutError(run_id)
+
+    def sim(self, key: str) -> list:
+        import urllib.request
+
+        out = []
+        for url in self.urls:
+            with urllib.request.urlopen(f"{url}/_sim") as resp:
+                out.append(json.load(resp)[key])
+        return out
+
+    def close(self) -> None:
+        import psycopg
+
+        for proc in self.workers + self.sims:
+            proc.terminate()
+        for proc in self.workers + self.sims:
+            proc.wait()
+        with psycopg.connect(_PG_ADMIN, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{self.db}" WITH (FORCE)')
+        self.tmp.cleanup()
+
+
+_PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+@bench
+def bench_workers(args: argparse.Namespace) -> dict[str, object]:
+    """`bridge worker`s on PostgreSQL, 6 simulated servers (2 slots each), jobs in 4 model
+    families written interleaved; job and switch times scaled by --scale (1.0: 1 s jobs,
+    2 s switches). Utilisation = sum of job time / (makespan x servers), switch time not
+    counted as work; switches as counted by the servers."""
+    servers, families, jobs = 6, 4, args.jobs
+    job_s, switch_s = 1.0 * args.scale, 2.0 * args.scale
+    figures: dict[str, object] = {"servers": servers, "jobs": jobs, "job s": job_s}
+    figures["switch s"] = switch_s
+    cases = [
+        ("3 workers, affinity", 3, "1"),
+        ("3 workers, no affinity", 3, "0"),
+        ("1 worker, affinity", 1, "1"),
+    ]
+    for label, workers, affinity in cases:
+        farm = _Farm(servers, workers, job_s, switch_s, BRIDGE_AFFINITY=affinity)
+        try:
+            time.sleep(3)  # the workers start
+            since = int(time.time() * 1000)
+            run_id = farm.submit(_family_spec(farm.folder, jobs, families, "fam"))
+            makespan = farm.wait(run_id)
+            busy = _busy_seconds(farm.urls, since)
+            figures[f"{label}: makespan s"] = round(makespan, 1)
+            figures[f"{label}: utilisation"] = round(busy / (servers * makespan), 3)
+            figures[f"{label}: switches"] = sum(farm.sim("switches"))
+        finally:
+            farm.close()
+    farm = _Farm(servers, 3, job_s, switch_s)
+    try:
+        time.sleep(3)
+        normal = farm.submit(_family_spec(farm.folder, 500, families, "normal"))
+        while not farm.query(
+            "SELECT 1 FROM jobs WHERE run_id = %s AND state = 'succeeded'", normal
+        ):
+            time.sleep(0.2)
+        spec = _family_spec(farm.folder, 1, 1, "urgent")
+        started = time.time()
+        high = farm.submit(spec, "--priority", "high")
+        while True:
+            row = farm.query(
+                "SELECT EXTRACT(EPOCH FROM submitted_at) FROM jobs WHERE run_id = %s", high
+            )
+            if row and row[0][0] is not None:
+                figures["high priority: submit to first prompt s"] = round(
+                    float(row[0][0]) - started, 2
+                )
+                break
+            time.sleep(0.05)
+    finally:
+        farm.close()
+    return figures
+
+
 @bench
 def bench_rerun(args: argparse.Namespace) -> dict[str, object]:
     """`bridge run` of an unchanged 1,000-shot spec after a full run: submits nothing
@@ -571,6 +746,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shots", type=int, default=10_000)
     parser.add_argument("--jobs", type=int, default=300)
     parser.add_argument("--rerun-shots", type=int, default=1000)
+    parser.add_argument("--scale", type=float, default=1.0, help="workers: job/switch times")
     args = parser.parse_args(argv)
     for name in args.which or list(BENCHES):
         started = time.perf_counter()
