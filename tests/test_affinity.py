@@ -1,0 +1,81 @@
+"""Cache signatures, priorities and the order ready jobs are handed out in (no processes)."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+
+from bridge import affinity, queue
+from bridge.compile import compile_plan
+from bridge.errors import UsageError
+from bridge.spec.validate import load_spec
+from bridge.templates import bundled
+
+
+def keyframe_workflow(ckpt: str = "sd_xl_base_1.0.safetensors", text: str = "a cat") -> dict:
+    workflow = copy.deepcopy(dict(bundled()["sdxl-keyframe"].workflow))
+    workflow["4"]["inputs"]["ckpt_name"] = ckpt
+    workflow["6"]["inputs"]["text"] = text
+    return workflow
+
+
+def test_jobs_sharing_a_checkpoint_overlap_by_its_weight_not_by_their_prompts() -> None:
+    a = affinity.signature(keyframe_workflow(text="a cat"))
+    b = affinity.signature(keyframe_workflow(text="a dog"))
+    shared = affinity.overlap(a, b)
+    assert shared >= affinity.WEIGHTS["CheckpointLoaderSimple"]
+    assert shared < sum(b.values())  # the positive prompt's encoding differs
+    assert affinity.overlap(b, b) == sum(b.values())
+
+
+def test_a_changed_upstream_input_changes_every_hash_below_it() -> None:
+    a = affinity.signature(keyframe_workflow(ckpt="one.safetensors"))
+    b = affinity.signature(keyframe_workflow(ckpt="two.safetensors"))
+    assert affinity.overlap(a, b) == 0  # the LoRA and encoders hang off the checkpoint
+    assert affinity.family(a) != affinity.family(b)
+
+
+@pytest.mark.parametrize(
+    ("given", "level"),
+    [("low", -10), ("normal", 0), ("High", 10), ("urgent", 20), (5, 5), ("-7", -7), (None, 0)],
+)
+def test_priorities_are_the_old_words_or_integers(given: object, level: int) -> None:
+    assert queue.parse_priority(given) == level  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("given", ["soon", "101", 1000, "1.5"])
+def test_a_bad_priority_says_what_is_accepted(given: object) -> None:
+    with pytest.raises(UsageError, match=r"low, normal, high, urgent|-100 to 100"):
+        queue.parse_priority(given)  # type: ignore[arg-type]
+
+
+def test_queue_priority_orders_levels_then_takes_turns_then_ages() -> None:
+    high, normal = queue.parse_priority("high"), queue.parse_priority("normal")
+    assert queue.queue_priority(high, 10_000) > queue.queue_priority(normal, 0)
+    # two normal runs: the second's first job comes before the first's second job
+    assert queue.queue_priority(normal, 0) > queue.queue_priority(normal, 1)
+    # a waiting job aged one level beats every fresh job of its old level
+    aged = queue.queue_priority(normal, 10_000) + queue.LEVEL
+    assert aged > queue.queue_priority(normal, 0)
+    assert aged < queue.queue_priority(high, 10_000)  # one level, not a jump past `high`
+
+
+def test_ready_jobs_of_one_family_are_handed_out_back_to_back(tmp_path: Path) -> None:
+    shots = "\n".join(
+        f"      - {{id: s{i}, action: shot {i}, seed: {i % 2 + 1}, params: {{width: 64, height: 64}}}}"
+        for i in range(6)
+    )
+    spec_file = tmp_path / "f.yaml"
+    spec_file.write_text(
+        "version: 1\nproject: {id: f}\n"
+        "defaults: {preset: draft, fps: 12, motion: core-smoke, duration: 2f}\n"
+        "outputs: {assemble: false}\n"
+        f"scenes:\n  - id: a\n    shots:\n{shots}\n"
+    )
+    plan = compile_plan(load_spec(spec_file))
+    jobs = list(plan.jobs())
+    grouped = [j.shot for j in queue.ordered(jobs, plan, group=True)]
+    assert grouped == ["s0", "s2", "s4", "s1", "s3", "s5"]
+    assert [j.shot for j in queue.ordered(jobs, plan, group=False)] == [f"s{i}" for i in range(6)]
