@@ -24,7 +24,6 @@ import procrastinate
 from procrastinate.exceptions import AlreadyEnqueued
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import ProgrammingError
 
 from bridge import affinity
 from bridge.db import farm
@@ -74,16 +73,13 @@ async def ensure_schema(app: procrastinate.App, engine: Engine) -> None:
     """Install procrastinate's tables once, serialised across processes."""
     if farm.queue_exists(engine):
         return
-    try:
-        with engine.begin() as conn:
-            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": SCHEMA_LOCK})
-            exists = conn.execute(text("SELECT to_regclass('procrastinate_jobs')")).scalar()
-            if exists is None:
-                # the raw cursor: the schema's own % signs are not placeholders
-                conn.connection.cursor().execute(app.schema_manager.get_schema())
-    except ProgrammingError:
-        if not farm.queue_exists(engine):  # not a lost race with another worker
-            raise
+    with engine.begin() as conn:
+        conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": SCHEMA_LOCK})
+        # a plain query, not to_regclass: that reads a catalog snapshot possibly older than
+        # the lock, and misses the tables another worker committed while we waited
+        if not conn.execute(text(farm.QUEUE_EXISTS)).scalar():
+            # the raw cursor: the schema's own % signs are not placeholders
+            conn.connection.cursor().execute(app.schema_manager.get_schema())
 
 
 def queue_priority(level: int, rank: int) -> int:

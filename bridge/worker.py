@@ -28,7 +28,10 @@ from typing import Any
 
 import networkx as nx
 import procrastinate
+import psycopg
+from procrastinate.exceptions import ConnectorException
 from procrastinate.worker import Worker as QueueWorker
+from sqlalchemy.exc import SQLAlchemyError
 
 from bridge import affinity, farm_runs, preflight, queue
 from bridge.backends.base import Backend
@@ -92,39 +95,54 @@ class Worker:
         check_output_path(self.settings.output_path)
         runner = Runner(self.settings, store=self.store, notify=log.warning, detach=True)
         self.pool = await runner.backend()
-        for backend in self.pool.healthy():
-            info = await backend.object_info() if not runner.preview else {}
-            self.servers[backend.name] = _Ran(backend, info)
+        for backend in self.pool.backends:  # one down at start is preflighted by its server
+            up = backend.healthy and not runner.preview
+            self.servers[backend.name] = _Ran(backend, await backend.object_info() if up else {})
         await asyncio.to_thread(
             farm.ensure_slots, self.engine, {b.name: b.slots for b in self.pool.backends}
         )
-        s = self.settings
         self.app.task(name=queue.TASK, pass_context=True)(self._task)
         try:
-            async with self.app.open_async():
-                await queue.ensure_schema(self.app, self.engine)
-                self.queue_worker = QueueWorker(
-                    app=self.app,
-                    name=self.name,
-                    concurrency=s.worker_jobs,
-                    install_signal_handlers=False,
-                    update_heartbeat_interval=max(0.2, s.lease_seconds / 4),
-                    stalled_worker_timeout=s.lease_seconds,
-                    fetch_job_polling_interval=max(0.2, min(5.0, s.lease_seconds / 2)),
-                    delete_jobs="successful",
-                )
-                sweeper = asyncio.create_task(self._sweep(), name="bridge sweeper")
+            while True:
                 try:
-                    await self.queue_worker.run()  # type: ignore[no-untyped-call]
-                finally:
-                    sweeper.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await sweeper
-                    if self.queue_worker.worker_id is not None:
-                        farm.unregister_worker(self.engine, self.queue_worker.worker_id)
+                    await self._serve_queue()
+                except (OSError, SQLAlchemyError, psycopg.Error, ConnectorException) as exc:
+                    log.warning("lost the database (%s); not taking jobs until it is back", exc)
+                else:
+                    log.warning("the queue stopped (database unreachable?); checking")
+                await self.store.wait_available()
+                log.warning("database available: taking jobs again")
         finally:
             await self.webhooks.drain()
             await runner.close()
+
+    async def _serve_queue(self) -> None:
+        """One life of the queue worker: it ends when the database goes (its heartbeat or
+        fetch fails); the jobs it held are taken over after the lease, by whoever is up."""
+        s = self.settings
+        async with self.app.open_async():
+            await queue.ensure_schema(self.app, self.engine)
+            self.queue_worker = QueueWorker(
+                app=self.app,
+                name=self.name,
+                concurrency=s.worker_jobs,
+                install_signal_handlers=False,
+                update_heartbeat_interval=max(0.2, s.lease_seconds / 4),
+                stalled_worker_timeout=s.lease_seconds,
+                fetch_job_polling_interval=max(0.2, min(5.0, s.lease_seconds / 2)),
+                delete_jobs="successful",
+            )
+            sweeper = asyncio.create_task(self._sweep(), name="bridge sweeper")
+            try:
+                await self.queue_worker.run()  # type: ignore[no-untyped-call]
+            finally:
+                sweeper.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sweeper
+                worker_id = self.queue_worker.worker_id
+                if worker_id is not None:
+                    with contextlib.suppress(SQLAlchemyError, OSError):
+                        await asyncio.to_thread(farm.unregister_worker, self.engine, worker_id)
 
     async def _sweep(self) -> None:
         """Register this process, then hand stalled workers' jobs back and age the queue."""

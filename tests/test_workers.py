@@ -308,3 +308,32 @@ def test_a_high_run_overtakes_a_long_normal_run(
         pg_url, "SELECT count(*) FROM jobs WHERE run_id = %s AND state = 'pending'", normal_id
     )[0][0]
     assert remaining > 0, "the normal run ended first: the test proved nothing"
+
+
+def test_workers_that_lose_the_database_carry_on_when_it_is_back(
+    tmp_path: Path, sims: Callable[..., list[str]], farm_factory: Callable[..., Farm], pg_url: str
+) -> None:
+    urls = sims(2, job_seconds=0.2)
+    farm = farm_factory(urls, BRIDGE_WORKER_JOBS="2", MAX_CONCURRENT_JOBS="2")
+    for name in ("w1", "w2"):
+        farm.start(name)
+    done = farm.bridge("submit", str(flat_spec(tmp_path, 30, "outage")))
+    assert done.returncode == 0, done.stderr
+    run_id = int(done.stdout)
+    while not db_rows(
+        pg_url, "SELECT 1 FROM jobs WHERE run_id = %s AND state = 'succeeded'", run_id
+    ):
+        time.sleep(0.2)
+    name = pg_url.rsplit("/", 1)[1]
+    for _ in range(2):  # every connection of every worker is cut, twice
+        db_rows(
+            PG_ADMIN,
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = %s AND pid <> pg_backend_pid()",
+            name,
+        )
+        time.sleep(1.0)
+    assert wait_run(pg_url, run_id, timeout=120) == "succeeded"
+    assert all(p.poll() is None for p in farm.procs.values()), "a worker exited"
+    posted = [p for url in urls for p in sim_state(url)["posted"]]
+    assert len(posted) == len(set(posted)) == 30

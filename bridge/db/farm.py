@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
@@ -333,10 +332,16 @@ def stats(engine: Engine) -> FarmStats:
     )
 
 
+QUEUE_EXISTS = (
+    "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_class c "
+    "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+    "WHERE c.relname = 'procrastinate_jobs' AND n.nspname = current_schema())"
+)
+
+
 def queue_exists(engine: Engine) -> bool:
     with engine.connect() as conn:
-        found: Any = conn.execute(text("SELECT to_regclass('procrastinate_jobs')")).scalar()
-        return found is not None
+        return bool(conn.execute(text(QUEUE_EXISTS)).scalar())
 
 
 def unfinished(states: Mapping[str, JobState]) -> bool:
