@@ -39,7 +39,9 @@ from bridge.backends.pool import ServerPool
 from bridge.db import farm
 from bridge.db.store import Store
 from bridge.errors import ConfigError, PreflightError
+from bridge.events import Event
 from bridge.execute import Executor
+from bridge.manifest import OutputFile
 from bridge.plan import Job
 from bridge.record import Recorder
 from bridge.runner import Runner
@@ -206,7 +208,7 @@ class Worker:
             graph=plan.graph.subgraph((*deps, job.id)).copy(),
             order=tuple(j for j in plan.order if j in {*deps, job.id}),
         )
-        recorder = Recorder(
+        recorder = ClaimedRecorder(
             store,
             ctx.spec,
             plan,
@@ -215,7 +217,7 @@ class Worker:
             webhooks=self.webhooks,
             detach=True,
         )
-        recorder.run_id = ctx.run_id
+        recorder.run_id, recorder.worker_id = ctx.run_id, worker_id
         results = await asyncio.to_thread(self.runs.results, ctx, deps)
         resumable = await asyncio.to_thread(store.resumable, plan.project, [job.hash])
         executor = Executor(
@@ -236,7 +238,9 @@ class Worker:
             record=recorder,
         )
         states = await scheduler.run(dict(results))
-        if states.get(job.id) is JobState.FAILED:
+        if recorder.lost:
+            log.warning("%s of run %d was taken over by another worker", job.id, ctx.run_id)
+        elif states.get(job.id) is JobState.FAILED:
             await asyncio.to_thread(self._skip_downstream, ctx, job.id)
 
     def _skip_downstream(self, ctx: farm_runs.RunContext, failed: str) -> None:
@@ -272,6 +276,40 @@ class Worker:
                 raise PreflightError(found)
             self._eligible[job.hash] = ok
         return self._eligible[job.hash]
+
+
+class ClaimLost(Exception):
+    """Another worker took the job over while this one was late with its heartbeat."""
+
+
+class ClaimedRecorder(Recorder):
+    """A job's records while this worker holds it: the prompt is committed (and so posted)
+    only if the claim still stands; once lost, nothing more is written for the job."""
+
+    worker_id = 0
+    lost = False
+
+    def submitting(self, job: Job, prompt_id: str, server: str, attempt: int) -> None:
+        mine = farm.mark_submitting(
+            self.store.engine,
+            self.run_id,
+            job.id,
+            self.worker_id,
+            prompt_id=prompt_id,
+            server=server,
+            attempt=attempt,
+        )
+        if not mine:
+            self.lost = True
+            raise ClaimLost(job.id)
+
+    async def __call__(self, event: Event) -> None:
+        if not self.lost:
+            await super().__call__(event)
+
+    def asset(self, job: Job, main: OutputFile) -> None:
+        if not self.lost:
+            super().asset(job, main)
 
 
 class JobLeases:

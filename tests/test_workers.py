@@ -20,7 +20,7 @@ import pytest
 from tests.conftest import PG_ADMIN, process_env
 
 ROOT = Path(__file__).resolve().parent.parent
-pytestmark = [pytest.mark.slow, pytest.mark.postgres]
+pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.timeout(300)]
 
 
 @pytest.fixture

@@ -77,6 +77,38 @@ def claim_job(
         return Claim(state, took_over=holder is not None and holder != worker_id)
 
 
+def mark_submitting(
+    engine: Engine,
+    run_id: int,
+    job_id: str,
+    worker_id: int,
+    *,
+    prompt_id: str,
+    server: str,
+    attempt: int,
+) -> bool:
+    """Store.mark_submitting for a claimed job: committed only while `worker_id` still
+    holds the job. False when another worker took it over (this one's heartbeat was late):
+    then this one must not post."""
+    with engine.begin() as conn:
+        done = conn.execute(
+            text(
+                "UPDATE jobs SET state = 'submitted', prompt_id = :prompt, server = :server, "
+                "attempts = :attempt, submitted_at = now() "
+                "WHERE run_id = :run AND job_id = :job AND worker_id = :me"
+            ),
+            {
+                "prompt": prompt_id,
+                "server": server,
+                "attempt": attempt,
+                "run": run_id,
+                "job": job_id,
+                "me": worker_id,
+            },
+        )
+        return bool(done.rowcount)
+
+
 def release_job(engine: Engine, run_id: int, job_id: str) -> None:
     with engine.begin() as conn:
         conn.execute(
