@@ -337,3 +337,44 @@ def test_workers_that_lose_the_database_carry_on_when_it_is_back(
     assert all(p.poll() is None for p in farm.procs.values()), "a worker exited"
     posted = [p for url in urls for p in sim_state(url)["posted"]]
     assert len(posted) == len(set(posted)) == 30
+
+
+def test_watch_folder_and_api_submit_to_the_workers(
+    tmp_path: Path, farm_factory: Callable[..., Farm], pg_url: str
+) -> None:
+    """BRIDGE_WORKERS=1: neither front door renders; the worker does (preview backend)."""
+    from tests.test_front_doors import call, start, stop
+
+    farm = farm_factory([], BRIDGE_BACKEND="preview", BRIDGE_WORKERS="1")
+    farm.env.pop("COMFYUI_URL")
+    farm.start("w1")
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    watch, _ = start(["watch", str(inbox)], farm.env)
+    serve, listening = start(["serve", "--port", "0"], farm.env)
+    try:
+        url = listening.removeprefix("listening on ")
+        status, body = call(
+            f"{url}/api/specs", "POST", flat_spec(tmp_path, 3, "posted", "high").read_bytes()
+        )
+        assert status == 202, body
+        posted = body["run_id"]  # type: ignore[index]
+        (inbox / "dropped.yaml").write_bytes(flat_spec(tmp_path, 2, "dropped").read_bytes())
+        deadline = time.monotonic() + 90
+        while not (inbox / "done" / "dropped.yaml.manifest.txt").exists():
+            assert time.monotonic() < deadline, "the watch folder never filed the spec"
+            time.sleep(0.2)
+        note = (inbox / "done" / "dropped.yaml.manifest.txt").read_text()
+        dropped = int(note.split("run ")[1])
+        for run_id in (posted, dropped):
+            assert wait_run(pg_url, run_id, timeout=90) == "succeeded"
+        priority = db_rows(pg_url, "SELECT priority FROM runs WHERE id = %s", posted)[0][0]
+        assert priority == 10  # the posted spec's `priority: high`
+        time.sleep(2.5)  # the API's next probe
+        health = call(f"{url}/api/health", token=None)[1]
+        assert [w["name"] for w in health["workers"]] == ["w1"]  # type: ignore[index]
+        metrics = call(f"{url}/metrics", token=None)[1]
+        assert "bridge_job_claims_total 5.0" in str(metrics)
+    finally:
+        stop(serve)
+        stop(watch)
