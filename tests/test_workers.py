@@ -378,3 +378,25 @@ def test_watch_folder_and_api_submit_to_the_workers(
     finally:
         stop(serve)
         stop(watch)
+
+
+def test_runs_of_equal_priority_take_turns(
+    tmp_path: Path, sims: Callable[..., list[str]], farm_factory: Callable[..., Farm], pg_url: str
+) -> None:
+    urls = sims(2, job_seconds=0.1)
+    farm = farm_factory(urls, BRIDGE_WORKER_JOBS="2", MAX_CONCURRENT_JOBS="2")
+    first = int(farm.bridge("submit", str(flat_spec(tmp_path, 20, "first"))).stdout)
+    second = int(farm.bridge("submit", str(flat_spec(tmp_path, 20, "second"))).stdout)
+    farm.start("w1")  # both runs wait in the queue before anyone takes a job
+    for run_id in (first, second):
+        assert wait_run(pg_url, run_id, timeout=120) == "succeeded"
+    order = [
+        r[0]
+        for r in db_rows(
+            pg_url,
+            "SELECT run_id FROM jobs WHERE run_id IN (%s, %s) ORDER BY started_at",
+            first,
+            second,
+        )
+    ]
+    assert order[:10].count(first) in range(3, 8), order[:10]  # not the whole first run first
