@@ -59,14 +59,18 @@ def parse_priority(value: str | int | None) -> int:
     return number
 
 
-def app_for(database_url: str) -> procrastinate.App:
-    """The queue on bridge's PostgreSQL database."""
+def app_for(database_url: str, connections: int = 4) -> procrastinate.App:
+    """The queue on bridge's PostgreSQL database; `connections` bounds its pool (a worker
+    needs one for LISTEN, one for its heartbeat and about one per job it holds)."""
     if not database_url.startswith(("postgresql://", "postgresql+psycopg://")):
         raise UsageError(
             "workers share their jobs through PostgreSQL: set DATABASE_URL=postgresql://..."
         )
     conninfo = "postgresql://" + database_url.split("://", 1)[1]
-    return procrastinate.App(connector=procrastinate.PsycopgConnector(conninfo=conninfo))
+    connector = procrastinate.PsycopgConnector(
+        conninfo=conninfo, min_size=1, max_size=max(4, connections)
+    )
+    return procrastinate.App(connector=connector)
 
 
 async def ensure_schema(app: procrastinate.App, engine: Engine) -> None:

@@ -84,13 +84,15 @@ class Worker:
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
         self.store = Store(settings.database)
         self.engine = self.store.engine
-        self.app = queue.app_for(settings.database)
+        self.app = queue.app_for(settings.database, connections=settings.worker_jobs + 3)
         self.webhooks = Notifier()
         self.runs = farm_runs.Runs(self.store, settings.output_path, self.environ, self.webhooks)
         self.servers: dict[str, _Ran] = {}
         self.pool: ServerPool | None = None
         self.queue_worker: QueueWorker | None = None
         self._eligible: dict[str, tuple[str, ...]] = {}
+        # jobs this process is running now, and when each ends
+        self._in_hand: dict[tuple[int, str], asyncio.Event] = {}
 
     async def run(self) -> None:
         """Serve jobs until cancelled (SIGTERM/SIGINT stop it after the jobs in hand)."""
@@ -103,7 +105,14 @@ class Worker:
         await asyncio.to_thread(
             farm.ensure_slots, self.engine, {b.name: b.slots for b in self.pool.backends}
         )
-        self.app.task(name=queue.TASK, pass_context=True)(self._task)
+        # A job whose records could not be written (the database went away under it) is
+        # tried again by the queue: the retry re-attaches to its prompt like a take-over.
+        retry = procrastinate.RetryStrategy(
+            max_attempts=1000,
+            wait=1,
+            retry_exceptions={OSError, SQLAlchemyError, psycopg.Error},
+        )
+        self.app.task(name=queue.TASK, pass_context=True, retry=retry)(self._task)
         try:
             while True:
                 try:
@@ -111,7 +120,7 @@ class Worker:
                 except (OSError, SQLAlchemyError, psycopg.Error, ConnectorException) as exc:
                     log.warning("lost the database (%s); not taking jobs until it is back", exc)
                 else:
-                    log.warning("the queue stopped (database unreachable?); checking")
+                    log.warning("the queue worker stopped; starting it again")
                 await self.store.wait_available()
                 log.warning("database available: taking jobs again")
         finally:
@@ -158,6 +167,12 @@ class Worker:
         while True:
             await asyncio.sleep(max(0.2, s.lease_seconds / 3))
             try:
+                if not await asyncio.to_thread(farm.worker_alive, self.engine, worker_id):
+                    # Our heartbeat came too late and the queue pruned us: our jobs are
+                    # being handed on. Start over under a new id rather than run as a ghost.
+                    log.warning("worker %s missed its lease; re-registering", self.name)
+                    self.queue_worker.stop()  # type: ignore[no-untyped-call]
+                    return
                 for args in await queue.requeue_stalled(self.app, s.lease_seconds):
                     log.warning(
                         "took over job %s of run %s", args.get("job_id"), args.get("run_id")
@@ -181,6 +196,11 @@ class Worker:
     ) -> None:
         worker_id = context.job.worker_id
         assert worker_id is not None, "the queue gives every fetched job its worker"
+        running = self._in_hand.get((run_id, job_id))
+        if running is not None:  # handed back to us (a late heartbeat) while we still run it:
+            await running.wait()  # hold the queue job until that run ends, then move on
+            await self._advance(await asyncio.to_thread(self.runs.get, run_id))
+            return
         lease = self.settings.lease_seconds
         claim = await asyncio.to_thread(
             farm.claim_job, self.engine, run_id, job_id, worker_id, lease
@@ -190,6 +210,7 @@ class Worker:
             return
         ctx = await asyncio.to_thread(self.runs.get, run_id)
         if not claim.state.finished:
+            ended = self._in_hand[(run_id, job_id)] = asyncio.Event()
             await asyncio.to_thread(
                 self.store.log,
                 run_id,
@@ -197,7 +218,11 @@ class Worker:
                 job_id,
                 {"worker": self.name, "took_over": claim.took_over},
             )
-            await self._run_one(ctx, ctx.plan.job(job_id), worker_id)
+            try:
+                await self._run_one(ctx, ctx.plan.job(job_id), worker_id)
+            finally:
+                del self._in_hand[(run_id, job_id)]
+                ended.set()
         await self._advance(ctx)
 
     async def _run_one(self, ctx: farm_runs.RunContext, job: Job, worker_id: int) -> None:

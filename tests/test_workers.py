@@ -162,7 +162,14 @@ def wait_run(url: str, run_id: int, timeout: float) -> str:
         if status != "running":
             return status
         time.sleep(0.3)
-    raise AssertionError(f"run {run_id} still running after {timeout} s")
+    stuck = db_rows(
+        url,
+        "SELECT j.job_id, j.state, j.worker_id, q.status, q.worker_id FROM jobs j LEFT JOIN "
+        "procrastinate_jobs q ON q.args->>'job_id' = j.job_id AND (q.args->>'run_id')::int = "
+        "j.run_id WHERE j.run_id = %s AND j.state NOT IN ('succeeded', 'failed', 'skipped')",
+        run_id,
+    )
+    raise AssertionError(f"run {run_id} still running after {timeout} s: {stuck}")
 
 
 def start_png(tmp_path: Path) -> None:

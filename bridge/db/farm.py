@@ -275,6 +275,15 @@ def unregister_worker(engine: Engine, worker_id: int) -> None:
         )
 
 
+def worker_alive(engine: Engine, worker_id: int) -> bool:
+    """Whether the queue still knows this worker (it prunes one whose heartbeat stopped)."""
+    with engine.connect() as conn:
+        found = conn.execute(
+            text("SELECT 1 FROM procrastinate_workers WHERE id = :id"), {"id": worker_id}
+        ).first()
+        return found is not None
+
+
 def prune_workers(engine: Engine) -> None:
     """Forget the processes whose queue worker the queue itself has pruned."""
     with engine.begin() as conn:
