@@ -37,8 +37,8 @@ from bridge import affinity, farm_runs, preflight, queue
 from bridge.backends.base import Backend
 from bridge.backends.pool import ServerPool
 from bridge.db import farm
-from bridge.db.store import Store
-from bridge.errors import ConfigError, PreflightError
+from bridge.db.store import Resumable, Store
+from bridge.errors import ConfigError, PreflightError, TransientBackendError
 from bridge.events import Event
 from bridge.execute import Executor
 from bridge.manifest import OutputFile
@@ -256,6 +256,7 @@ class Worker:
             notify=log.warning,
         )
         executor.results.update(results)
+        recorder.reattach = executor.resumable
         scheduler = Scheduler(
             sub,
             executor,
@@ -309,32 +310,60 @@ class ClaimLost(Exception):
 
 class ClaimedRecorder(Recorder):
     """A job's records while this worker holds it: the prompt is committed (and so posted)
-    only if the claim still stands; once lost, nothing more is written for the job."""
+    only if the claim still stands; once lost, nothing more is written for the job.
+
+    A worker outlives database outages, so a write that fails for want of the database is
+    not the job's failure: an event's record waits for the database and is written then;
+    a failed commit before the POST or of the output's asset is a transient error, retried
+    (after the POST, by re-attaching to the prompt, never by posting it again).
+    """
 
     worker_id = 0
     lost = False
+    reattach: dict[str, Resumable]  # the executor's: prompts its next attempt asks for first
+    _posted: Resumable | None = None
 
     def submitting(self, job: Job, prompt_id: str, server: str, attempt: int) -> None:
-        mine = farm.mark_submitting(
-            self.store.engine,
-            self.run_id,
-            job.id,
-            self.worker_id,
-            prompt_id=prompt_id,
-            server=server,
-            attempt=attempt,
-        )
+        try:
+            mine = farm.mark_submitting(
+                self.store.engine,
+                self.run_id,
+                job.id,
+                self.worker_id,
+                prompt_id=prompt_id,
+                server=server,
+                attempt=attempt,
+            )
+        except SQLAlchemyError as exc:
+            raise TransientBackendError(f"database unavailable: {_first_line(exc)}") from None
         if not mine:
             self.lost = True
             raise ClaimLost(job.id)
+        self._posted = Resumable(prompt_id, server)
 
     async def __call__(self, event: Event) -> None:
-        if not self.lost:
-            await super().__call__(event)
+        while not self.lost:
+            try:
+                await super().__call__(event)
+            except SQLAlchemyError as exc:
+                log.warning("recording %s waits for the database: %s", event, _first_line(exc))
+                await self.store.wait_available()
+            else:
+                return
 
     def asset(self, job: Job, main: OutputFile) -> None:
-        if not self.lost:
+        if self.lost:
+            return
+        try:
             super().asset(job, main)
+        except SQLAlchemyError as exc:
+            if self._posted is not None:
+                self.reattach[job.hash] = self._posted
+            raise TransientBackendError(f"database unavailable: {_first_line(exc)}") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 class JobLeases:
