@@ -39,7 +39,7 @@ from bridge.backends.pool import ServerPool
 from bridge.db import farm
 from bridge.db.store import Resumable, Store
 from bridge.errors import ConfigError, PreflightError, TransientBackendError
-from bridge.events import Event
+from bridge.events import Event, JobStarted
 from bridge.execute import Executor
 from bridge.manifest import OutputFile
 from bridge.plan import Job
@@ -344,12 +344,21 @@ class ClaimedRecorder(Recorder):
     async def __call__(self, event: Event) -> None:
         while not self.lost:
             try:
-                await super().__call__(event)
+                if isinstance(event, JobStarted):
+                    self._start(event)
+                else:
+                    await super().__call__(event)
             except SQLAlchemyError as exc:
                 log.warning("recording %s waits for the database: %s", event, _first_line(exc))
                 await self.store.wait_available()
             else:
                 return
+
+    def _start(self, event: JobStarted) -> None:
+        """The attempt starts only on a row still this worker's and unfinished."""
+        engine, run_id = self.store.engine, self.run_id
+        if not farm.mark_running(engine, run_id, event.job_id, self.worker_id, event.attempt):
+            self.lost = True
 
     def asset(self, job: Job, main: OutputFile) -> None:
         if self.lost:
@@ -413,7 +422,7 @@ class JobLeases:
             await asyncio.to_thread(farm.ran, engine, slot.server, signature, switched)
             yield w.servers[slot.server].backend
         finally:
-            await asyncio.shield(asyncio.to_thread(farm.release_slot, engine, slot))
+            await asyncio.shield(asyncio.to_thread(farm.release_slot, engine, slot, self.worker_id))
 
 
 async def serve(settings: Settings, environ: Mapping[str, str], name: str = "") -> None:

@@ -95,7 +95,8 @@ def mark_submitting(
             text(
                 "UPDATE jobs SET state = 'submitted', prompt_id = :prompt, server = :server, "
                 "attempts = :attempt, submitted_at = now() "
-                "WHERE run_id = :run AND job_id = :job AND worker_id = :me"
+                "WHERE run_id = :run AND job_id = :job AND worker_id = :me "
+                "AND state IN ('pending', 'submitted', 'running')"
             ),
             {
                 "prompt": prompt_id,
@@ -105,6 +106,21 @@ def mark_submitting(
                 "job": job_id,
                 "me": worker_id,
             },
+        )
+        return bool(done.rowcount)
+
+
+def mark_running(engine: Engine, run_id: int, job_id: str, worker_id: int, attempt: int) -> bool:
+    """Store.mark_running for a claimed job; False when it is no longer this worker's or
+    already ended (another worker finished it meanwhile)."""
+    with engine.begin() as conn:
+        done = conn.execute(
+            text(
+                "UPDATE jobs SET state = 'running', attempts = :attempt, started_at = now() "
+                "WHERE run_id = :run AND job_id = :job AND worker_id = :me "
+                "AND state IN ('pending', 'submitted', 'running')"
+            ),
+            {"attempt": attempt, "run": run_id, "job": job_id, "me": worker_id},
         )
         return bool(done.rowcount)
 
@@ -215,14 +231,15 @@ def claim_slot(
         return Slot(row.server, row.slot)
 
 
-def release_slot(engine: Engine, slot: Slot) -> None:
+def release_slot(engine: Engine, slot: Slot, worker_id: int) -> None:
+    """Free the slot if this worker still holds it (a take-over may have moved it on)."""
     with engine.begin() as conn:
         conn.execute(
             text(
                 "UPDATE server_slots SET worker_id = NULL, run_id = NULL, job_id = NULL, "
-                "claimed_at = NULL WHERE server = :s AND slot = :n"
+                "claimed_at = NULL WHERE server = :s AND slot = :n AND worker_id = :me"
             ),
-            {"s": slot.server, "n": slot.slot},
+            {"s": slot.server, "n": slot.slot, "me": worker_id},
         )
 
 
