@@ -393,8 +393,14 @@ class JobLeases:
         engine, settings = w.engine, w.settings
         signature = affinity.signature(self.job.workflow) if self.job.kind.remote else {}
         eligible = w.eligible(self.job)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + w.pool.grace
         while True:
             healthy = [b.name for b in w.pool.healthy() if b.name in eligible]
+            if healthy:
+                deadline = loop.time() + w.pool.grace
+            elif loop.time() > deadline:  # as in one process: transient, retried, then failed
+                raise TransientBackendError("no server is answering: " + ", ".join(eligible))
             if prefer in healthy:
                 order = [prefer]
             elif settings.affinity:
