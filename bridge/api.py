@@ -32,6 +32,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from bridge import console, outputs
+from bridge.backends.comfyui import ComfyUIBackend
 from bridge.compile import compile_plan
 from bridge.db.models import JobRecord, Run
 from bridge.direct.direct import analyze_scene, direct_spec, llm_status, wants_direction
@@ -214,6 +215,8 @@ class Api:
         # A server that went away is noticed here, not by a job failing on it; the pool's
         # own probe brings it back (restarting its socket) once it answers again.
         for backend in pool.healthy():
+            if not isinstance(backend, ComfyUIBackend):
+                continue
             with contextlib.suppress(BridgeError, TimeoutError):
                 await asyncio.wait_for(backend.system_stats(), PROBE_INTERVAL * 2)
         healthy = pool.healthy()
