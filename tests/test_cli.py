@@ -40,9 +40,11 @@ def test_validate_json_and_github_formats(capsys) -> None:
     assert ",line=3,col=20," in line
 
 
-def test_usage_errors_exit_2(capsys) -> None:
-    assert main(["validate", "/no/such/spec.yaml"]) in (1, 2)
+def test_a_missing_spec_is_a_spec_error_and_a_bad_command_a_usage_error(capsys) -> None:
+    assert main(["validate", "/no/such/spec.yaml"]) == 1
+    assert "/no/such/spec.yaml: no such file" in capsys.readouterr().err
     assert main(["frobnicate"]) == 2
+    assert "invalid choice: 'frobnicate'" in capsys.readouterr().err
 
 
 def test_plan_formats(capsys) -> None:

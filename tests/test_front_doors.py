@@ -103,29 +103,6 @@ def test_watch_files_every_drop_in_exactly_one_place(tmp_path: Path) -> None:
     assert list((drop / ".processing").iterdir()) == []
 
 
-def test_watch_fifty_files_at_once(tmp_path: Path) -> None:
-    drop = tmp_path / "drop"
-    drop.mkdir()
-    env = env_for(tmp_path, MAX_CONCURRENT_JOBS="4")
-    proc, _ = start(["watch", str(drop), "--settle", "0.3"], env)
-    try:
-        for i in range(50):
-            text = (
-                f"version: 1\nproject: {{id: p{i:02d}}}\n"
-                "defaults: {preset: draft, fps: 12, motion: core-smoke, duration: 2f}\n"
-                "outputs: {report: false}\n"
-                "scenes: [{id: a, shots: [{id: s01, params: {width: 64, height: 64}}]}]\n"
-            )
-            if i % 10 == 9:
-                text = text.replace("version: 1", "version: 7")
-            (drop / f"spec{i:02d}.yaml").write_text(text)
-        wait_for(lambda: sum(len(outcome(drop, f"spec{i:02d}.yaml")) for i in range(50)) == 50, 180)
-    finally:
-        stop(proc)
-    results = {i: outcome(drop, f"spec{i:02d}.yaml") for i in range(50)}
-    assert all(r == (["rejected"] if i % 10 == 9 else ["done"]) for i, r in results.items())
-
-
 def test_watch_killed_mid_run_resumes_and_finishes(tmp_path: Path) -> None:
     drop = tmp_path / "drop"
     drop.mkdir()
