@@ -582,7 +582,7 @@ async def serve(runner: Runner, host: str, port: int, token: str | None) -> None
     await app_runner.setup()
     site = web.TCPSite(app_runner, host, port)
     await site.start()
-    bound = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    bound = app_runner.addresses[0][1]
     console.out(f"listening on http://{host}:{bound}")
     try:
         await asyncio.Event().wait()
