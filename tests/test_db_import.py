@@ -212,15 +212,14 @@ def test_cli_runs_the_seed_scene_by_id_and_exports_it(tmp_path: Path, database_u
 
 @pytest.mark.slow
 def test_api_generates_the_seed_scene_by_id(tmp_path: Path) -> None:
-    from tests.test_front_doors import call, start, stop, wait_for
+    from tests.inprocess import api_in_thread
+    from tests.test_front_doors import call, wait_for
 
     url = f"sqlite:///{tmp_path / 'out' / 'bridge.db'}"
     Store(url).close()
     execute_raw(url, SEED_SCENE, SEED_CHARACTER)
-    env = process_env(tmp_path, BRIDGE_BACKEND="preview", BRIDGE_API_TOKEN="s3cret")
-    proc, first = start(["serve", "--port", "0"], env)
-    try:
-        api = first.removeprefix("listening on ")
+    environ = {"BRIDGE_BACKEND": "preview", "BRIDGE_API_TOKEN": "s3cret"}
+    with api_in_thread(tmp_path, environ) as api:
         body = b'{"quality_preset": "draft", "notify_webhook": "http://127.0.0.1:9/hook"}'
         status, started = call(f"{api}/api/generate/scene/test-scene-001", "POST", body)
         assert status == 202, started
@@ -229,8 +228,6 @@ def test_api_generates_the_seed_scene_by_id(tmp_path: Path) -> None:
         wait_for(lambda: call(run)[1]["status"] != "running", 120)  # type: ignore[index]
         assert call(run)[1]["status"] == "succeeded"  # type: ignore[index]
         assert call(f"{api}/api/generate/scene/nope", "POST")[0] == 404
-    finally:
-        stop(proc)
     assert (tmp_path / "out" / "scene-test-scene-001" / "manifest.json").is_file()
 
 

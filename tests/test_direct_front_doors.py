@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from tests.conftest import process_env
+from tests.inprocess import api_in_thread
 from tests.test_front_doors import call, outcome, start, stop, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -113,18 +114,14 @@ def test_cli_with_the_llm_never_shows_the_key(tmp_path: Path, llm_url: str) -> N
 
 
 def test_api_health_direct_spec_and_analyze(tmp_path: Path, llm_url: str) -> None:
-    env = process_env(
-        tmp_path,
-        BRIDGE_BACKEND="preview",
-        BRIDGE_API_TOKEN="s3cret",
-        BRIDGE_LLM_URL=llm_url,
-        BRIDGE_LLM_MODEL="tiny",
-        BRIDGE_LLM_API_KEY="sk-secret",
-    )
-    proc, first = start(["serve", "--port", "0"], env)
-    assert first.startswith("listening on "), first
-    api = first.removeprefix("listening on ")
-    try:
+    environ = {
+        "BRIDGE_BACKEND": "preview",
+        "BRIDGE_API_TOKEN": "s3cret",
+        "BRIDGE_LLM_URL": llm_url,
+        "BRIDGE_LLM_MODEL": "tiny",
+        "BRIDGE_LLM_API_KEY": "sk-secret",
+    }
+    with api_in_thread(tmp_path, environ) as api:  # `bridge serve` itself: test_front_doors
         status, body = call(f"{api}/api/health", token=None)
         assert status == 200
         assert body["direction"]["llm"]["reachable"] is True
@@ -149,8 +146,6 @@ def test_api_health_direct_spec_and_analyze(tmp_path: Path, llm_url: str) -> Non
         )
         assert status == 202, body
         wait_for(lambda: call(f"{api}/api/status/{body['run_id']}")[1]["status"] != "running")
-    finally:
-        stop(proc)
 
 
 def test_watch_directs_a_dropped_spec(tmp_path: Path) -> None:

@@ -1,4 +1,5 @@
-"""The watch daemon and the REST API as real processes, on the preview backend."""
+"""The watch daemon and the REST API on the preview backend: as real processes for
+start-up, signals and restarts, in process where only the answers matter."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import process_env
+from tests.inprocess import api_in_thread
 
 ROOT = Path(__file__).resolve().parent.parent
 BAD = ROOT / "tests" / "cases" / "bad"
@@ -133,6 +135,18 @@ def api(tmp_path: Path) -> Iterator[str]:
     stop(proc)
 
 
+@pytest.fixture
+def api_here(tmp_path: Path) -> Iterator[str]:
+    """The same API and settings in this process (see tests/inprocess.py)."""
+    environ = {
+        "BRIDGE_BACKEND": "preview",
+        "BRIDGE_API_TOKEN": "s3cret",
+        "BRIDGE_WEBHOOK_SECRET_HOOK": "hook-key",
+    }
+    with api_in_thread(tmp_path, environ) as url:
+        yield url
+
+
 def call(
     url: str, method: str = "GET", body: bytes | None = None, token: str | None = "s3cret"
 ) -> tuple[int, object]:
@@ -194,23 +208,20 @@ def test_api_endpoints(api: str) -> None:
     assert "s3cret" not in text
 
 
-def test_api_refuses_to_listen_beyond_loopback_without_a_token(tmp_path: Path) -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "bridge", "serve", "--host", "0.0.0.0", "--port", "0"],
-        cwd=ROOT,
-        env=env_for(tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert proc.returncode == 1
-    assert "without BRIDGE_API_TOKEN" in proc.stderr
+def test_api_refuses_to_listen_beyond_loopback_without_a_token(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bridge.cli import main
+
+    monkeypatch.setenv("OUTPUT_PATH", str(tmp_path / "out"))
+    assert main(["serve", "--host", "0.0.0.0", "--port", "0"]) == 1
+    assert "without BRIDGE_API_TOKEN" in capsys.readouterr().err
 
 
 def test_webhook_is_signed_and_a_dead_one_does_not_hold_up_the_run(
-    api: str, tmp_path: Path
+    api_here: str, tmp_path: Path
 ) -> None:
+    api = api_here
     import http.server
     import threading
 
@@ -263,8 +274,9 @@ def readme_verifier():
     return namespace["verify"]
 
 
-def test_schemathesis_finds_no_server_error(api: str) -> None:
+def test_schemathesis_finds_no_server_error(api_here: str) -> None:
     """Property-based requests from schemas/openapi.json: no 5xx, responses as documented."""
+    api = api_here
     proc = subprocess.run(
         [
             str(Path(sys.executable).parent / "schemathesis"),
