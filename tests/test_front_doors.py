@@ -110,14 +110,16 @@ def test_watch_killed_mid_run_resumes_and_finishes(tmp_path: Path) -> None:
     drop.mkdir()
     env = env_for(tmp_path)
     proc, _ = start(["watch", str(drop), "--settle", "0.2"], env)
-    shutil.copy(ROOT / "specs" / "episode-1.yaml", drop / "ep.yaml")
-    wait_for(lambda: (drop / ".processing" / "ep.yaml").exists())
-    time.sleep(1.0)
+    shutil.copy(ROOT / "specs" / "smoke.yaml", drop / "ep.yaml")
+    # Killed once the first of its seven jobs has rendered: mid-run, whatever the load.
+    wait_for(lambda: any((tmp_path / "out").rglob("render-*.mp4")), 120)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=10)
+    assert outcome(drop, "ep.yaml") == []
     assert (drop / ".processing" / "ep.yaml").exists()  # nothing dropped is lost
-    proc, _ = start(["watch", str(drop), "--settle", "0.2"], env)
+    proc, first = start(["watch", str(drop), "--settle", "0.2"], env)
     try:
+        assert first == "resuming ep.yaml (claimed by an earlier start)"
         wait_for(lambda: outcome(drop, "ep.yaml") == ["done"], 120)
     finally:
         stop(proc)
