@@ -1,6 +1,7 @@
-"""The REST API served from a thread of the test process, for tests that are about what
-the API answers rather than about the `bridge serve` process (test_front_doors keeps one
-test of that). Plain blocking HTTP clients can call it, as they call the process."""
+"""Front doors in the test process, for tests about what they answer rather than about
+the process (test_front_doors and test_processes keep one process-level test of each):
+the REST API served from a thread, which plain blocking HTTP clients call as they call
+the process, and the CLI through cli.main."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ import asyncio
 import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
 from aiohttp import web
 
 from bridge.api import Api
@@ -70,3 +73,21 @@ def api_in_thread(tmp_path: Path, environ: Mapping[str, str]) -> Iterator[str]:
         assert not thread.is_alive(), "the API did not stop"
         if failed:
             raise failed[0]
+
+
+@dataclass(frozen=True)
+class Result:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def bridge_main(capsys: pytest.CaptureFixture[str], *args: str) -> Result:
+    """`bridge ARGS` through cli.main in this process, with what it printed (the settings
+    come from os.environ, as for the command; patch it with monkeypatch)."""
+    from bridge.cli import main
+
+    capsys.readouterr()
+    code = main(list(args))
+    printed = capsys.readouterr()
+    return Result(code, printed.out, printed.err)

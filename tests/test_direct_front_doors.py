@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from tests.conftest import process_env
-from tests.inprocess import api_in_thread
+from tests.inprocess import Result, api_in_thread, bridge_main
 from tests.test_front_doors import call, outcome, start, stop, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -68,26 +68,33 @@ def test_committed_example_is_fresh_and_made_by_the_rules(tmp_path: Path) -> Non
     assert "llm:" not in text
 
 
-def test_cli_rules_then_stale_then_run_direct(tmp_path: Path) -> None:
+def test_cli_rules_then_stale_then_run_direct(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     spec = tmp_path / "auto.yaml"
     shutil.copy(EXAMPLE, spec)
-    env = process_env(tmp_path, BRIDGE_BACKEND="preview")
-    first = bridge("direct", str(spec), env=env)
+    monkeypatch.setenv("OUTPUT_PATH", str(tmp_path / "out"))
+    monkeypatch.setenv("BRIDGE_BACKEND", "preview")
+
+    def bridge(*args: str) -> Result:
+        return bridge_main(capsys, *args)
+
+    first = bridge("direct", str(spec))
     assert first.returncode == 0, first.stderr
     assert "RULE-BASED director" in first.stderr
     assert "6 roles by rules, 0 model calls" in first.stdout
     data = yaml.safe_load(spec.read_text())
     data["scenes"][1]["visual_description"] = "school rooftop at dawn"
     spec.write_text(yaml.safe_dump(data, sort_keys=False))
-    plan = bridge("plan", str(spec), env=env)
+    plan = bridge("plan", str(spec))
     assert plan.returncode == 0, plan.stderr
     assert "rooftop: direction stale: visual_description changed (narration)" in plan.stderr
-    run = bridge("run", str(spec), "--direct", env=env)
+    run = bridge("run", str(spec), "--direct")
     assert run.returncode == 0, run.stderr
     assert "directed rooftop: narration (visual_description changed)" in run.stdout
     assert "directed garden" not in run.stdout
     assert "school rooftop at dawn" in spec.with_name("auto.direction.yaml").read_text()
-    again = bridge("direct", str(spec), env=env)
+    again = bridge("direct", str(spec))
     assert "direction fresh" in again.stdout
     assert "RULE-BASED" not in again.stderr  # nothing to do: no director was even chosen
 
