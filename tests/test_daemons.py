@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import gzip
 import os
-import shutil
 import signal
 import socket
 import stat
@@ -169,7 +168,7 @@ def test_watch_waits_for_a_server_then_gives_up_after_the_limit(
     proc, first = start(["watch", str(drop), "--settle", "0.2"], env)
     try:
         assert first.startswith("watching")
-        shutil.copy(SMOKE, drop / "later.yaml")
+        (drop / "later.yaml").write_text(TINY)
         wait_for(lambda: (drop / ".waiting" / "later.yaml").exists(), 30)
         assert outcome(drop, "later.yaml") == []
         sims.append(start_sim(port))
@@ -185,7 +184,7 @@ def test_watch_waits_for_a_server_then_gives_up_after_the_limit(
     env = process_env(tmp_path, COMFYUI_URL=dead, BRIDGE_WAIT_FOR_SERVER="1")
     proc, _ = start(["watch", str(short), "--settle", "0.2"], env)
     try:
-        shutil.copy(SMOKE, short / "never.yaml")
+        (short / "never.yaml").write_text(TINY)
         wait_for(lambda: outcome(short, "never.yaml") != [], 60)
     finally:
         stop(proc)
