@@ -69,3 +69,14 @@ def test_python_dash_m_and_no_traceback_on_bad_yaml() -> None:
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr
     assert "alias bomb" in proc.stderr
+
+
+def test_validate_of_a_glob_checks_direction_files_with_their_spec(capsys) -> None:
+    specs = ROOT / "specs"
+    assert (
+        main(["validate", str(specs / "autonomous.yaml"), str(specs / "autonomous.direction.yaml")])
+        == 0
+    )
+    assert capsys.readouterr().out.count("ok ") == 1  # the direction file is not a spec
+    assert main(["validate", str(specs / "autonomous.direction.yaml")]) == 0
+    assert "ok " + str(specs / "autonomous.yaml") in capsys.readouterr().out

@@ -169,3 +169,20 @@ def test_watch_directs_a_dropped_spec(tmp_path: Path) -> None:
     assert "the RULE-BASED director fills the open fields" in out  # no LLM is configured
     (lock,) = folder.rglob("auto.direction.yaml")
     assert "director: rules" in lock.read_text()
+
+
+def test_watch_uses_a_direction_file_dropped_beside_the_spec(tmp_path: Path) -> None:
+    folder = tmp_path / "inbox"
+    folder.mkdir()
+    env = process_env(tmp_path, BRIDGE_BACKEND="preview")
+    proc, _ = start(["watch", str(folder), "--settle", "0.2"], env)
+    try:
+        shutil.copy(EXAMPLE.with_name("autonomous.direction.yaml"), folder / "auto.direction.yaml")
+        shutil.copy(EXAMPLE, folder / "auto.yaml")
+        wait_for(lambda: bool(outcome(folder, "auto.yaml")), timeout=120)
+        assert outcome(folder, "auto.yaml") == ["done"]
+        assert outcome(folder, "auto.direction.yaml") == []  # never taken as a spec
+    finally:
+        out = stop(proc)
+    assert "RULE-BASED" not in out  # the reviewed direction was fresh: nothing redone
+    assert (folder / "auto.direction.yaml").is_file()
