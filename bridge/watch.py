@@ -387,4 +387,6 @@ class WatchFolder:
                     with contextlib.suppress(FileNotFoundError):
                         (self.folder / other / stale).unlink()
         (self.folder / outcome / f"{name}.{note}.txt").write_text(text)
+        with contextlib.suppress(FileNotFoundError):  # the direction it was rendered with
+            os.replace(lock_path(claimed), lock_path(self.folder / outcome / name))
         os.replace(claimed, self.folder / outcome / name)

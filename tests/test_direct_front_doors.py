@@ -167,7 +167,7 @@ def test_watch_directs_a_dropped_spec(tmp_path: Path) -> None:
     finally:
         out = stop(proc)
     assert "the RULE-BASED director fills the open fields" in out  # no LLM is configured
-    (lock,) = folder.rglob("auto.direction.yaml")
+    lock = folder / "done" / "auto.direction.yaml"  # filed with the spec it directed
     assert "director: rules" in lock.read_text()
 
 
@@ -181,8 +181,9 @@ def test_watch_uses_a_direction_file_dropped_beside_the_spec(tmp_path: Path) -> 
         shutil.copy(EXAMPLE, folder / "auto.yaml")
         wait_for(lambda: bool(outcome(folder, "auto.yaml")), timeout=120)
         assert outcome(folder, "auto.yaml") == ["done"]
-        assert outcome(folder, "auto.direction.yaml") == []  # never taken as a spec
+        assert not list(folder.rglob("auto.direction.yaml.*.txt"))  # never taken as a spec
     finally:
         out = stop(proc)
     assert "RULE-BASED" not in out  # the reviewed direction was fresh: nothing redone
-    assert (folder / "auto.direction.yaml").is_file()
+    dropped = (folder / "auto.direction.yaml").read_text()
+    assert (folder / "done" / "auto.direction.yaml").read_text() == dropped
