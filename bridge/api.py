@@ -32,6 +32,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from bridge import console, outputs
+from bridge.backends.comfyui import ComfyUIBackend
 from bridge.compile import compile_plan
 from bridge.db import farm
 from bridge.db.models import JobRecord, Run
@@ -220,6 +221,8 @@ class Api:
         # A server that went away is noticed here, not by a job failing on it; the pool's
         # own probe brings it back (restarting its socket) once it answers again.
         for backend in pool.healthy():
+            if not isinstance(backend, ComfyUIBackend):
+                continue
             with contextlib.suppress(BridgeError, TimeoutError):
                 await asyncio.wait_for(backend.system_stats(), PROBE_INTERVAL * 2)
         healthy = pool.healthy()
@@ -638,7 +641,7 @@ async def serve(runner: Runner, host: str, port: int, token: str | None) -> None
     await app_runner.setup()
     site = web.TCPSite(app_runner, host, port)
     await site.start()
-    bound = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    bound = app_runner.addresses[0][1]
     console.out(f"listening on http://{host}:{bound}")
     try:
         await asyncio.Event().wait()

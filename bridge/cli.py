@@ -49,11 +49,18 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     """Errors go to stderr as text; JSON and GitHub annotations go to stdout for tools."""
+    from bridge.direct.lock import is_lock_file, spec_path_of
     from bridge.spec.validate import load_spec
 
     failed = 0
     reports = []
+    given = {str(Path(p)) for p in args.specs}
     for path in args.specs:
+        if is_lock_file(path):  # `specs/*.yaml` matches direction files too
+            spec_file = spec_path_of(path)
+            if str(spec_file) in given:
+                continue  # checked with its spec, which merges it
+            path = str(spec_file)
         try:
             spec = load_spec(path)
         except SpecErrors as exc:
