@@ -196,33 +196,34 @@ class Worker:
     ) -> None:
         worker_id = context.job.worker_id
         assert worker_id is not None, "the queue gives every fetched job its worker"
-        running = self._in_hand.get((run_id, job_id))
-        if running is not None:  # handed back to us (a late heartbeat) while we still run it:
-            await running.wait()  # hold the queue job until that run ends, then move on
+        key = (run_id, job_id)
+        running = self._in_hand.get(key)
+        if running is not None:  # a second copy (a late heartbeat, a racing queueing) while
+            await running.wait()  # this process runs it: hold it until that run ends
             await self._advance(await asyncio.to_thread(self.runs.get, run_id))
             return
-        lease = self.settings.lease_seconds
-        claim = await asyncio.to_thread(
-            farm.claim_job, self.engine, run_id, job_id, worker_id, lease
-        )
-        if claim is None:
-            log.debug("%s of run %d is held by a live worker", job_id, run_id)
-            return
-        ctx = await asyncio.to_thread(self.runs.get, run_id)
-        if not claim.state.finished:
-            ended = self._in_hand[(run_id, job_id)] = asyncio.Event()
-            await asyncio.to_thread(
-                self.store.log,
-                run_id,
-                "job_claimed",
-                job_id,
-                {"worker": self.name, "took_over": claim.took_over},
+        ended = self._in_hand[key] = asyncio.Event()  # set before any await: no race here
+        try:
+            lease = self.settings.lease_seconds
+            claim = await asyncio.to_thread(
+                farm.claim_job, self.engine, run_id, job_id, worker_id, lease
             )
-            try:
+            if claim is None:
+                log.debug("%s of run %d is held by a live worker", job_id, run_id)
+                return
+            ctx = await asyncio.to_thread(self.runs.get, run_id)
+            if not claim.state.finished:
+                await asyncio.to_thread(
+                    self.store.log,
+                    run_id,
+                    "job_claimed",
+                    job_id,
+                    {"worker": self.name, "took_over": claim.took_over},
+                )
                 await self._run_one(ctx, ctx.plan.job(job_id), worker_id)
-            finally:
-                del self._in_hand[(run_id, job_id)]
-                ended.set()
+        finally:
+            del self._in_hand[key]
+            ended.set()
         await self._advance(ctx)
 
     async def _run_one(self, ctx: farm_runs.RunContext, job: Job, worker_id: int) -> None:
