@@ -120,7 +120,7 @@ async def defer_ready(
     queueing lock refuses a second copy while one waits, and the claim refuses one whose
     job another worker already holds."""
     states = farm.job_states(engine, run_id)
-    held = _held(engine, run_id)
+    held = _held(engine, run_id) | _queued(engine, run_id)
     done = {JobState.SUCCEEDED, JobState.CACHED}
     ready = [
         plan.job(j)
@@ -143,6 +143,21 @@ async def defer_ready(
             continue
         count += 1
     return count
+
+
+def _queued(engine: Engine, run_id: int) -> set[str]:
+    """The run's jobs waiting in the queue or being fetched: queueing them again would
+    only be refused by their queueing lock, one round trip each."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT args->>'job_id' AS job_id FROM procrastinate_jobs "
+                "WHERE task_name = :task AND status IN ('todo', 'doing') "
+                "AND args->>'run_id' = :run"
+            ),
+            {"task": TASK, "run": str(run_id)},
+        )
+        return {r.job_id for r in rows}
 
 
 def _held(engine: Engine, run_id: int) -> set[str]:
