@@ -15,6 +15,7 @@ is never starved.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -119,8 +120,9 @@ async def defer_ready(
     holds yet; returns how many were queued. Safe to call from several workers at once: a
     queueing lock refuses a second copy while one waits, and the claim refuses one whose
     job another worker already holds."""
-    states = farm.job_states(engine, run_id)
-    held = _held(engine, run_id) | _queued(engine, run_id)
+    states = await asyncio.to_thread(farm.job_states, engine, run_id)
+    held = await asyncio.to_thread(_held, engine, run_id)
+    held |= await asyncio.to_thread(_queued, engine, run_id)
     done = {JobState.SUCCEEDED, JobState.CACHED}
     ready = [
         plan.job(j)
@@ -174,6 +176,10 @@ def _held(engine: Engine, run_id: int) -> set[str]:
 
 async def age(engine: Engine, aging: float) -> int:
     """Raise every job that waited `aging` seconds by one priority level."""
+    return await asyncio.to_thread(_age, engine, aging)
+
+
+def _age(engine: Engine, aging: float) -> int:
     with engine.begin() as conn:
         result: Any = conn.execute(
             text(
