@@ -402,7 +402,7 @@ class _Farm:
             "COMFYUI_URL": ",".join(self.urls),
             "OUTPUT_PATH": str(self.folder / "out"),
             "MAX_CONCURRENT_JOBS": str(2 * servers),
-            "BRIDGE_LEASE_SECONDS": "15",
+            "BRIDGE_LEASE_SECONDS": "30",
             "BRIDGE_WORKER_JOBS": "8",
             "LOG_LEVEL": "WARNING",
             **env,
