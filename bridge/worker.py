@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
+import itertools
 import logging
 import os
 import random
@@ -93,6 +95,8 @@ class Worker:
         self._eligible: dict[str, tuple[str, ...]] = {}
         # jobs this process is running now, and when each ends
         self._in_hand: dict[tuple[int, str], asyncio.Event] = {}
+        self.waiting: list[tuple[int, int]] = []  # (-priority, arrival) of jobs wanting a slot
+        self.tickets = itertools.count()
 
     async def run(self) -> None:
         """Serve jobs until cancelled (SIGTERM/SIGINT stop it after the jobs in hand)."""
@@ -220,13 +224,16 @@ class Worker:
                     job_id,
                     {"worker": self.name, "took_over": claim.took_over},
                 )
-                await self._run_one(ctx, ctx.plan.job(job_id), worker_id)
+                priority = context.job.priority or 0
+                await self._run_one(ctx, ctx.plan.job(job_id), worker_id, priority)
         finally:
             del self._in_hand[key]
             ended.set()
         await self._advance(ctx)
 
-    async def _run_one(self, ctx: farm_runs.RunContext, job: Job, worker_id: int) -> None:
+    async def _run_one(
+        self, ctx: farm_runs.RunContext, job: Job, worker_id: int, priority: int
+    ) -> None:
         plan, store = ctx.plan, self.store
         deps = tuple(plan.graph.predecessors(job.id))
         sub = replace(
@@ -248,7 +255,7 @@ class Worker:
         resumable = await asyncio.to_thread(store.resumable, plan.project, [job.hash])
         executor = Executor(
             sub,
-            self._leases(ctx.run_id, job, worker_id),
+            JobLeases(self, ctx.run_id, job, worker_id, priority),
             recorder,
             root=self.settings.output_path,
             quality_threshold=self.settings.quality_threshold,
@@ -282,9 +289,6 @@ class Worker:
         await asyncio.to_thread(self.runs.finish_if_done, ctx)
 
     # -- servers ---------------------------------------------------------------------------
-
-    def _leases(self, run_id: int, job: Job, worker_id: int) -> JobLeases:
-        return JobLeases(self, run_id, job, worker_id)
 
     def eligible(self, job: Job) -> tuple[str, ...]:
         """The servers that have every node, model and LoRA the job's workflow names."""
@@ -379,20 +383,46 @@ def _first_line(exc: BaseException) -> str:
 class JobLeases:
     """The Executor's pool for one job: a backend whose global slot this worker holds."""
 
-    def __init__(self, worker: Worker, run_id: int, job: Job, worker_id: int) -> None:
+    def __init__(
+        self, worker: Worker, run_id: int, job: Job, worker_id: int, priority: int
+    ) -> None:
         self.worker = worker
         self.run_id = run_id
         self.job = job
         self.worker_id = worker_id
+        self.priority = priority  # the queue's: this process's waiters ask in its order
 
     @contextlib.asynccontextmanager
     async def lease(self, prefer: str | None = None) -> AsyncIterator[Backend]:
         """A slot on the server the job's prompt already went to (`prefer`, a take-over),
         else on the eligible server that has the most of the job already cached."""
         w = self.worker
+        engine = w.engine
+        signature = affinity.signature(self.job.workflow) if self.job.kind.remote else {}
+        ticket = (-self.priority, next(w.tickets))
+        heapq.heappush(w.waiting, ticket)
+        try:
+            slot = await self._claim(ticket, signature, prefer)
+        finally:
+            w.waiting.remove(ticket)
+            heapq.heapify(w.waiting)
+        try:
+            last = await asyncio.to_thread(farm.signatures, engine)
+            had = affinity.overlap(last.get(slot.server, {}), signature)
+            switched = bool(signature) and had < sum(signature.values())
+            await asyncio.to_thread(farm.ran, engine, slot.server, signature, switched)
+            yield w.servers[slot.server].backend
+        finally:
+            await asyncio.shield(asyncio.to_thread(farm.release_slot, engine, slot, self.worker_id))
+
+    async def _claim(
+        self, ticket: tuple[int, int], signature: affinity.Signature, prefer: str | None
+    ) -> farm.Slot:
+        """Poll for a slot; of this process's waiters only the first by priority asks, so a
+        high job that arrives behind many waiting normal ones is next here."""
+        w = self.worker
         assert w.pool is not None
         engine, settings = w.engine, w.settings
-        signature = affinity.signature(self.job.workflow) if self.job.kind.remote else {}
         eligible = w.eligible(self.job)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + w.pool.grace
@@ -402,34 +432,28 @@ class JobLeases:
                 deadline = loop.time() + w.pool.grace
             elif loop.time() > deadline:  # as in one process: transient, retried, then failed
                 raise TransientBackendError("no server is answering: " + ", ".join(eligible))
-            if prefer in healthy:
-                order = [prefer]
-            elif settings.affinity:
-                last = await asyncio.to_thread(farm.signatures, engine)
-                order = sorted(healthy, key=lambda n: -affinity.overlap(last.get(n, {}), signature))
-            else:
-                order = list(healthy)
-                random.shuffle(order)
-            slot = await asyncio.to_thread(
-                farm.claim_slot,
-                engine,
-                order,
-                worker_id=self.worker_id,
-                run_id=self.run_id,
-                job_id=self.job.id,
-                lease=settings.lease_seconds,
-            )
-            if slot is not None:
-                break
+            if healthy and w.waiting[0][0] >= ticket[0]:  # none here waits with a higher one
+                if prefer in healthy:
+                    order = [prefer]
+                elif settings.affinity:
+                    last = await asyncio.to_thread(farm.signatures, engine)
+                    order = sorted(
+                        healthy, key=lambda n: -affinity.overlap(last.get(n, {}), signature)
+                    )
+                else:
+                    order = random.sample(healthy, len(healthy))
+                slot = await asyncio.to_thread(
+                    farm.claim_slot,
+                    engine,
+                    order,
+                    worker_id=self.worker_id,
+                    run_id=self.run_id,
+                    job_id=self.job.id,
+                    lease=settings.lease_seconds,
+                )
+                if slot is not None:
+                    return slot
             await asyncio.sleep(random.uniform(*SLOT_POLL))
-        try:
-            last = await asyncio.to_thread(farm.signatures, engine)
-            had = affinity.overlap(last.get(slot.server, {}), signature)
-            switched = bool(signature) and had < sum(signature.values())
-            await asyncio.to_thread(farm.ran, engine, slot.server, signature, switched)
-            yield w.servers[slot.server].backend
-        finally:
-            await asyncio.shield(asyncio.to_thread(farm.release_slot, engine, slot, self.worker_id))
 
 
 async def serve(settings: Settings, environ: Mapping[str, str], name: str = "") -> None:
