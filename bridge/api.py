@@ -515,7 +515,8 @@ def _hooks(url: Any) -> list[Hook]:
         return []
     if not isinstance(url, str) or not url.startswith(("http://", "https://")):
         raise BridgeError("notify_webhook must be an http(s) URL")
-    return [Hook(url, frozenset({"run_finished", "job_finished", "job_failed"}))]
+    # Only the run-level notice: the old system's handlers read every POST as a run's end.
+    return [Hook(url)]
 
 
 def _with_preset(spec: Spec, preset: str | None) -> Spec:

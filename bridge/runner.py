@@ -90,11 +90,11 @@ class Runner:
         self.store = store or Store(settings.database)
         self.notify = notify
         self.policy = policy
-        # detach: a cancelled run leaves its prompts on the servers, still recorded as
-        # submitted, for the next start to re-attach to (the watch daemon's SIGTERM).
+        # detach: a cancelled run leaves its prompts on the servers, recorded as detached,
+        # for the next start to re-attach to (the watch daemon's SIGTERM).
         self.detach = detach
         self.environ = dict(environ or {})
-        self.webhooks = Notifier()
+        self.webhooks = Notifier(backoff=settings.webhook_retry)
         self._projects: dict[str, asyncio.Lock] = {}
         self.pool: ServerPool | None = None
         self.preview = False
@@ -102,10 +102,13 @@ class Runner:
         self._pool_lock = asyncio.Lock()
 
     async def close(self) -> None:
-        await self.webhooks.drain()
-        if self.pool is not None:
-            await self.pool.close()
-        self.store.close()
+        """Outstanding webhooks finish (up to BRIDGE_WEBHOOK_DRAIN) before the store closes."""
+        try:
+            await self.webhooks.drain(self.settings.webhook_drain)
+        finally:
+            if self.pool is not None:
+                await self.pool.close()
+            self.store.close()
 
     async def backend(self) -> ServerPool:
         """The pool, started once: ComfyUI when one answers, else the preview animatic."""
@@ -198,7 +201,10 @@ class Runner:
         except asyncio.CancelledError:
             with contextlib.suppress(Exception):
                 await asyncio.shield(opened)
-            if recorder.run_id:
+            if recorder.run_id and self.detach:
+                self.store.detach_unfinished(recorder.run_id)
+                self.store.finish_run(recorder.run_id, RunState.DETACHED, {}, None)
+            elif recorder.run_id:
                 self.store.end_pending(recorder.run_id, JobState.CANCELLED)
                 self.store.finish_run(recorder.run_id, RunState.CANCELLED, {}, None)
             raise
@@ -238,6 +244,7 @@ class Runner:
                 backend=backend,
                 submitted=execute.submitted,
                 results=execute.results,
+                detached=self.detach,
             )
             report.manifest = recorder.finish(
                 report,
