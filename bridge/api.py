@@ -32,6 +32,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from bridge import console, outputs
+from bridge import priority as priorities
 from bridge.compile import compile_plan
 from bridge.db.models import JobRecord, Run
 from bridge.direct.direct import analyze_scene, direct_spec, llm_status, wants_direction
@@ -60,7 +61,6 @@ from bridge.webhooks import Hook
 log = logging.getLogger(__name__)
 
 MAX_BODY = 1024 * 1024
-PRIORITIES = ("low", "normal", "high", "urgent")  # the old system's words; integers too
 RUN_ID = re.compile(r"[0-9]{1,18}")  # ASCII digits only: no '+1', '1_0' or other scripts
 PROBE_INTERVAL = 2.0
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -401,9 +401,10 @@ class Api:
             )
         return spec, plan
 
-    async def _options(self, request: web.Request) -> tuple[str | None, list[Hook]]:
+    async def _options(self, request: web.Request) -> tuple[str | None, list[Hook], int | None]:
+        """The old system's body: quality_preset, notify_webhook, priority (and analyze)."""
         if not request.can_read_body:
-            return None, []
+            return None, [], None
         try:
             body = orjson.loads(await self._body(request))
         except orjson.JSONDecodeError:
@@ -418,14 +419,12 @@ class Api:
             raise BridgeError(f"quality_preset must be one of {', '.join(PRESETS)}")
         if not isinstance(body.get("analyze", False), bool):
             raise BridgeError("analyze must be true or false")
-        priority = body.get("priority")
-        numeric = isinstance(priority, int) and not isinstance(priority, bool)
-        if priority is not None and not numeric and priority not in PRIORITIES:
-            raise BridgeError(f"priority must be a whole number or one of {', '.join(PRIORITIES)}")
-        return preset, _hooks(body.get("notify_webhook"))
+        raw = body.get("priority")
+        priority = None if raw is None else priorities.parse(raw)
+        return preset, _hooks(body.get("notify_webhook")), priority
 
     async def generate_project(self, request: web.Request) -> web.Response:
-        preset, hooks = await self._options(request)
+        preset, hooks, priority = await self._options(request)
         project_id = request.match_info["project_id"]
 
         def load() -> tuple[Spec, Plan]:
@@ -434,10 +433,10 @@ class Api:
             )
 
         spec, plan = await self.off_loop(load)
-        return await self._start(spec, plan, Selection(), hooks)
+        return await self._start(spec, plan, Selection(), hooks, priority)
 
     async def generate_scene(self, request: web.Request) -> web.Response:
-        preset, hooks = await self._options(request)
+        preset, hooks, priority = await self._options(request)
         scene_id = request.match_info["scene_id"]
         named = request.query.get("project")
         selection = Selection(scene_ids=(scene_id,))
@@ -457,10 +456,15 @@ class Api:
             return self._compiled(_with_preset(spec, preset), selection)
 
         spec, plan = await self.off_loop(load)
-        return await self._start(spec, plan, selection, hooks)
+        return await self._start(spec, plan, selection, hooks, priority)
 
     async def _start(
-        self, spec: Spec, plan: Plan, selection: Selection, hooks: list[Hook]
+        self,
+        spec: Spec,
+        plan: Plan,
+        selection: Selection,
+        hooks: list[Hook],
+        priority: int | None = None,
     ) -> web.Response:
         """Start the run and answer with its id; a project already rendering gets a 409
         naming the run under way (runs of one project never queue behind each other here)."""
@@ -486,7 +490,9 @@ class Api:
 
         async def go() -> None:
             try:
-                await self.runner.run(spec, plan, selection, hooks=hooks, on_run=on_run)
+                await self.runner.run(
+                    spec, plan, selection, hooks=hooks, on_run=on_run, priority=priority
+                )
             except BaseException as exc:
                 if not created.done():
                     created.set_exception(exc)

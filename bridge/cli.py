@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bridge import console
+from bridge import priority as priorities
 from bridge.errors import BridgeError, SpecErrors, UsageError
 from bridge.masking import MaskingFilter, mask_text
 from bridge.settings import Settings, resolve
@@ -390,6 +391,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from bridge.spec.validate import load_spec
 
     settings = _settings(args)
+    priority = (
+        None if args.priority is None else priorities.parse(args.priority, where="--priority")
+    )
     if args.spec and args.direct:
         _direct(args.spec, settings, args.scene_id or (), force=False)
     elif args.spec:
@@ -414,7 +418,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         display = console.Progress(len(plan))
         runner.bus.subscribe(display)
         try:
-            report = await runner.run(spec, plan, selection, bus=runner.bus)
+            report = await runner.run(spec, plan, selection, bus=runner.bus, priority=priority)
         finally:
             display.close()
             await runner.close()
@@ -523,6 +527,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--force", action="store_true", help="render even what is cached")
     p.add_argument("--direct", action="store_true", help="direct what is missing or stale first")
+    p.add_argument(
+        "--priority",
+        help="low, normal, high, urgent or a whole number (default: the spec's priority)",
+    )
     p.add_argument("--comfyui-url", help="server URL(s), comma-separated (COMFYUI_URL)")
     p.add_argument("--backend", choices=("auto", "comfyui", "preview"))
     p.add_argument("--max-concurrent-jobs", type=int)

@@ -47,6 +47,7 @@ class Executor:
         resumable: dict[str, Resumable],
         detach: bool,
         notify: Callable[[str], None],
+        priority: int = 0,
     ) -> None:
         self.plan = plan
         self.pool = pool
@@ -57,6 +58,7 @@ class Executor:
         # detach: a cancelled job's prompt stays on its server, to be re-attached later
         self.detach = detach
         self.notify = notify
+        self.priority = priority  # of the run: orders it against other runs for slots
         self.results: dict[str, JobResult] = {}
         self.submitted = 0
 
@@ -142,7 +144,8 @@ class Executor:
         def progress(p: Progress) -> None:
             report(p.value, p.max)
 
-        async with self.pool.lease(prefer=resume.server if resume else None) as backend:
+        prefer = resume.server if resume else None
+        async with self.pool.lease(prefer=prefer, priority=self.priority) as backend:
             self.recorder.submitting(job, prompt_id, backend.name, attempt)
             report(0, 0)  # submitted: the WORKFLOW_TIMEOUT clock starts now
             try_ = Attempt(

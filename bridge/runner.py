@@ -150,10 +150,12 @@ class Runner:
         bus: Bus | None = None,
         hooks: Sequence[Hook] = (),
         on_run: Callable[[int], None] | None = None,
+        priority: int | None = None,
     ) -> RunReport:
         """Render `plan`; returns when every job has ended. Cancelling the task stops the
         run: queued prompts are deleted, running ones interrupted, and it is recorded.
-        `on_run` hears the run's id as soon as it exists (the API answers with it)."""
+        `on_run` hears the run's id as soon as it exists (the API answers with it).
+        `priority` (else the spec's) orders this run's jobs against other runs' for slots."""
         selection = selection or Selection()
         pool = await self.backend()
         if not self.preview:
@@ -161,7 +163,16 @@ class Runner:
         all_hooks = [*hooks_from_spec(spec.webhooks, self.environ), *hooks]
         # Runs of one project take turns, so the same spec dropped twice renders once.
         async with self._projects.setdefault(plan.project, asyncio.Lock()):
-            return await self._run(spec, plan, selection, pool, bus or Bus(), all_hooks, on_run)
+            return await self._run(
+                spec,
+                plan,
+                selection,
+                pool,
+                bus or Bus(),
+                all_hooks,
+                on_run,
+                spec.priority if priority is None else priority,
+            )
 
     async def _run(
         self,
@@ -172,6 +183,7 @@ class Runner:
         bus: Bus,
         hooks: list[Hook],
         on_run: Callable[[int], None] | None,
+        priority: int,
     ) -> RunReport:
         root = self.settings.output_path
         backend = ", ".join(pool.names)
@@ -219,6 +231,7 @@ class Runner:
             resumable=recorder.resumable(),
             detach=self.detach,
             notify=self.notify,
+            priority=priority,
         )
         cached = recorder.cached(j for j, r in reasons.items() if not r.runs)
         execute.results.update(cached)

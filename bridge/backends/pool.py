@@ -1,5 +1,9 @@
 """Several backends as one: jobs go to the least busy healthy server with a free slot.
 
+When every slot is taken, jobs wait in one queue across runs: highest run priority first
+(bridge.priority), ties first-come, so an urgent run started behind a long one gets the
+next freed slot.
+
 A server that stops answering is marked unhealthy by its own failed request; its jobs fail
 as transient, the scheduler retries them, and the retry is leased to another server. A
 background probe brings a server back when /system_stats answers again.
@@ -9,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 from collections.abc import AsyncIterator, Sequence
 
@@ -29,6 +34,8 @@ class ServerPool:
         self.grace = grace  # how long a lease waits for a server to come back
         self.in_flight = {b.name: 0 for b in self.backends}
         self._changed = asyncio.Condition()
+        self._waiting: set[tuple[int, int]] = set()  # (-priority, arrival) of each lease
+        self._tickets = itertools.count()
         self._probe: asyncio.Task[None] | None = None
 
     @property
@@ -65,25 +72,39 @@ class ServerPool:
         return [b for b in self.backends if b.healthy]
 
     @contextlib.asynccontextmanager
-    async def lease(self, prefer: str | None = None) -> AsyncIterator[Backend]:
+    async def lease(self, prefer: str | None = None, priority: int = 0) -> AsyncIterator[Backend]:
         """A healthy backend with a free slot, `prefer` first; waits while all are busy,
-        and for a while when none answers (a server restart takes seconds)."""
+        and for a while when none answers (a server restart takes seconds). Waiters take
+        freed slots highest `priority` first, ties first-come."""
         if not self.healthy():
             await self._revive()
+        ticket = (-priority, next(self._tickets))
         async with self._changed:
-            while True:
-                healthy = self.healthy()
-                if not healthy:
-                    raise TransientBackendError("no server is answering: " + ", ".join(self.names))
-                free = [b for b in healthy if self.in_flight[b.name] < b.slots]
-                if free:
-                    chosen = next((b for b in free if b.name == prefer), None) or min(
-                        free,
-                        key=lambda b: (self.in_flight[b.name] / b.slots, self.in_flight[b.name]),
-                    )
-                    self.in_flight[chosen.name] += 1
-                    break
-                await self._changed.wait()
+            self._waiting.add(ticket)
+            try:
+                while True:
+                    healthy = self.healthy()
+                    if not healthy:
+                        raise TransientBackendError(
+                            "no server is answering: " + ", ".join(self.names)
+                        )
+                    free = [b for b in healthy if self.in_flight[b.name] < b.slots]
+                    open_slots = sum(b.slots - self.in_flight[b.name] for b in free)
+                    ahead = sum(1 for other in self._waiting if other < ticket)
+                    if ahead < open_slots:
+                        chosen = next((b for b in free if b.name == prefer), None) or min(
+                            free,
+                            key=lambda b: (
+                                self.in_flight[b.name] / b.slots,
+                                self.in_flight[b.name],
+                            ),
+                        )
+                        self.in_flight[chosen.name] += 1
+                        break
+                    await self._changed.wait()
+            finally:
+                self._waiting.discard(ticket)
+                self._changed.notify_all()  # the next in line may now be first
         try:
             yield chosen
         finally:
