@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 import orjson
 from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
+from sqlalchemy.exc import DBAPIError
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from bridge import console, outputs
@@ -164,6 +165,8 @@ class Api:
             return _problem(404, exc.message)
         except BridgeError as exc:
             return _problem(400, exc.message)
+        except DBAPIError:  # the store logs the outage once; health says degraded
+            return _database_down()
         except Exception:
             log.exception("unexpected error in %s %s", request.method, request.path)
             return _problem(500, "internal error; see the server log")
@@ -375,6 +378,8 @@ class Api:
         raw = await self._body(request)
         if not raw.strip():
             return _problem(400, "send the spec's YAML as the request body")
+        if not self.store.available:  # before any direction or compiling is spent on it
+            return _database_down()
         hooks = _hooks(request.query.get("notify_webhook"))
         kept = await self.off_loop(
             outputs.keep_spec, self.runner.settings.output_path, raw, "posted.yaml"
@@ -477,6 +482,8 @@ class Api:
                 run_id=running,
                 links={"status": f"/api/status/{running}"} if running else {},
             )
+        if not self.store.available:  # refused rather than accepted and not recorded
+            return _database_down()
         if self.runner.pool is None and not self.deps.get("comfyui", {}).get("up"):
             problem = self.deps.get("comfyui", {}).get("error", "no render server is up yet")
             return _problem(503, f"cannot render now: {problem}")
@@ -514,6 +521,14 @@ class Api:
             },
             202,
         )
+
+
+def _database_down() -> web.Response:
+    response = _problem(
+        503, "the database is unavailable; nothing was accepted: try again when it is back"
+    )
+    response.headers["Retry-After"] = str(int(PROBE_INTERVAL * 5))
+    return response
 
 
 def _hooks(url: Any) -> list[Hook]:

@@ -262,6 +262,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
     """Run every spec dropped into DIR; SIGTERM stops cleanly and loses nothing."""
     import asyncio
 
+    from bridge.db.store import Store
     from bridge.runner import Runner, run_cancellable
     from bridge.watch import WatchFolder
 
@@ -273,6 +274,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
     async def go() -> None:
         runner = Runner(
             settings,
+            store=Store(settings.database, connect=False),  # starts while the database is down
             notify=lambda text: console.err(f"!! {text}"),
             detach=True,
             environ=os.environ,
@@ -294,12 +296,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import asyncio
 
     from bridge.api import serve
+    from bridge.db.store import Store
     from bridge.runner import Runner, run_cancellable
 
     settings = _settings(args)
 
     async def go() -> None:
-        runner = Runner(settings, notify=lambda text: console.err(f"!! {text}"), environ=os.environ)
+        runner = Runner(
+            settings,
+            store=Store(settings.database, connect=False),  # starts while the database is down
+            notify=lambda text: console.err(f"!! {text}"),
+            environ=os.environ,
+        )
         try:
             await serve(runner, args.host, args.port, settings.api_token)
         finally:
