@@ -29,8 +29,8 @@ from typing import Any, TypeVar
 import orjson
 from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
-from sqlalchemy.exc import DBAPIError
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from sqlalchemy.exc import DBAPIError
 
 from bridge import console, outputs
 from bridge import priority as priorities
