@@ -87,7 +87,10 @@ class Executor:
         target = dest / ("scene.mp4" if job.scene else f"{self.plan.project}.mp4")
         e = job.expect
         assert e is not None
-        await media.concat(inputs, target, width=e.width, height=e.height, fps=e.fps or 24.0)
+        trimmed = e.frames if job.meta.get("trim_frames") else None  # to the scene's frame_count
+        await media.concat(
+            inputs, target, width=e.width, height=e.height, fps=e.fps or 24.0, frames=trimmed
+        )
         return await self._finish(job, (target,), server="local")
 
     async def _render(self, job: Job, attempt: int, dest: Path, report: ProgressHook) -> JobResult:

@@ -70,9 +70,16 @@ async def last_frame(video: Path, png: Path) -> Path:
 
 
 async def concat(
-    inputs: Sequence[Path], output: Path, *, width: int, height: int, fps: float
+    inputs: Sequence[Path],
+    output: Path,
+    *,
+    width: int,
+    height: int,
+    fps: float,
+    frames: int | None = None,
 ) -> Path:
-    """Join clips in order; stream copy when they already match, else re-encode to match."""
+    """Join clips in order; stream copy when they already match, else re-encode to match.
+    `frames` cuts the joined video to that many frames (a scene's frame_count)."""
     if not inputs:
         raise ProbeError("nothing to assemble")
     infos = [await afacts(p) for p in inputs]
@@ -82,7 +89,11 @@ async def concat(
         and abs(i.fps - fps) < 0.01
         for i in infos
     )
-    if same and await _copy_join(inputs, output, fps, sum(i.frames or 0 for i in infos)):
+    if (
+        frames is None
+        and same
+        and await _copy_join(inputs, output, fps, sum(i.frames or 0 for i in infos))
+    ):
         return output
     streams = [
         ffmpeg.input(str(path))
@@ -103,6 +114,7 @@ async def concat(
             movflags="+faststart",
             preset="veryfast",
             crf=18,
+            **({"frames:v": frames} if frames is not None else {}),
         ),
         f"re-encode and join {len(inputs)} clips",
     )
