@@ -277,6 +277,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
             store=Store(settings.database, connect=False),  # starts while the database is down
             notify=lambda text: console.err(f"!! {text}"),
             detach=True,
+            outlive_outages=True,
             environ=os.environ,
         )
         try:
@@ -306,6 +307,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             settings,
             store=Store(settings.database, connect=False),  # starts while the database is down
             notify=lambda text: console.err(f"!! {text}"),
+            outlive_outages=True,
             environ=os.environ,
         )
         try:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from typing import TypeVar
 
 import networkx as nx
+from sqlalchemy.exc import DBAPIError
 
 from bridge import freshness, manifest, preflight
 from bridge.backends.comfyui import ComfyUIBackend
@@ -84,6 +85,7 @@ class Runner:
         notify: Callable[[str], None] = lambda _: None,
         policy: Policy | None = None,
         detach: bool = False,
+        outlive_outages: bool = False,
         environ: Mapping[str, str] | None = None,
     ) -> None:
         self.settings = settings
@@ -93,6 +95,8 @@ class Runner:
         # detach: a cancelled run leaves its prompts on the servers, recorded as detached,
         # for the next start to re-attach to (the watch daemon's SIGTERM).
         self.detach = detach
+        # A daemon's accepted run outlives a database outage: it runs again once it is back.
+        self.outlive_outages = outlive_outages
         self.environ = dict(environ or {})
         self.webhooks = Notifier(backoff=settings.webhook_retry)
         self._projects: dict[str, asyncio.Lock] = {}
@@ -161,18 +165,45 @@ class Runner:
         if not self.preview:
             await self._preflight(pool, plan)
         all_hooks = [*hooks_from_spec(spec.webhooks, self.environ), *hooks]
-        # Runs of one project take turns, so the same spec dropped twice renders once.
-        async with self._projects.setdefault(plan.project, asyncio.Lock()):
-            return await self._run(
-                spec,
-                plan,
-                selection,
-                pool,
-                bus or Bus(),
-                all_hooks,
-                on_run,
-                spec.priority if priority is None else priority,
-            )
+        started: list[int] = []
+
+        def heard(run_id: int) -> None:
+            started.append(run_id)
+            if on_run is not None:
+                on_run(run_id)
+
+        while True:
+            try:
+                # Runs of one project take turns, so the same spec dropped twice renders once.
+                async with self._projects.setdefault(plan.project, asyncio.Lock()):
+                    return await self._run(
+                        spec,
+                        plan,
+                        selection,
+                        pool,
+                        bus or Bus(),
+                        all_hooks,
+                        heard,
+                        spec.priority if priority is None else priority,
+                    )
+            except DBAPIError:
+                if not (self.outlive_outages and started):
+                    raise  # before the run was accepted: the caller refuses or waits
+                if await asyncio.to_thread(self.store.check):
+                    raise  # not an outage
+                await self._after_outage(plan.project, started[-1])
+
+    async def _after_outage(self, project: str, run_id: int) -> None:
+        """The database went away under a daemon's run: wait for it, record the run as
+        interrupted, and let the caller's loop run the plan again (its posted prompts are
+        re-attached, its finished outputs reused)."""
+        self.notify(
+            f"the database went away during run {run_id} of {project}; "
+            "it runs again once the database is back"
+        )
+        await self.store.wait_available(first_delay=0.5, max_delay=10.0)
+        with contextlib.suppress(DBAPIError):  # gone again: the next create_run marks it
+            await asyncio.to_thread(self.store.finish_run, run_id, RunState.INTERRUPTED, {}, None)
 
     async def _run(
         self,

@@ -131,3 +131,60 @@ def test_watch_holds_a_dropped_spec_until_its_database_is_back(
     assert "Traceback" not in err
     states = [line.split(" is ", 1)[1].split(" (")[0] for line in outage_lines(err)]
     assert states == ["unavailable", "available again"], err
+
+
+def test_watch_run_outlives_the_database_going_away_mid_run(
+    tmp_path: Path,
+    pg_name: str,  # noqa: F811
+    pg_proxy: PgProxy,
+) -> None:
+    """The database goes away while a spec renders: the daemon says so once, waits, and
+    runs the spec again once it is back; the spec ends done and no prompt is posted twice."""
+    import psycopg
+
+    from tests.test_daemons import start_sim, stop_sim
+    from tests.test_processes import sim_state
+
+    port = free_port()
+    sim = start_sim(port, job_seconds=1.0)
+    comfy = f"http://127.0.0.1:{port}"
+    url = f"postgresql://postgres@127.0.0.1:{pg_proxy.port}/{pg_name}"
+    env = process_env(tmp_path, COMFYUI_URL=comfy, DATABASE_URL=url, MAX_CONCURRENT_JOBS="1")
+    shots = "\n".join(f"      - {{id: s{i:02d}, action: shot {i}}}" for i in range(6))
+    spec = tmp_path / "six.yaml"
+    spec.write_text(
+        "version: 1\nproject: {id: six}\n"
+        "defaults: {preset: draft, fps: 12, motion: core-smoke, duration: 1s}\n"
+        f"scenes:\n  - id: a\n    shots:\n{shots}\n"
+    )
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    pg_proxy.up()
+    with (tmp_path / "err").open("w") as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "bridge", "watch", str(drop), "--settle", "0.2"],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+        )
+    try:
+        shutil.copy(spec, drop / "six.yaml")
+        wait_for(lambda: len(sim_state(comfy)["posted"]) >= 2)
+        pg_proxy.down()
+        wait_for(lambda: "the database went away" in (tmp_path / "err").read_text(), 60)
+        pg_proxy.up()
+        wait_for(lambda: outcome(drop, "six.yaml") == ["done"], 120)
+    finally:
+        finish(proc)
+        err = (tmp_path / "err").read_text()
+        posted = sim_state(comfy)["posted"]
+        stop_sim(sim)
+    assert "Traceback" not in err
+    assert err.count("the database went away during run") == 1, err
+    assert len(posted) == len(set(posted)) == 6, posted
+    with psycopg.connect(f"postgresql://postgres@127.0.0.1:5432/{pg_name}") as conn:
+        statuses = [r[0] for r in conn.execute("SELECT status FROM runs ORDER BY id")]
+    assert statuses[-1] == "succeeded"
+    assert "running" not in statuses, statuses
