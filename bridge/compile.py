@@ -54,12 +54,7 @@ def _compile(spec: Spec) -> Plan:
     project = spec.project.id
     scene_jobs: list[str] = []
     for scene in spec.scenes:
-        choices = [_length_options(spec, shot) for shot in scene.shots]
-        trim = 0
-        if scene.frame_count:
-            chosen, trim = lengths.fit(scene.frame_count, scene.fps, choices)
-        else:
-            chosen = [c[0] for c in choices]
+        chosen, trim = lengths.for_scene(scene, spec.templates)
         renders = [
             _shot_jobs(spec, scene, shot, drafts, length)
             for shot, length in zip(scene.shots, chosen, strict=True)
@@ -135,13 +130,6 @@ def _order(drafts: Mapping[str, _Draft]) -> tuple[str, ...]:
     if len(order) != len(ids):
         raise ValueError("the plan's dependencies loop; the validator should have refused it")
     return tuple(order)
-
-
-def _length_options(spec: Spec, shot: Shot) -> tuple[lengths.Length, ...]:
-    preset = PRESETS[shot.preset]
-    context = int(shot.params.get("context", preset.context))
-    template = spec.templates[shot.template]
-    return lengths.options(template, shot.frames or preset.frames, shot.fps, context)
 
 
 def _shot_jobs(

@@ -14,6 +14,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from bridge.presets import PRESETS
+from bridge.spec.model import Scene, Shot
 from bridge.templates import Template, frames_for
 
 MAX_TOTALS = 2048  # partial sums kept per shot while searching a scene's lengths
@@ -87,6 +89,39 @@ def fit(
         total = previous
     chosen.reverse()
     return chosen, max(0, round(best * fps) - frame_count)
+
+
+def shot_options(shot: Shot, template: Template) -> tuple[Length, ...]:
+    preset = PRESETS[shot.preset]
+    context = int(shot.params.get("context", preset.context))
+    return options(template, shot.frames or preset.frames, shot.fps, context)
+
+
+def for_scene(scene: Scene, templates: Mapping[str, Template]) -> tuple[list[Length], int]:
+    """Each shot's rendered length, and the frames the scene's assembly trims."""
+    choices = [shot_options(shot, templates[shot.template]) for shot in scene.shots]
+    if scene.frame_count:
+        return fit(scene.frame_count, scene.fps, choices)
+    return [c[0] for c in choices], 0
+
+
+def unkept(scene: Scene, templates: Mapping[str, Template]) -> str:
+    """Why the scene's frame_count cannot be kept (trimming would cut its last shot away),
+    or empty when it can."""
+    if not scene.frame_count or not scene.shots:
+        return ""
+    chosen, trim = for_scene(scene, templates)
+    last = round(chosen[-1].seconds * scene.fps)
+    if trim < last:
+        return ""
+    joined = scene.frame_count + trim
+    names = ", ".join(sorted({shot.template for shot in scene.shots}))
+    return (
+        f"frame_count {scene.frame_count} ({scene.frame_count / scene.fps:.2f} s at "
+        f"{scene.fps:g} fps) is shorter than the scene's {len(scene.shots)} shots can be: the "
+        f"shortest lengths {names} renders join to {joined} frames; set frame_count to at "
+        f"least {joined}, or give the scene fewer shots"
+    )
 
 
 def note(meta: Mapping[str, Any]) -> str:
