@@ -312,8 +312,26 @@ class Api:
         }
 
     async def status(self, request: web.Request) -> web.Response:
-        run = await self._run_or_404(request.match_info["job_id"])
-        return _json(await asyncio.to_thread(self._run_view, run))
+        """A run's state; for a run a database outage cut short, the state of the run that
+        continued it, under the id the client was given."""
+        asked = await self._run_or_404(request.match_info["job_id"])
+
+        def view() -> dict[str, Any]:
+            run = asked
+            while run.status == RunState.INTERRUPTED:
+                following = [e for e in self.store.events(run.id or 0) if e.kind == "continued_as"]
+                nxt = (
+                    self.store.run(int((following[-1].data or {})["run_id"])) if following else None
+                )
+                if nxt is None:
+                    break
+                run = nxt
+            out = self._run_view(run)
+            if run.id != asked.id:
+                out.update(job_id=asked.id, continued_as=run.id)
+            return out
+
+        return _json(await asyncio.to_thread(view))
 
     async def run_detail(self, request: web.Request) -> web.Response:
         run = await self._run_or_404(request.match_info["run_id"])

@@ -166,7 +166,7 @@ class Executor:
                 self.resumable[job.hash] = Resumable(prompt_id, backend.name)
                 raise
             except asyncio.CancelledError:
-                if not self.detach:
+                if not (self.detach or self.recorder.database_lost):
                     await asyncio.shield(backend.cancel(try_))
                 raise
             if outcome.submitted:

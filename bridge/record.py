@@ -7,10 +7,13 @@ with its error instead of leaving a record that silently lacks it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import contextlib
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from sqlalchemy.exc import DBAPIError
 
 from bridge import manifest, outputs
 from bridge.db.store import Resumable, Store
@@ -66,6 +69,7 @@ class Recorder:
         hooks: list[Hook],
         webhooks: Notifier,
         detach: bool,
+        answered: int = 0,
     ) -> None:
         self.store = store
         self.spec = spec
@@ -75,7 +79,10 @@ class Recorder:
         self.webhooks = webhooks
         # detach: a cancelled job is recorded as detached (its prompt re-attached later)
         self.detach = detach
+        # the run id the client was given, when this run continues one an outage cut short
+        self.answered = answered
         self.run_id = 0
+        self.database_lost = False
 
     def start(
         self,
@@ -121,8 +128,22 @@ class Recorder:
 
     # -- steps of a job's life -----------------------------------------------------------
 
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """Notes a database that went away, so cancelled jobs leave their prompts on the
+        servers for the run that continues this one to re-attach to."""
+        try:
+            yield
+        except DBAPIError:
+            self.database_lost = True
+            raise
+
     async def __call__(self, event: Event) -> None:
         """The scheduler's record: the rows for one event, then its webhook."""
+        with self._writing():
+            self._record(event)
+
+    def _record(self, event: Event) -> None:
         store, run_id = self.store, self.run_id
         match event:
             case JobStarted(job_id, attempt):
@@ -169,7 +190,8 @@ class Recorder:
 
     def submitting(self, job: Job, prompt_id: str, server: str, attempt: int) -> None:
         """Committed before the prompt is posted: what makes a killed run resumable."""
-        self.store.mark_submitting(self.run_id, job.id, prompt_id, server, attempt)
+        with self._writing():
+            self.store.mark_submitting(self.run_id, job.id, prompt_id, server, attempt)
 
     def take_over(self, job: Job) -> None:
         self.store.take_over(self.run_id, job.hash)
@@ -215,7 +237,10 @@ class Recorder:
             self.store.detach_unfinished(self.run_id)
         self.store.finish_run(self.run_id, report.status, counts, str(path))
         self.store.log(self.run_id, "run_finished", data={"status": report.status.value, **counts})
-        self._notify("run_finished", run_finished(self.run_id, self.plan.project, report, path))
+        notice = run_finished(
+            self.run_id, self.plan.project, report, path, job_id=self.answered or self.run_id
+        )
+        self._notify("run_finished", notice)
         return path
 
     def _notify(self, event: str, payload: dict[str, Any]) -> None:
@@ -229,13 +254,16 @@ class Recorder:
         self.webhooks.send(self.hooks, event, payload, delivered)
 
 
-def run_finished(run_id: int, project: str, report: RunReport, manifest: Path) -> dict[str, Any]:
+def run_finished(
+    run_id: int, project: str, report: RunReport, manifest: Path, *, job_id: int | None = None
+) -> dict[str, Any]:
     """The run-level notice (schemas/webhook.schema.json). Its first fields are what the old
-    Content Generation Bridge's handlers read: `job_id` (the id the API answered with) and
-    `status` `completed`, or `failed` with an `error`; bridge's own state is `run_status`."""
+    Content Generation Bridge's handlers read: `job_id` (the id the API answered with: the
+    run's, or the one it continues after a database outage) and `status` `completed`, or
+    `failed` with an `error`; bridge's own state is `run_status`."""
     ok = report.status is RunState.SUCCEEDED
     payload: dict[str, Any] = {
-        "job_id": run_id,
+        "job_id": job_id or run_id,
         "status": "completed" if ok else "failed",
     }
     if not ok:

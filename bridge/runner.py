@@ -168,6 +168,8 @@ class Runner:
         started: list[int] = []
 
         def heard(run_id: int) -> None:
+            if started:  # a run again after an outage: the cut-short run says which
+                self.store.log(started[-1], "continued_as", data={"run_id": run_id})
             started.append(run_id)
             if on_run is not None:
                 on_run(run_id)
@@ -185,6 +187,7 @@ class Runner:
                         all_hooks,
                         heard,
                         spec.priority if priority is None else priority,
+                        started[0] if started else 0,
                     )
             except DBAPIError:
                 if not (self.outlive_outages and started):
@@ -215,6 +218,7 @@ class Runner:
         hooks: list[Hook],
         on_run: Callable[[int], None] | None,
         priority: int,
+        answered: int,
     ) -> RunReport:
         root = self.settings.output_path
         backend = ", ".join(pool.names)
@@ -226,6 +230,7 @@ class Runner:
             hooks=hooks,
             webhooks=self.webhooks,
             detach=self.detach,
+            answered=answered,
         )
 
         def opening() -> tuple[dict[str, freshness.Reason], int]:

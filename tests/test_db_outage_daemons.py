@@ -188,3 +188,66 @@ def test_watch_run_outlives_the_database_going_away_mid_run(
         statuses = [r[0] for r in conn.execute("SELECT status FROM runs ORDER BY id")]
     assert statuses[-1] == "succeeded"
     assert "running" not in statuses, statuses
+
+
+def test_serve_run_outlives_the_database_and_the_old_handler_hears_its_id(
+    tmp_path: Path,
+    pg_name: str,  # noqa: F811
+    pg_proxy: PgProxy,
+) -> None:
+    """A run the API accepted loses its database mid-run: it runs again once it is back,
+    /api/status under the answered id follows it, and the old webhook handler hears
+    `completed` with that id."""
+    import urllib.parse
+
+    from tests.test_daemons import start_sim, stop_sim
+    from tests.test_processes import sim_state
+    from tests.test_webhook_compat import OldHandler, Receiver
+
+    port = free_port()
+    sim = start_sim(port, job_seconds=1.0)
+    comfy = f"http://127.0.0.1:{port}"
+    url = f"postgresql://postgres@127.0.0.1:{pg_proxy.port}/{pg_name}"
+    env = process_env(tmp_path, COMFYUI_URL=comfy, DATABASE_URL=url, MAX_CONCURRENT_JOBS="1")
+    handler = OldHandler()
+    receiver = Receiver(handler)
+    pg_proxy.up()
+    with (tmp_path / "err").open("w") as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "bridge", "serve", "--port", "0"],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+        )
+    try:
+        assert proc.stdout is not None
+        api = proc.stdout.readline().strip().removeprefix("listening on ")
+        shots = "\n".join(f"      - {{id: s{i:02d}, action: shot {i}}}" for i in range(6))
+        spec = (
+            "version: 1\nproject: {id: six}\n"
+            "defaults: {preset: draft, fps: 12, motion: core-smoke, duration: 1s}\n"
+            f"scenes:\n  - id: a\n    shots:\n{shots}\n"
+        )
+        hook = urllib.parse.quote(receiver.url, safe="")
+        status, body = call(
+            f"{api}/api/specs?notify_webhook={hook}", "POST", spec.encode(), token=None
+        )
+        assert status == 202, body
+        answered = body["job_id"]
+        wait_for(lambda: len(sim_state(comfy)["posted"]) >= 2)
+        pg_proxy.down()
+        wait_for(lambda: "the database went away" in (tmp_path / "err").read_text(), 60)
+        pg_proxy.up()
+        wait_for(lambda: bool(receiver.bodies), 120)
+        _, view = call(f"{api}/api/status/{answered}", token=None)
+    finally:
+        finish(proc)
+        receiver.close()
+        stop_sim(sim)
+    assert handler.succeeded == [answered], receiver.bodies
+    assert view["job_id"] == answered
+    assert view["status"] == "succeeded"
+    assert view["continued_as"] != answered
+    assert "Traceback" not in (tmp_path / "err").read_text()
