@@ -112,3 +112,6 @@ def test_the_rendered_scene_has_its_frame_count(tmp_path: Path) -> None:
     scene = jobs["assemble:a"]
     assert scene["meta"]["requested"]["frames"] == 120
     assert scene["outputs"][0]["probe"]["frames"] == 120
+    page = next((tmp_path / "out" / "p").rglob("report.html")).read_text()
+    assert "asked 2.5 s (60 frames at 24 fps), renders 2.43 s" in page
+    assert f"the last {scene['meta']['trim_frames']} are trimmed" in page
