@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import socket
 import subprocess
 import sys
@@ -92,6 +93,21 @@ def serve(tmp_path: Path) -> Iterator[str]:
     stop(proc)
 
 
+def curl(url: str, body: dict) -> tuple[int, dict]:
+    """The old README's request exactly: `curl -X POST URL -d '<json>'` (no content type)."""
+    if shutil.which("curl") is None:
+        pytest.skip("curl is not installed")
+    out = subprocess.run(
+        ["curl", "-s", "-w", "\n%{http_code}", "-X", "POST", url, "-d", json.dumps(body)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    text, _, code = out.rpartition("\n")
+    return int(code), json.loads(text)
+
+
 def finished(api: str, run_id: int) -> bool:
     return call(f"{api}/api/status/{run_id}", token=None)[1]["status"] != "running"
 
@@ -106,9 +122,7 @@ def test_the_old_handler_reads_success_from_a_real_serve(serve: str) -> None:
         wait_for(lambda: finished(serve, body["run_id"]))
 
         old_body = {"priority": "high", "quality_preset": "ultra", "notify_webhook": receiver.url}
-        status, body = call(
-            f"{serve}/api/generate/scene/dusk", "POST", json.dumps(old_body).encode(), token=None
-        )
+        status, body = curl(f"{serve}/api/generate/scene/dusk", old_body)
         assert status == 202, body
         scene_run = body["job_id"]
         wait_for(lambda: finished(serve, scene_run), 120)
@@ -116,12 +130,7 @@ def test_the_old_handler_reads_success_from_a_real_serve(serve: str) -> None:
 
         project_body = {"priority": "normal", "quality_preset": "high"}
         project_body["notify_webhook"] = receiver.url
-        status, body = call(
-            f"{serve}/api/generate/project/smoke",
-            "POST",
-            json.dumps(project_body).encode(),
-            token=None,
-        )
+        status, body = curl(f"{serve}/api/generate/project/smoke", project_body)
         assert status == 202, body
         project_run = body["job_id"]
         wait_for(lambda: finished(serve, project_run), 120)
