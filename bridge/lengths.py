@@ -10,7 +10,8 @@ the shortest choice past it is rendered and the scene's assembly trims the few f
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import functools
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +19,7 @@ from bridge.presets import PRESETS
 from bridge.spec.model import Scene, Shot
 from bridge.templates import Template, frames_for
 
-MAX_TOTALS = 2048  # partial sums kept per shot while searching a scene's lengths
+MAX_TOTALS = 512  # partial sums kept per group of alike shots while searching
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,25 +53,34 @@ def rendered(template: Template, frames: int, fps: float, context: int) -> Lengt
     return options(template, frames, fps, context)[0]
 
 
+@functools.lru_cache(maxsize=4096)
 def fit(
-    frame_count: int, fps: float, choices: Sequence[tuple[Length, ...]]
-) -> tuple[list[Length], int]:
+    frame_count: int, fps: float, choices: tuple[tuple[Length, ...], ...]
+) -> tuple[tuple[Length, ...], int]:
     """One length per shot (from each shot's options) whose joined length at the scene's
     `fps` is `frame_count`; when none is, the shortest past it, and the frames the assembly
-    trims (0 when exact). Searched over the totals the choices can reach, layer by layer."""
+    trims (0 when exact). Shots with the same options are one group, whose only question is
+    how many take each option, so a scene of many alike shots is a small search."""
+    groups: dict[tuple[Length, ...], list[int]] = {}
+    for index, options_ in enumerate(choices):
+        groups.setdefault(options_, []).append(index)
     target = frame_count / fps
-    n = len(choices)
-    layers: list[dict[float, tuple[float, int]]] = []  # total → (previous total, option)
-    reach: dict[float, tuple[float, int]] = {0.0: (0.0, -1)}
-    for k, options_ in enumerate(choices, 1):
+    kinds = list(groups)
+    # total → (previous total, how many of the group take its second option)
+    layers: list[dict[float, tuple[float, int]]] = []
+    reach: dict[float, tuple[float, int]] = {0.0: (0.0, 0)}
+    for g, options_ in enumerate(kinds, 1):
+        members = len(groups[options_])
+        first = options_[0].seconds
+        second = options_[-1].seconds
         nxt: dict[float, tuple[float, int]] = {}
         for total in reach:
-            for index, option in enumerate(options_):
-                nxt.setdefault(round(total + option.seconds, 6), (total, index))
+            for k in range(members + 1 if len(options_) > 1 else 1):
+                key = round(total + (members - k) * first + k * second, 6)
+                nxt.setdefault(key, (total, k))
         if len(nxt) > MAX_TOTALS:  # keep the partial totals nearest their share of the scene
-            share = target * k / n
-            kept = sorted(nxt, key=lambda t: abs(t - share))[:MAX_TOTALS]
-            nxt = {t: nxt[t] for t in kept}
+            share = target * sum(len(groups[o]) for o in kinds[:g]) / len(choices)
+            nxt = {t: nxt[t] for t in sorted(nxt, key=lambda t: abs(t - share))[:MAX_TOTALS]}
         layers.append(nxt)
         reach = nxt
     exact = [t for t in reach if round(t * fps) == frame_count]
@@ -81,14 +91,16 @@ def fit(
         best = min(longer)
     else:
         best = max(reach)
-    chosen: list[Length] = []
+    chosen: list[Length] = [c[0] for c in choices]
     total = best
-    for options_, layer in zip(reversed(choices), reversed(layers), strict=True):
-        previous, index = layer[total]
-        chosen.append(options_[index])
+    for options_, layer in zip(reversed(kinds), reversed(layers), strict=True):
+        previous, k = layer[total]
+        members = groups[options_]
+        for n, index in enumerate(members):  # the k second options spread over the group
+            if (n + 1) * k // len(members) > n * k // len(members):
+                chosen[index] = options_[-1]
         total = previous
-    chosen.reverse()
-    return chosen, max(0, round(best * fps) - frame_count)
+    return tuple(chosen), max(0, round(best * fps) - frame_count)
 
 
 def shot_options(shot: Shot, template: Template) -> tuple[Length, ...]:
@@ -97,12 +109,12 @@ def shot_options(shot: Shot, template: Template) -> tuple[Length, ...]:
     return options(template, shot.frames or preset.frames, shot.fps, context)
 
 
-def for_scene(scene: Scene, templates: Mapping[str, Template]) -> tuple[list[Length], int]:
+def for_scene(scene: Scene, templates: Mapping[str, Template]) -> tuple[tuple[Length, ...], int]:
     """Each shot's rendered length, and the frames the scene's assembly trims."""
-    choices = [shot_options(shot, templates[shot.template]) for shot in scene.shots]
+    choices = tuple(shot_options(shot, templates[shot.template]) for shot in scene.shots)
     if scene.frame_count:
         return fit(scene.frame_count, scene.fps, choices)
-    return [c[0] for c in choices], 0
+    return tuple(c[0] for c in choices), 0
 
 
 def unkept(scene: Scene, templates: Mapping[str, Template]) -> str:

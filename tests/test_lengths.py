@@ -68,7 +68,7 @@ def test_a_scene_frame_count_is_kept_by_spreading_over_its_shots(tmp_path: Path)
 
 def test_fit_prefers_an_exact_join_over_trimming() -> None:
     # Lengths of 1, 2 or 3 units: 5 units join exactly as 2 + 3 or 3 + 2.
-    choices = [(Length(2, 1), Length(3, 1)), (Length(2, 1), Length(3, 1))]
+    choices = ((Length(2, 1), Length(3, 1)), (Length(2, 1), Length(3, 1)))
     chosen, trim = fit(5, 1, choices)
     assert (sum(c.frames for c in chosen), trim) == (5, 0)
     chosen, trim = fit(7, 1, choices)  # 6 is the most: nothing longer, nothing to trim
@@ -76,7 +76,7 @@ def test_fit_prefers_an_exact_join_over_trimming() -> None:
 
 
 def test_fit_trims_the_least() -> None:
-    three = [options(FRAMEPACK, f, 24, 9) for f in (72, 72)] + [options(FRAMEPACK, 48, 24, 13)]
+    three = (*[options(FRAMEPACK, f, 24, 9) for f in (72, 72)], options(FRAMEPACK, 48, 24, 13))
     chosen, trim = fit(192, 24, three)
     total = round(sum(c.seconds for c in chosen) * 24)
     assert total - trim == 192
