@@ -51,6 +51,7 @@ browser:
 check: install
 	$(BIN)/ruff format --check bridge tests
 	$(BIN)/ruff check bridge tests
+	$(BIN)/mypy
 
 lint: install
 	$(BIN)/ruff format bridge tests

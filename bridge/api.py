@@ -34,6 +34,7 @@ from sqlalchemy.exc import DBAPIError
 
 from bridge import console, outputs
 from bridge import priority as priorities
+from bridge.backends.comfyui import ComfyUIBackend
 from bridge.compile import compile_plan
 from bridge.db.models import JobRecord, Run
 from bridge.direct.direct import analyze_scene, direct_spec, llm_status, wants_direction
@@ -217,6 +218,8 @@ class Api:
         # A server that went away is noticed here, not by a job failing on it; the pool's
         # own probe brings it back (restarting its socket) once it answers again.
         for backend in pool.healthy():
+            if not isinstance(backend, ComfyUIBackend):
+                continue
             with contextlib.suppress(BridgeError, TimeoutError):
                 await asyncio.wait_for(backend.system_stats(), PROBE_INTERVAL * 2)
         healthy = pool.healthy()
@@ -619,7 +622,7 @@ async def serve(runner: Runner, host: str, port: int, token: str | None) -> None
     await app_runner.setup()
     site = web.TCPSite(app_runner, host, port)
     await site.start()
-    bound = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    bound = app_runner.addresses[0][1]
     console.out(f"listening on http://{host}:{bound}")
     try:
         await asyncio.Event().wait()

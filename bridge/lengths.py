@@ -95,9 +95,9 @@ def fit(
     total = best
     for options_, layer in zip(reversed(kinds), reversed(layers), strict=True):
         previous, k = layer[total]
-        members = groups[options_]
-        for n, index in enumerate(members):  # the k second options spread over the group
-            if (n + 1) * k // len(members) > n * k // len(members):
+        shots = groups[options_]
+        for n, index in enumerate(shots):  # the k second options spread over the group
+            if (n + 1) * k // len(shots) > n * k // len(shots):
                 chosen[index] = options_[-1]
         total = previous
     return tuple(chosen), max(0, round(best * fps) - frame_count)

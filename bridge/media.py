@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import ffmpeg
@@ -48,10 +48,12 @@ def _tmp(target: Path) -> Path:
     return Path(name)
 
 
-async def _atomic(target: Path, make: object, what: str) -> Path:
+async def _atomic(
+    target: Path, make: Callable[..., ffmpeg.nodes.OutputStream | list[str]], what: str
+) -> Path:
     tmp = _tmp(target)
     try:
-        await run(make(tmp), what)  # type: ignore[operator]
+        await run(make(tmp), what)
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)

@@ -36,6 +36,7 @@ from watchdog.observers import Observer
 from bridge import console, outputs
 from bridge.compile import compile_plan
 from bridge.direct.direct import direct_if_wanted
+from bridge.direct.lock import is_lock_file, lock_path
 from bridge.direct.merge import merge_direction
 from bridge.errors import BridgeError, ConfigError, DirectionError, SpecErrors
 from bridge.plan import Plan
@@ -59,6 +60,7 @@ def wanted(path: Path) -> bool:
         path.suffix.lower() in SUFFIXES
         and not name.startswith((".", "~", "#"))
         and not name.endswith(("~", ".tmp", ".part", ".swp"))
+        and not is_lock_file(name)  # a direction file travels with its spec
     )
 
 
@@ -291,6 +293,7 @@ class WatchFolder:
     async def _handle_once(self, claimed: Path) -> None:
         name = claimed.name
         try:
+            self._bring_direction(claimed)
             await direct_if_wanted(claimed, self.runner.settings, say=self.echo)  # direct: true
             spec, plan = await asyncio.to_thread(self._load, claimed)
         except DirectionError as exc:
@@ -334,6 +337,14 @@ class WatchFolder:
             reasons = "".join(f"{job}: {error}\n" for job, error in report.errors.items())
             self._file(claimed, "failed", "reason", reasons or f"run {report.status}\n")
             self.echo(f"failed {name}: {console.counts(report.counts())}")
+
+    def _bring_direction(self, claimed: Path) -> None:
+        """A direction file dropped beside the spec (reviewed, say) is used, not redone."""
+        dropped = lock_path(self.folder / claimed.name)
+        try:
+            outputs.atomic_write_bytes(lock_path(claimed), read_regular(dropped))
+        except (FileNotFoundError, NotRegular):
+            return
 
     def _load(self, claimed: Path) -> tuple[Spec, Plan]:
         """Read, validate and compile (in a worker thread). Relative paths resolve against
@@ -404,4 +415,6 @@ class WatchFolder:
                     with contextlib.suppress(FileNotFoundError):
                         (self.folder / other / stale).unlink()
         (self.folder / outcome / f"{name}.{note}.txt").write_text(text)
+        with contextlib.suppress(FileNotFoundError):  # the direction it was rendered with
+            os.replace(lock_path(claimed), lock_path(self.folder / outcome / name))
         os.replace(claimed, self.folder / outcome / name)

@@ -40,9 +40,11 @@ def test_validate_json_and_github_formats(capsys) -> None:
     assert ",line=3,col=20," in line
 
 
-def test_usage_errors_exit_2(capsys) -> None:
-    assert main(["validate", "/no/such/spec.yaml"]) in (1, 2)
+def test_a_missing_spec_is_a_spec_error_and_a_bad_command_a_usage_error(capsys) -> None:
+    assert main(["validate", "/no/such/spec.yaml"]) == 1
+    assert "/no/such/spec.yaml: no such file" in capsys.readouterr().err
     assert main(["frobnicate"]) == 2
+    assert "invalid choice: 'frobnicate'" in capsys.readouterr().err
 
 
 def test_plan_formats(capsys) -> None:
@@ -67,3 +69,14 @@ def test_python_dash_m_and_no_traceback_on_bad_yaml() -> None:
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr
     assert "alias bomb" in proc.stderr
+
+
+def test_validate_of_a_glob_checks_direction_files_with_their_spec(capsys) -> None:
+    specs = ROOT / "specs"
+    assert (
+        main(["validate", str(specs / "autonomous.yaml"), str(specs / "autonomous.direction.yaml")])
+        == 0
+    )
+    assert capsys.readouterr().out.count("ok ") == 1  # the direction file is not a spec
+    assert main(["validate", str(specs / "autonomous.direction.yaml")]) == 0
+    assert "ok " + str(specs / "autonomous.yaml") in capsys.readouterr().out

@@ -101,9 +101,12 @@ def test_filename_prefix_names_project_scene_shot_and_hash() -> None:
 
 
 @pytest.mark.parametrize("name", ["moonlit-garden", "episode-1", "smoke"])
-def test_examples_validate_and_every_job_has_a_hash(name: str) -> None:
+def test_examples_compile_and_every_job_has_its_own_hash(name: str) -> None:
+    """Distinct jobs never share a cache key (one would reuse the other's output)."""
     plan = plan_of(SPECS / f"{name}.yaml")
-    assert all(len(j.hash) == 64 for j in plan.jobs())
+    hashes = [j.hash for j in plan.jobs()]
+    assert len(plan) > 1
+    assert len(set(hashes)) == len(hashes)
 
 
 STILL_SPEC = """\

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import gzip
 import os
-import shutil
 import signal
 import socket
 import stat
@@ -25,6 +24,13 @@ from tests.test_front_doors import ROOT, call, outcome, start, stop, wait_for
 pytestmark = pytest.mark.slow
 START_PNG = ROOT / "tests" / "cases" / "bad" / "files" / "start.png"
 SMOKE = ROOT / "specs" / "smoke.yaml"
+# One 2-frame shot: what the watch tests are about is which files are taken, not rendering.
+TINY = (
+    "version: 1\nproject: {id: tiny}\n"
+    "defaults: {preset: draft, fps: 12, motion: core-smoke, duration: 2f}\n"
+    "outputs: {report: false}\n"
+    "scenes: [{id: a, shots: [{id: s01, params: {width: 64, height: 64}}]}]\n"
+)
 
 
 def free_port() -> int:
@@ -74,9 +80,9 @@ def test_watch_takes_only_complete_regular_files(tmp_path: Path) -> None:
     (drop / ".processing").mkdir(parents=True)
     (drop / "src").mkdir()
     # Left behind by two starts that died with it, and by one that died once.
-    shutil.copy(SMOKE, drop / ".processing" / "killer.yaml")
+    (drop / ".processing" / "killer.yaml").write_text(TINY)
     (drop / ".processing" / ".killer.yaml.tries").write_text("2")
-    shutil.copy(SMOKE, drop / ".processing" / "again.yaml")
+    (drop / ".processing" / "again.yaml").write_text(TINY)
     (drop / ".processing" / ".again.yaml.tries").write_text("1")
     os.symlink("/dev/zero", drop / "zero.yaml")
     os.symlink("/etc/passwd", drop / "passwd.yaml")
@@ -84,7 +90,7 @@ def test_watch_takes_only_complete_regular_files(tmp_path: Path) -> None:
     (drop / "dir.yaml").mkdir()
     sock = socket.socket(socket.AF_UNIX)
     sock.bind(str(drop / "sock.yaml"))
-    shutil.copy(SMOKE, drop / "src" / "inside.txt")
+    (drop / "src" / "inside.txt").write_text(TINY.replace("id: tiny", "id: linked"))
     os.symlink("src/inside.txt", drop / "linked.yaml")
     (drop / "start.png").write_bytes(START_PNG.read_bytes())
     (drop / "rel.yaml").write_text(
@@ -104,14 +110,14 @@ def test_watch_takes_only_complete_regular_files(tmp_path: Path) -> None:
     try:
         os.mkfifo(drop / "live-fifo.yaml")  # live as well as at start
         # Appended line by line, 0.3 s apart, each append closing the file.
-        lines = SMOKE.read_text().splitlines(keepends=True)
+        lines = TINY.splitlines(keepends=True)
         for line in lines:
             with (drop / "slow.yaml").open("a") as fh:
-                fh.write(line.replace("id: smoke", "id: slow"))
+                fh.write(line.replace("id: tiny", "id: slow"))
             time.sleep(0.3 if line.strip() else 0)
         (drop / "bad.yaml").write_text("version: 1\nproject: {id: 'no way'}\n")
         # The documented atomic way: written under a skipped name, then renamed in.
-        (drop / ".moved.yaml").write_text(SMOKE.read_text().replace("id: smoke", "id: moved"))
+        (drop / ".moved.yaml").write_text(TINY.replace("id: tiny", "id: moved"))
         os.rename(drop / ".moved.yaml", drop / "moved.yaml")
         for name, where in [
             ("killer.yaml", "failed"),
@@ -162,7 +168,7 @@ def test_watch_waits_for_a_server_then_gives_up_after_the_limit(
     proc, first = start(["watch", str(drop), "--settle", "0.2"], env)
     try:
         assert first.startswith("watching")
-        shutil.copy(SMOKE, drop / "later.yaml")
+        (drop / "later.yaml").write_text(TINY)
         wait_for(lambda: (drop / ".waiting" / "later.yaml").exists(), 30)
         assert outcome(drop, "later.yaml") == []
         sims.append(start_sim(port))
@@ -178,7 +184,7 @@ def test_watch_waits_for_a_server_then_gives_up_after_the_limit(
     env = process_env(tmp_path, COMFYUI_URL=dead, BRIDGE_WAIT_FOR_SERVER="1")
     proc, _ = start(["watch", str(short), "--settle", "0.2"], env)
     try:
-        shutil.copy(SMOKE, short / "never.yaml")
+        (short / "never.yaml").write_text(TINY)
         wait_for(lambda: outcome(short, "never.yaml") != [], 60)
     finally:
         stop(proc)

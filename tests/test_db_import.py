@@ -7,8 +7,6 @@ old system's README has its users type them.
 from __future__ import annotations
 
 import sqlite3
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,7 +23,6 @@ from bridge.spec import rows
 from bridge.spec.load import load_text
 from bridge.spec.model import Spec
 from bridge.spec.validate import load_spec, validate
-from tests.conftest import process_env
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -180,20 +177,26 @@ def test_rows_that_make_a_bad_spec_are_refused_with_the_spec_checks(
 
 
 @pytest.mark.slow
-def test_cli_runs_the_seed_scene_by_id_and_exports_it(tmp_path: Path, database_url: str) -> None:
+def test_cli_runs_the_seed_scene_by_id_and_exports_it(
+    tmp_path: Path,
+    database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from tests.inprocess import Result, bridge_main
+
     Store(database_url).close()
     execute_raw(database_url, SEED_SCENE, SEED_CHARACTER)
-    env = process_env(tmp_path, BRIDGE_BACKEND="preview", DATABASE_URL=database_url)
+    monkeypatch.chdir(tmp_path)
+    for name, value in {
+        "OUTPUT_PATH": str(tmp_path / "out"),
+        "BRIDGE_BACKEND": "preview",
+        "DATABASE_URL": database_url,
+    }.items():
+        monkeypatch.setenv(name, value)
 
-    def bridge(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "bridge", *args],
-            cwd=tmp_path,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+    def bridge(*args: str) -> Result:
+        return bridge_main(capsys, *args)
 
     run = bridge("run", "--scene-id", "test-scene-001")
     assert run.returncode == 0, run.stderr
@@ -212,15 +215,14 @@ def test_cli_runs_the_seed_scene_by_id_and_exports_it(tmp_path: Path, database_u
 
 @pytest.mark.slow
 def test_api_generates_the_seed_scene_by_id(tmp_path: Path) -> None:
-    from tests.test_front_doors import call, start, stop, wait_for
+    from tests.inprocess import api_in_thread
+    from tests.test_front_doors import call, wait_for
 
     url = f"sqlite:///{tmp_path / 'out' / 'bridge.db'}"
     Store(url).close()
     execute_raw(url, SEED_SCENE, SEED_CHARACTER)
-    env = process_env(tmp_path, BRIDGE_BACKEND="preview", BRIDGE_API_TOKEN="s3cret")
-    proc, first = start(["serve", "--port", "0"], env)
-    try:
-        api = first.removeprefix("listening on ")
+    environ = {"BRIDGE_BACKEND": "preview", "BRIDGE_API_TOKEN": "s3cret"}
+    with api_in_thread(tmp_path, environ) as api:
         body = b'{"quality_preset": "draft", "notify_webhook": "http://127.0.0.1:9/hook"}'
         status, started = call(f"{api}/api/generate/scene/test-scene-001", "POST", body)
         assert status == 202, started
@@ -229,8 +231,6 @@ def test_api_generates_the_seed_scene_by_id(tmp_path: Path) -> None:
         wait_for(lambda: call(run)[1]["status"] != "running", 120)  # type: ignore[index]
         assert call(run)[1]["status"] == "succeeded"  # type: ignore[index]
         assert call(f"{api}/api/generate/scene/nope", "POST")[0] == 404
-    finally:
-        stop(proc)
     assert (tmp_path / "out" / "scene-test-scene-001" / "manifest.json").is_file()
 
 

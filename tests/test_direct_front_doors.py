@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from tests.conftest import process_env
+from tests.inprocess import Result, api_in_thread, bridge_main
 from tests.test_front_doors import call, outcome, start, stop, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -67,26 +68,33 @@ def test_committed_example_is_fresh_and_made_by_the_rules(tmp_path: Path) -> Non
     assert "llm:" not in text
 
 
-def test_cli_rules_then_stale_then_run_direct(tmp_path: Path) -> None:
+def test_cli_rules_then_stale_then_run_direct(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     spec = tmp_path / "auto.yaml"
     shutil.copy(EXAMPLE, spec)
-    env = process_env(tmp_path, BRIDGE_BACKEND="preview")
-    first = bridge("direct", str(spec), env=env)
+    monkeypatch.setenv("OUTPUT_PATH", str(tmp_path / "out"))
+    monkeypatch.setenv("BRIDGE_BACKEND", "preview")
+
+    def bridge(*args: str) -> Result:
+        return bridge_main(capsys, *args)
+
+    first = bridge("direct", str(spec))
     assert first.returncode == 0, first.stderr
     assert "RULE-BASED director" in first.stderr
     assert "6 roles by rules, 0 model calls" in first.stdout
     data = yaml.safe_load(spec.read_text())
     data["scenes"][1]["visual_description"] = "school rooftop at dawn"
     spec.write_text(yaml.safe_dump(data, sort_keys=False))
-    plan = bridge("plan", str(spec), env=env)
+    plan = bridge("plan", str(spec))
     assert plan.returncode == 0, plan.stderr
     assert "rooftop: direction stale: visual_description changed (narration)" in plan.stderr
-    run = bridge("run", str(spec), "--direct", env=env)
+    run = bridge("run", str(spec), "--direct")
     assert run.returncode == 0, run.stderr
     assert "directed rooftop: narration (visual_description changed)" in run.stdout
     assert "directed garden" not in run.stdout
     assert "school rooftop at dawn" in spec.with_name("auto.direction.yaml").read_text()
-    again = bridge("direct", str(spec), env=env)
+    again = bridge("direct", str(spec))
     assert "direction fresh" in again.stdout
     assert "RULE-BASED" not in again.stderr  # nothing to do: no director was even chosen
 
@@ -113,18 +121,14 @@ def test_cli_with_the_llm_never_shows_the_key(tmp_path: Path, llm_url: str) -> N
 
 
 def test_api_health_direct_spec_and_analyze(tmp_path: Path, llm_url: str) -> None:
-    env = process_env(
-        tmp_path,
-        BRIDGE_BACKEND="preview",
-        BRIDGE_API_TOKEN="s3cret",
-        BRIDGE_LLM_URL=llm_url,
-        BRIDGE_LLM_MODEL="tiny",
-        BRIDGE_LLM_API_KEY="sk-secret",
-    )
-    proc, first = start(["serve", "--port", "0"], env)
-    assert first.startswith("listening on "), first
-    api = first.removeprefix("listening on ")
-    try:
+    environ = {
+        "BRIDGE_BACKEND": "preview",
+        "BRIDGE_API_TOKEN": "s3cret",
+        "BRIDGE_LLM_URL": llm_url,
+        "BRIDGE_LLM_MODEL": "tiny",
+        "BRIDGE_LLM_API_KEY": "sk-secret",
+    }
+    with api_in_thread(tmp_path, environ) as api:  # `bridge serve` itself: test_front_doors
         status, body = call(f"{api}/api/health", token=None)
         assert status == 200
         assert body["direction"]["llm"]["reachable"] is True
@@ -149,8 +153,6 @@ def test_api_health_direct_spec_and_analyze(tmp_path: Path, llm_url: str) -> Non
         )
         assert status == 202, body
         wait_for(lambda: call(f"{api}/api/status/{body['run_id']}")[1]["status"] != "running")
-    finally:
-        stop(proc)
 
 
 def test_watch_directs_a_dropped_spec(tmp_path: Path) -> None:
@@ -164,4 +166,24 @@ def test_watch_directs_a_dropped_spec(tmp_path: Path) -> None:
         assert outcome(folder, "auto.yaml") == ["done"]
     finally:
         out = stop(proc)
-    assert "RULE-BASED" in out or list(folder.rglob("auto.direction.yaml"))
+    assert "the RULE-BASED director fills the open fields" in out  # no LLM is configured
+    lock = folder / "done" / "auto.direction.yaml"  # filed with the spec it directed
+    assert "director: rules" in lock.read_text()
+
+
+def test_watch_uses_a_direction_file_dropped_beside_the_spec(tmp_path: Path) -> None:
+    folder = tmp_path / "inbox"
+    folder.mkdir()
+    env = process_env(tmp_path, BRIDGE_BACKEND="preview")
+    proc, _ = start(["watch", str(folder), "--settle", "0.2"], env)
+    try:
+        shutil.copy(EXAMPLE.with_name("autonomous.direction.yaml"), folder / "auto.direction.yaml")
+        shutil.copy(EXAMPLE, folder / "auto.yaml")
+        wait_for(lambda: bool(outcome(folder, "auto.yaml")), timeout=120)
+        assert outcome(folder, "auto.yaml") == ["done"]
+        assert not list(folder.rglob("auto.direction.yaml.*.txt"))  # never taken as a spec
+    finally:
+        out = stop(proc)
+    assert "RULE-BASED" not in out  # the reviewed direction was fresh: nothing redone
+    dropped = (folder / "auto.direction.yaml").read_text()
+    assert (folder / "done" / "auto.direction.yaml").read_text() == dropped

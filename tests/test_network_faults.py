@@ -85,7 +85,7 @@ FAULTS = {
 
 @pytest.mark.parametrize(
     ("faults", "seed"),
-    [("downloads", 1), ("downloads", 2), ("downloads", 3), ("connections", 1)],
+    [("downloads", 1), ("connections", 1)],
 )
 def test_resets_and_stalls_render_each_job_once_with_intact_outputs(
     sim: str, tmp_path: Path, faults: str, seed: int

@@ -137,33 +137,76 @@ async def test_permanent_failure_skips_dependents_and_others_go_on() -> None:
     assert failed[0].final
 
 
+class FakeClock:
+    """Time that moves only when a test moves it; counts how often the scheduler looks."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.reads = 0
+
+    def __call__(self) -> float:
+        self.reads += 1
+        return self.now
+
+    async def looked_again(self) -> None:
+        """Wait until the scheduler reads the clock once more (its next deadline check)."""
+        seen = self.reads
+        while self.reads == seen:
+            await asyncio.sleep(0.005)
+
+
 async def test_timeout_cancels_the_job_and_fails_it() -> None:
+    clock = FakeClock()
     cancelled = asyncio.Event()
 
     async def run(job: Job, attempt: int, progress) -> None:
+        clock.now = 0.2  # past the deadline: the scheduler's next look must fail it
         try:
-            await asyncio.sleep(10)
+            await asyncio.Event().wait()
         except asyncio.CancelledError:
             cancelled.set()
             raise
 
     plan = make_plan([("a", "b")])
-    sched = Scheduler(plan, run, policy=Policy(timeout=0.05))
-    states = await sched.run()
+    sched = Scheduler(plan, run, policy=Policy(timeout=0.1), clock=clock)
+    states = await asyncio.wait_for(sched.run(), 30)
     assert states == {"a": JobState.FAILED, "b": JobState.SKIPPED}
     assert cancelled.is_set()
-    assert "WORKFLOW_TIMEOUT" in sched.errors["a"]
+    assert sched.errors["a"] == "ran past the 0.1 s WORKFLOW_TIMEOUT; interrupted"
 
 
-async def test_timeout_restarts_at_first_progress() -> None:
+@pytest.mark.parametrize("maximum", [0, 10], ids=["submitted", "first-progress"])
+async def test_timeout_restarts_when_submitted_and_at_first_progress(maximum: int) -> None:
+    """A job queued behind another prompt is not charged for the wait: the deadline restarts
+    when it is submitted and at its first real progress. The clock is the test's, so the
+    scheduler is seen to look at it past the first deadline and let the job run on."""
+    clock = FakeClock()
+
     async def run(job: Job, attempt: int, progress) -> str:
-        await asyncio.sleep(0.06)  # queued behind another prompt
-        progress(0, 10)
-        await asyncio.sleep(0.06)
+        clock.now = 0.06  # waited in a queue for most of the timeout
+        progress(0, maximum)
+        clock.now = 0.15  # past the first deadline (0.1), before the restarted one (0.16)
+        await clock.looked_again()
         return "done"
 
     plan = make_plan([], nodes=["a"])
-    assert (await Scheduler(plan, run, policy=Policy(timeout=0.1)).run())["a"] is JobState.SUCCEEDED
+    sched = Scheduler(plan, run, policy=Policy(timeout=0.1), clock=clock)
+    assert (await asyncio.wait_for(sched.run(), 30))["a"] is JobState.SUCCEEDED
+
+
+async def test_timeout_without_progress_is_not_restarted() -> None:
+    """The same wait with no sign of life is a timeout: the test above can fail."""
+    clock = FakeClock()
+
+    async def run(job: Job, attempt: int, progress) -> str:
+        clock.now = 0.15
+        await clock.looked_again()
+        await asyncio.Event().wait()
+        return "never"
+
+    plan = make_plan([], nodes=["a"])
+    sched = Scheduler(plan, run, policy=Policy(timeout=0.1), clock=clock)
+    assert (await asyncio.wait_for(sched.run(), 30))["a"] is JobState.FAILED
 
 
 async def test_cached_jobs_are_not_run_and_release_their_dependents() -> None:

@@ -103,9 +103,13 @@ def test_a_newer_database_is_refused_with_a_clear_message(tmp_path: Path) -> Non
         Store(url)
 
 
+# Imports first, then waits for the go line: the racers reach the database together
+# instead of spread over their start-up times.
 RACER = """
 import sys
 from bridge.db.store import Store
+print("ready", flush=True)
+sys.stdin.readline()
 Store(sys.argv[1]).close()
 """
 
@@ -121,7 +125,7 @@ def test_processes_racing_on_a_fresh_postgres_database_all_succeed(tmp_path: Pat
     env = process_env(tmp_path)
     failures = []
     with admin:
-        for _trial in range(4):
+        for _trial in range(2):
             name = f"bridge_race_{uuid.uuid4().hex[:12]}"
             admin.execute(f'CREATE DATABASE "{name}"')
             try:
@@ -131,11 +135,20 @@ def test_processes_racing_on_a_fresh_postgres_database_all_succeed(tmp_path: Pat
                         [sys.executable, "-c", RACER, url],
                         cwd=ROOT,
                         env=env,
+                        stdin=subprocess.PIPE,
+                        stdout=subprocess.PIPE,
                         stderr=subprocess.PIPE,
                         text=True,
                     )
                     for _ in range(6)
                 ]
+                for proc in procs:
+                    assert proc.stdout is not None
+                    assert proc.stdout.readline() == "ready\n"
+                for proc in procs:
+                    assert proc.stdin is not None
+                    proc.stdin.write("go\n")
+                    proc.stdin.flush()
                 for proc in procs:
                     _, err = proc.communicate(timeout=120)
                     if proc.returncode != 0:

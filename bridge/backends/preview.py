@@ -22,7 +22,7 @@ from typing import Any
 
 from bridge.backends.base import Attempt, Outcome, Progress, ProgressFn
 from bridge.errors import PermanentBackendError
-from bridge.plan import Job
+from bridge.plan import Job, Media
 
 BACKGROUND = "0x1b1f3a"
 
@@ -55,7 +55,7 @@ class PreviewBackend:
 
     async def execute(self, attempt: Attempt, progress: ProgressFn) -> Outcome:
         job = attempt.job
-        video = job.expect.kind == "video"
+        video = _expect(job).kind == "video"
         target = attempt.dest / f"{job.kind.value}-{job.hash[:12]}.{'mp4' if video else 'png'}"
         attempt.dest.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(dir=attempt.dest, prefix=".preview.", suffix=target.suffix)
@@ -69,7 +69,7 @@ class PreviewBackend:
                 *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
             )
             self._procs[attempt.prompt_id] = proc
-            total = job.expect.frames or 1
+            total = _expect(job).frames or 1
             assert proc.stdout is not None
             async for raw in proc.stdout:
                 line = raw.decode(errors="replace").strip()
@@ -101,8 +101,15 @@ def card_text(job: Job) -> str:
         lines.append(f"camera: {meta['camera']}")
     if meta.get("characters"):
         lines.append("characters: " + ", ".join(meta["characters"]))
-    width = max(24, job.expect.width // 11)
+    width = max(24, _expect(job).width // 11)
     return "\n".join(_wrap(line, width) for line in lines)
+
+
+def _expect(job: Job) -> Media:
+    """The compiler gives every job what it must produce; a hand-made one may not say."""
+    if job.expect is None:
+        raise PermanentBackendError(f"{job.id}: the job does not say what to render")
+    return job.expect
 
 
 def _wrap(line: str, width: int) -> str:
@@ -133,7 +140,7 @@ def _escape(path: Path) -> str:
 
 
 def _command(job: Job, card: Path, out: Path) -> list[str]:
-    e = job.expect
+    e = _expect(job)
     w, h = e.width, e.height
     size = max(10, min(w, h) // 22)
     font = f":fontfile='{_escape(Path(f))}'" if (f := _font()) else ""

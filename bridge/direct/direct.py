@@ -23,8 +23,9 @@ from bridge.direct.llm import AgentServiceClient, ChatClient, Client, Reply
 from bridge.direct.merge import apply, directed, has_shots
 from bridge.direct.roles import NAMES, Role, role
 from bridge.errors import DirectionError, LLMUnavailable, SpecErrors, UsageError
+from bridge.masking import mask_url
 from bridge.presets import DEFAULT_PRESET, PRESETS
-from bridge.settings import Settings, mask_url
+from bridge.settings import Settings
 from bridge.spec.load import Document, load_file
 from bridge.spec.model import DEFAULT_MOTION, scene_shots
 from bridge.spec.validate import validate

@@ -24,7 +24,7 @@ import aiohttp
 
 from bridge.direct.roles import Role
 from bridge.errors import DirectionError, LLMUnavailable
-from bridge.settings import mask_url
+from bridge.masking import mask_url
 
 ATTEMPTS = 4  # transport attempts per call (429, 5xx, timeouts, dropped connections)
 BACKOFF = 0.5  # seconds before the second attempt; doubles, capped at MAX_WAIT

@@ -51,6 +51,17 @@ class Entry:
     call: Mapping[str, Any] = field(default_factory=dict)
 
 
+def is_lock_file(path: str | Path) -> bool:
+    """Whether `path` names a direction file (SPEC.direction.yaml), not a spec."""
+    return Path(path).name.endswith(_SUFFIX)
+
+
+def spec_path_of(lock_file: str | Path) -> Path:
+    """The spec a direction file belongs to (it sits beside it, `.yaml` assumed)."""
+    p = Path(lock_file)
+    return p.with_name(p.name.removesuffix(_SUFFIX) + ".yaml")
+
+
 def lock_path(spec_path: str | Path) -> Path:
     p = Path(spec_path)
     stem = p.name.rsplit(".", 1)[0] if p.suffix in (".yaml", ".yml") else p.name

@@ -139,12 +139,13 @@ def _frames(duration: Any, fps: Any) -> int | None:
     if duration is None:
         return None
     if not isinstance(fps, int | float) or isinstance(fps, bool) or fps <= 0:
+        # REJECTED stands in for a value of any type the schema refused; it is not an int.
         return REJECTED  # type: ignore[no-any-return]
     if isinstance(duration, int) and not isinstance(duration, bool):
         return duration
     if isinstance(duration, str) and (_FRAMES.match(duration) or _SECONDS.match(duration)):
         return parse_duration(duration, fps)
-    return REJECTED  # type: ignore[no-any-return]
+    return REJECTED  # type: ignore[no-any-return]  # as above: the schema's refusal
 
 
 def _text(value: Any) -> str | None:

@@ -459,7 +459,8 @@ class _Checker:
         """The shot as the user wrote it (no defaults), or {} for a shot_list entry."""
         raw = self.data["scenes"][scene].get("shots")
         if isinstance(raw, list) and shot < len(raw) and isinstance(raw[shot], dict):
-            return raw[shot]  # type: ignore[no-any-return]
+            written: Mapping[str, Any] = raw[shot]
+            return written
         return {}
 
     def preset(self, obj: Mapping[str, Any], ptr: str) -> None:
