@@ -153,18 +153,34 @@ class Runner:
         `on_run` hears the run's id as soon as it exists (the API answers with it)."""
         selection = selection or Selection()
         pool = await self.backend()
-        if not self.preview:
-            await self._preflight(pool, plan)
         all_hooks = [*hooks_from_spec(spec.webhooks, self.environ), *hooks]
         # Runs of one project take turns, so the same spec dropped twice renders once.
         async with self._projects.setdefault(plan.project, asyncio.Lock()):
-            return await self._run(spec, plan, selection, pool, bus or Bus(), all_hooks, on_run)
+            # What is fresh is read from the database while the servers' /object_info is
+            # fetched; nothing is recorded before the preflight has passed.
+            root = self.settings.output_path
+            reading = asyncio.ensure_future(
+                asyncio.to_thread(
+                    freshness.reasons,
+                    self.store,
+                    plan,
+                    root,
+                    spec.templates,
+                    force=selection.force,
+                )
+            )
+            try:
+                if not self.preview:
+                    await self._preflight(pool, plan)
+            finally:
+                found = await reading
+            return await self._run(spec, plan, found, pool, bus or Bus(), all_hooks, on_run)
 
     async def _run(
         self,
         spec: Spec,
         plan: Plan,
-        selection: Selection,
+        found: dict[str, freshness.Reason],
         pool: ServerPool,
         bus: Bus,
         hooks: list[Hook],
@@ -183,7 +199,6 @@ class Runner:
         )
 
         def opening() -> tuple[dict[str, freshness.Reason], int]:
-            found = freshness.reasons(self.store, plan, root, spec.templates, force=selection.force)
             started = recorder.start(
                 found, backend=backend, preview=self.preview, settings=self.settings.public()
             )
