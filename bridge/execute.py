@@ -152,6 +152,7 @@ class Executor:
                 start_image=start,
                 resume=resume is not None,
                 workflow=workflow,
+                rendered=self.pool.rendered,
             )
             try:
                 outcome = await backend.execute(try_, progress)

@@ -1,5 +1,9 @@
 """Several backends as one: jobs go to the least busy healthy server with a free slot.
 
+A slot is taken from submission until the job's outputs are safe. So that a server's queue
+never runs dry while a finished prompt downloads, a server whose every leased prompt has
+finished executing takes one more (the scheduler bounds how many are downloading).
+
 A server that stops answering is marked unhealthy by its own failed request; its jobs fail
 as transient, the scheduler retries them, and the retry is leased to another server. A
 background probe brings a server back when /system_stats answers again.
@@ -11,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 from bridge.backends.base import Backend
 from bridge.errors import TransientBackendError
@@ -28,6 +33,9 @@ class ServerPool:
         self.health_interval = health_interval
         self.grace = grace  # how long a lease waits for a server to come back
         self.in_flight = {b.name: 0 for b in self.backends}
+        self.executing = {b.name: 0 for b in self.backends}  # leased, not yet rendered
+        self._unrendered: dict[asyncio.Task[Any], str] = {}  # lease holder -> its server
+        self._waking: set[asyncio.Future[None]] = set()
         self._changed = asyncio.Condition()
         self._probe: asyncio.Task[None] | None = None
 
@@ -75,21 +83,48 @@ class ServerPool:
                 healthy = self.healthy()
                 if not healthy:
                     raise TransientBackendError("no server is answering: " + ", ".join(self.names))
-                free = [b for b in healthy if self.in_flight[b.name] < b.slots]
+                free = [
+                    b
+                    for b in healthy
+                    if self.in_flight[b.name] < b.slots or not self.executing[b.name]
+                ]
                 if free:
                     chosen = next((b for b in free if b.name == prefer), None) or min(
                         free,
                         key=lambda b: (self.in_flight[b.name] / b.slots, self.in_flight[b.name]),
                     )
                     self.in_flight[chosen.name] += 1
+                    self.executing[chosen.name] += 1
                     break
                 await self._changed.wait()
+        task = asyncio.current_task()
+        assert task is not None
+        self._unrendered[task] = chosen.name
         try:
             yield chosen
         finally:
             async with self._changed:
                 self.in_flight[chosen.name] -= 1
+                if self._unrendered.pop(task, None) is not None:
+                    self.executing[chosen.name] -= 1
                 self._changed.notify_all()
+
+    def rendered(self) -> None:
+        """The calling lease holder's prompt has finished executing; its outputs are still
+        downloading, so it keeps its slot, but its server may be sent the next prompt."""
+        task = asyncio.current_task()
+        name = self._unrendered.pop(task, None) if task is not None else None
+        if name is None:
+            return
+        self.executing[name] -= 1
+        if not self.executing[name]:
+            waking = asyncio.ensure_future(self._wake())
+            self._waking.add(waking)
+            waking.add_done_callback(self._waking.discard)
+
+    async def _wake(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
 
     async def _revive(self) -> None:
         """Probe the servers until one answers or the grace period ends (a restart)."""
