@@ -172,8 +172,11 @@ class Runner:
             try:
                 if not self.preview:
                     await self._preflight(pool, plan)
-            finally:
-                found = await reading
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await reading  # the store is not closed under a running read
+                raise
+            found = await reading
             return await self._run(spec, plan, found, pool, bus or Bus(), all_hooks, on_run)
 
     async def _run(
@@ -198,18 +201,17 @@ class Runner:
             detach=self.detach,
         )
 
-        def opening() -> tuple[dict[str, freshness.Reason], int]:
-            started = recorder.start(
+        def opening() -> int:
+            return recorder.start(
                 found, backend=backend, preview=self.preview, settings=self.settings.public()
             )
-            return found, started
 
         # A big plan's opening writes (a row per job) run off the event loop, so the API's
         # health stays live meanwhile; a cancel arriving then lets them finish and records
         # the run as cancelled.
         opened = asyncio.ensure_future(asyncio.to_thread(opening))
         try:
-            reasons, run_id = await asyncio.shield(opened)
+            run_id = await asyncio.shield(opened)
         except asyncio.CancelledError:
             with contextlib.suppress(Exception):
                 await asyncio.shield(opened)
@@ -229,7 +231,7 @@ class Runner:
             detach=self.detach,
             notify=self.notify,
         )
-        cached = recorder.cached(j for j, r in reasons.items() if not r.runs)
+        cached = recorder.cached(j for j, r in found.items() if not r.runs)
         execute.results.update(cached)
         # The pool's slots cap what is on the servers (MAX_CONCURRENT_JOBS); the scheduler
         # may run as many again that are downloading or being checked, so a slot freed by
