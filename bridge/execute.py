@@ -21,7 +21,7 @@ from bridge.backends.base import Attempt, Outcome, Progress
 from bridge.backends.pool import ServerPool
 from bridge.db.store import Resumable
 from bridge.errors import BridgeError, TransientBackendError
-from bridge.hashing import derive_seed, file_digest
+from bridge.hashing import background_file_digest, derive_seed
 from bridge.manifest import JobResult, OutputFile
 from bridge.plan import Job, JobKind, Plan
 from bridge.record import Recorder
@@ -158,6 +158,7 @@ class Executor:
                 start_image=start,
                 resume=resume is not None,
                 workflow=workflow,
+                rendered=self.pool.rendered,
             )
             try:
                 outcome = await backend.execute(try_, progress)
@@ -207,7 +208,7 @@ class Executor:
             )
         records = []
         for i, path in enumerate(files):
-            sha = await asyncio.to_thread(file_digest, path)
+            sha = await background_file_digest(path)
             records.append(
                 OutputFile(
                     path=path,

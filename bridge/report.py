@@ -41,7 +41,10 @@ async def write(manifest: Mapping[str, Any], folder: Path) -> Path:
             continue
         path = folder / out["path"]
         if job["kind"] in ("render", "assemble") and path.suffix == ".mp4" and path.exists():
-            made = await media.thumbnails(path, folder / THUMBS / _slug(job["id"]), count=4)
+            frames = ((out.get("probe") or {}).get("frames")) or None
+            made = await media.thumbnails(
+                path, folder / THUMBS / _slug(job["id"]), count=4, frames=frames
+            )
             thumbs[job["id"]] = [p.relative_to(folder).as_posix() for p in made]
         elif path.suffix == ".png" and path.exists():
             thumbs[job["id"]] = [out["path"]]

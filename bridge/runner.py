@@ -162,8 +162,6 @@ class Runner:
         `priority` (else the spec's) orders this run's jobs against other runs' for slots."""
         selection = selection or Selection()
         pool = await self.backend()
-        if not self.preview:
-            await self._preflight(pool, plan)
         all_hooks = [*hooks_from_spec(spec.webhooks, self.environ), *hooks]
         started: list[int] = []
 
@@ -178,10 +176,11 @@ class Runner:
             try:
                 # Runs of one project take turns, so the same spec dropped twice renders once.
                 async with self._projects.setdefault(plan.project, asyncio.Lock()):
+                    found = await self._fresh(spec, plan, selection, pool)
                     return await self._run(
                         spec,
                         plan,
-                        selection,
+                        found,
                         pool,
                         bus or Bus(),
                         all_hooks,
@@ -208,11 +207,35 @@ class Runner:
         with contextlib.suppress(DBAPIError):  # gone again: the next create_run marks it
             await asyncio.to_thread(self.store.finish_run, run_id, RunState.INTERRUPTED, {}, None)
 
+    async def _fresh(
+        self, spec: Spec, plan: Plan, selection: Selection, pool: ServerPool
+    ) -> dict[str, freshness.Reason]:
+        """What is fresh, read from the database while the servers' /object_info is fetched
+        for the preflight; nothing is recorded before the preflight has passed."""
+        reading = asyncio.ensure_future(
+            asyncio.to_thread(
+                freshness.reasons,
+                self.store,
+                plan,
+                self.settings.output_path,
+                spec.templates,
+                force=selection.force,
+            )
+        )
+        try:
+            if not self.preview:
+                await self._preflight(pool, plan)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await reading  # the store is not closed under a running read
+            raise
+        return await reading
+
     async def _run(
         self,
         spec: Spec,
         plan: Plan,
-        selection: Selection,
+        found: dict[str, freshness.Reason],
         pool: ServerPool,
         bus: Bus,
         hooks: list[Hook],
@@ -233,19 +256,17 @@ class Runner:
             answered=answered,
         )
 
-        def opening() -> tuple[dict[str, freshness.Reason], int]:
-            found = freshness.reasons(self.store, plan, root, spec.templates, force=selection.force)
-            started = recorder.start(
+        def opening() -> int:
+            return recorder.start(
                 found, backend=backend, preview=self.preview, settings=self.settings.public()
             )
-            return found, started
 
         # A big plan's opening writes (a row per job) run off the event loop, so the API's
         # health stays live meanwhile; a cancel arriving then lets them finish and records
         # the run as cancelled.
         opened = asyncio.ensure_future(asyncio.to_thread(opening))
         try:
-            reasons, run_id = await asyncio.shield(opened)
+            run_id = await asyncio.shield(opened)
         except asyncio.CancelledError:
             with contextlib.suppress(Exception):
                 await asyncio.shield(opened)
@@ -269,7 +290,7 @@ class Runner:
             notify=self.notify,
             priority=priority,
         )
-        cached = recorder.cached(j for j, r in reasons.items() if not r.runs)
+        cached = recorder.cached(j for j, r in found.items() if not r.runs)
         execute.results.update(cached)
         # The pool's slots cap what is on the servers (MAX_CONCURRENT_JOBS); the scheduler
         # may run as many again that are downloading or being checked, so a slot freed by

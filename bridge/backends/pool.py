@@ -1,5 +1,9 @@
 """Several backends as one: jobs go to the least busy healthy server with a free slot.
 
+A slot is taken from submission until the job's outputs are safe. So that a server's queue
+never runs dry while a finished prompt downloads, a server whose every leased prompt has
+finished executing takes one more (the scheduler bounds how many are downloading).
+
 When every slot is taken, jobs wait in one queue across runs: highest run priority first
 (bridge.priority), ties first-come, so an urgent run started behind a long one gets the
 next freed slot.
@@ -16,6 +20,7 @@ import contextlib
 import itertools
 import logging
 from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 from bridge.backends.base import Backend
 from bridge.errors import TransientBackendError
@@ -33,6 +38,9 @@ class ServerPool:
         self.health_interval = health_interval
         self.grace = grace  # how long a lease waits for a server to come back
         self.in_flight = {b.name: 0 for b in self.backends}
+        self.executing = {b.name: 0 for b in self.backends}  # leased, not yet rendered
+        self._unrendered: dict[asyncio.Task[Any], str] = {}  # lease holder -> its server
+        self._waking: set[asyncio.Future[None]] = set()
         self._changed = asyncio.Condition()
         self._waiting: set[tuple[int, int]] = set()  # (-priority, arrival) of each lease
         self._tickets = itertools.count()
@@ -88,10 +96,10 @@ class ServerPool:
                         raise TransientBackendError(
                             "no server is answering: " + ", ".join(self.names)
                         )
-                    free = [b for b in healthy if self.in_flight[b.name] < b.slots]
-                    open_slots = sum(b.slots - self.in_flight[b.name] for b in free)
+                    room = {b.name: self._room(b) for b in healthy}
                     ahead = sum(1 for other in self._waiting if other < ticket)
-                    if ahead < open_slots:
+                    if ahead < sum(room.values()):
+                        free = [b for b in healthy if room[b.name]]
                         chosen = next((b for b in free if b.name == prefer), None) or min(
                             free,
                             key=lambda b: (
@@ -100,17 +108,48 @@ class ServerPool:
                             ),
                         )
                         self.in_flight[chosen.name] += 1
+                        self.executing[chosen.name] += 1
                         break
                     await self._changed.wait()
             finally:
                 self._waiting.discard(ticket)
                 self._changed.notify_all()  # the next in line may now be first
+        task = asyncio.current_task()
+        assert task is not None
+        self._unrendered[task] = chosen.name
         try:
             yield chosen
         finally:
             async with self._changed:
                 self.in_flight[chosen.name] -= 1
+                if self._unrendered.pop(task, None) is not None:
+                    self.executing[chosen.name] -= 1
                 self._changed.notify_all()
+
+    def _room(self, backend: Backend) -> int:
+        """Prompts `backend` takes now: its free slots, or one more when every prompt it
+        holds has finished executing (its outputs are downloading; its queue must not run dry)."""
+        free = backend.slots - self.in_flight[backend.name]
+        if free > 0:
+            return free
+        return 0 if self.executing[backend.name] else 1
+
+    def rendered(self) -> None:
+        """The calling lease holder's prompt has finished executing; its outputs are still
+        downloading, so it keeps its slot, but its server may be sent the next prompt."""
+        task = asyncio.current_task()
+        name = self._unrendered.pop(task, None) if task is not None else None
+        if name is None:
+            return
+        self.executing[name] -= 1
+        if not self.executing[name]:
+            waking = asyncio.ensure_future(self._wake())
+            self._waking.add(waking)
+            waking.add_done_callback(self._waking.discard)
+
+    async def _wake(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
 
     async def _revive(self) -> None:
         """Probe the servers until one answers or the grace period ends (a restart)."""
