@@ -30,8 +30,10 @@ import orjson
 from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from sqlalchemy.exc import DBAPIError
 
 from bridge import console, outputs
+from bridge import priority as priorities
 from bridge.backends.comfyui import ComfyUIBackend
 from bridge.compile import compile_plan
 from bridge.db import farm
@@ -50,7 +52,6 @@ from bridge.events import SUBSCRIBER_ERRORS
 from bridge.masking import mask_url
 from bridge.plan import Plan
 from bridge.presets import PRESETS
-from bridge.queue import parse_priority
 from bridge.runner import Runner, Selection
 from bridge.spec import rows
 from bridge.spec.load import load_bytes
@@ -64,7 +65,6 @@ from bridge.webhooks import Hook
 log = logging.getLogger(__name__)
 
 MAX_BODY = 1024 * 1024
-PRIORITIES = ("low", "normal", "high", "urgent")  # the old system's words; integers too
 RUN_ID = re.compile(r"[0-9]{1,18}")  # ASCII digits only: no '+1', '1_0' or other scripts
 PROBE_INTERVAL = 2.0
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -169,6 +169,8 @@ class Api:
             return _problem(404, exc.message)
         except BridgeError as exc:
             return _problem(400, exc.message)
+        except DBAPIError:  # the store logs the outage once; health says degraded
+            return _database_down()
         except Exception:
             log.exception("unexpected error in %s %s", request.method, request.path)
             return _problem(500, "internal error; see the server log")
@@ -319,8 +321,26 @@ class Api:
         }
 
     async def status(self, request: web.Request) -> web.Response:
-        run = await self._run_or_404(request.match_info["job_id"])
-        return _json(await asyncio.to_thread(self._run_view, run))
+        """A run's state; for a run a database outage cut short, the state of the run that
+        continued it, under the id the client was given."""
+        asked = await self._run_or_404(request.match_info["job_id"])
+
+        def view() -> dict[str, Any]:
+            run = asked
+            while run.status == RunState.INTERRUPTED:
+                following = [e for e in self.store.events(run.id or 0) if e.kind == "continued_as"]
+                nxt = (
+                    self.store.run(int((following[-1].data or {})["run_id"])) if following else None
+                )
+                if nxt is None:
+                    break
+                run = nxt
+            out = self._run_view(run)
+            if run.id != asked.id:
+                out.update(job_id=asked.id, continued_as=run.id)
+            return out
+
+        return _json(await asyncio.to_thread(view))
 
     async def run_detail(self, request: web.Request) -> web.Response:
         run = await self._run_or_404(request.match_info["run_id"])
@@ -385,6 +405,8 @@ class Api:
         raw = await self._body(request)
         if not raw.strip():
             return _problem(400, "send the spec's YAML as the request body")
+        if not self.store.available:  # before any direction or compiling is spent on it
+            return _database_down()
         hooks = _hooks(request.query.get("notify_webhook"))
         kept = await self.off_loop(
             outputs.keep_spec, self.runner.settings.output_path, raw, "posted.yaml"
@@ -412,6 +434,7 @@ class Api:
         return spec, plan
 
     async def _options(self, request: web.Request) -> tuple[str | None, list[Hook], int | None]:
+        """The old system's body: quality_preset, notify_webhook, priority (and analyze)."""
         if not request.can_read_body:
             return None, [], None
         try:
@@ -428,12 +451,9 @@ class Api:
             raise BridgeError(f"quality_preset must be one of {', '.join(PRESETS)}")
         if not isinstance(body.get("analyze", False), bool):
             raise BridgeError("analyze must be true or false")
-        priority = body.get("priority")
-        numeric = isinstance(priority, int) and not isinstance(priority, bool)
-        if priority is not None and not numeric and priority not in PRIORITIES:
-            raise BridgeError(f"priority must be a whole number or one of {', '.join(PRIORITIES)}")
-        level = None if priority is None else parse_priority(priority)
-        return preset, _hooks(body.get("notify_webhook")), level
+        raw = body.get("priority")
+        priority = None if raw is None else priorities.parse(raw)
+        return preset, _hooks(body.get("notify_webhook")), priority
 
     async def generate_project(self, request: web.Request) -> web.Response:
         preset, hooks, priority = await self._options(request)
@@ -482,7 +502,7 @@ class Api:
         naming the run under way (runs of one project never queue behind each other here).
         With BRIDGE_WORKERS the run is submitted to the workers instead (the same answer)."""
         if self.runner.settings.workers:
-            level = parse_priority(spec.data.get("priority")) if priority is None else priority
+            level = spec.priority if priority is None else priority
             run_id = await submit(
                 self.runner.settings, self.store, spec, plan, selection, priority=level
             )
@@ -496,6 +516,8 @@ class Api:
                 run_id=running,
                 links={"status": f"/api/status/{running}"} if running else {},
             )
+        if not self.store.available:  # refused rather than accepted and not recorded
+            return _database_down()
         if self.runner.pool is None and not self.deps.get("comfyui", {}).get("up"):
             problem = self.deps.get("comfyui", {}).get("error", "no render server is up yet")
             return _problem(503, f"cannot render now: {problem}")
@@ -509,7 +531,9 @@ class Api:
 
         async def go() -> None:
             try:
-                await self.runner.run(spec, plan, selection, hooks=hooks, on_run=on_run)
+                await self.runner.run(
+                    spec, plan, selection, hooks=hooks, on_run=on_run, priority=priority
+                )
             except BaseException as exc:
                 if not created.done():
                     created.set_exception(exc)
@@ -553,12 +577,21 @@ def _accepted(run_id: int, jobs: int) -> web.Response:
     )
 
 
+def _database_down() -> web.Response:
+    response = _problem(
+        503, "the database is unavailable; nothing was accepted: try again when it is back"
+    )
+    response.headers["Retry-After"] = str(int(PROBE_INTERVAL * 5))
+    return response
+
+
 def _hooks(url: Any) -> list[Hook]:
     if url is None:
         return []
     if not isinstance(url, str) or not url.startswith(("http://", "https://")):
         raise BridgeError("notify_webhook must be an http(s) URL")
-    return [Hook(url, frozenset({"run_finished", "job_finished", "job_failed"}))]
+    # Only the run-level notice: the old system's handlers read every POST as a run's end.
+    return [Hook(url)]
 
 
 def _with_preset(spec: Spec, preset: str | None) -> Spec:

@@ -19,12 +19,12 @@ from typing import Any
 
 import networkx as nx
 
-from bridge import gcpause
+from bridge import gcpause, lengths
 from bridge.hashing import HASH_VERSION, derive_seed, digest, file_digest
 from bridge.plan import Job, JobKind, Media, Plan, Quality, SeedBinding, StartImage
 from bridge.presets import PRESETS
 from bridge.spec.model import Scene, Shot, Spec
-from bridge.templates import Template, frames_for, inject
+from bridge.templates import Template, inject
 
 
 @dataclass
@@ -54,9 +54,13 @@ def _compile(spec: Spec) -> Plan:
     project = spec.project.id
     scene_jobs: list[str] = []
     for scene in spec.scenes:
-        renders = [_shot_jobs(spec, scene, shot, drafts) for shot in scene.shots]
+        chosen, trim = lengths.for_scene(scene, spec.templates)
+        renders = [
+            _shot_jobs(spec, scene, shot, drafts, length)
+            for shot, length in zip(scene.shots, chosen, strict=True)
+        ]
         if spec.assemble:
-            scene_jobs.append(_assemble_scene(spec, scene, renders, drafts))
+            scene_jobs.append(_assemble_scene(spec, scene, renders, drafts, trim))
     for d in drafts.values():
         if d.kind is JobKind.FRAME:
             src = drafts[d.deps[0]].expect
@@ -128,19 +132,16 @@ def _order(drafts: Mapping[str, _Draft]) -> tuple[str, ...]:
     return tuple(order)
 
 
-def _shot_jobs(spec: Spec, scene: Scene, shot: Shot, drafts: dict[str, _Draft]) -> str:
+def _shot_jobs(
+    spec: Spec, scene: Scene, shot: Shot, drafts: dict[str, _Draft], length: lengths.Length
+) -> str:
     """Add the render job of a shot, with the keyframe and frame jobs it needs."""
     preset = PRESETS[shot.preset]
     p = shot.params
     template = spec.templates[shot.template]
-    frames = shot.frames or preset.frames
-    seconds = frames / shot.fps
-    if template.fixed_fps:
-        fps, frames = template.fixed_fps, round(seconds * template.fixed_fps)
-    else:
-        fps = shot.fps
+    asked = shot.frames or preset.frames
+    frames, fps = length.frames, length.fps
     context = int(p.get("context", preset.context))
-    frames = frames_for(template, frames, context)
     width, height = int(p.get("width", preset.width)), int(p.get("height", preset.height))
     characters = [spec.characters[c] for c in shot.characters]
     lora_scale = preset.lora_scale * float(p.get("lora_scale", 1.0))
@@ -202,6 +203,13 @@ def _shot_jobs(spec: Spec, scene: Scene, shot: Shot, drafts: dict[str, _Draft]) 
         quality=_quality(shot, template),
         meta={**meta, "template": template.name},
     )
+    if abs(asked / shot.fps - frames / fps) > 1e-6:
+        # The model cannot make the length asked: plan, manifest and report say so.
+        render.meta["requested"] = {
+            "frames": asked,
+            "fps": shot.fps,
+            "seconds": round(asked / shot.fps, 4),
+        }
     start = template.bind.get("start_image")
     if start:
         node, input_name = start[0].node, start[0].input
@@ -261,18 +269,29 @@ def _quality(shot: Shot, template: Template) -> Quality:
     )
 
 
-def _assemble_scene(spec: Spec, scene: Scene, renders: list[str], drafts: dict[str, _Draft]) -> str:
+def _assemble_scene(
+    spec: Spec, scene: Scene, renders: list[str], drafts: dict[str, _Draft], trim: int
+) -> str:
+    """`trim`: frames over the scene's frame_count that its shots' lengths could not avoid,
+    cut from the end of the joined scene."""
     first = drafts[renders[0]].expect
     seconds = sum(drafts[r].expect.seconds or 0.0 for r in renders)
+    joined = round(seconds * scene.fps)
     job_id = f"assemble:{scene.id}"
+    meta: dict[str, Any] = {"project": spec.project.id, "title": scene.title, "inputs": renders}
+    if scene.frame_count:
+        meta["requested"] = {"frames": scene.frame_count, "fps": scene.fps}
+        meta["joined_frames"] = joined
+        meta["trim_frames"] = trim
     drafts[job_id] = _Draft(
         id=job_id,
         kind=JobKind.ASSEMBLE,
         scene=scene.id,
         shot=None,
-        expect=Media("video", first.width, first.height, scene.fps, round(seconds * scene.fps), 1),
+        expect=Media("video", first.width, first.height, scene.fps, joined - trim, 1),
         deps=list(renders),
-        meta={"project": spec.project.id, "title": scene.title, "inputs": renders},
+        params={"trim_frames": trim} if trim else {},
+        meta=meta,
     )
     return job_id
 

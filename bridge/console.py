@@ -68,6 +68,8 @@ def _annotation(e: SpecError) -> str:
 
 def plan_summary(plan: Plan, reasons: Mapping[str, Reason] | None = None) -> dict[str, Any]:
     """Counts by kind, stages, and the video to render, as plain data for JSON or text."""
+    from bridge import lengths  # the plan path has loaded the templates already
+
     reasons = reasons or {}
     jobs = list(plan.jobs())
     kinds = Counter(j.kind.value for j in jobs)
@@ -90,6 +92,7 @@ def plan_summary(plan: Plan, reasons: Mapping[str, Reason] | None = None) -> dic
                     "kind": plan.job(job_id).kind.value,
                     "template": plan.job(job_id).template,
                     "expect": _expect(plan, job_id),
+                    "length": lengths.note(plan.job(job_id).meta),
                     "hash": plan.job(job_id).hash,
                     "reason": reasons.get(job_id, NEW).text,
                 }
@@ -123,6 +126,8 @@ def plan_text(summary: dict[str, Any]) -> str:
         for j in stage:
             template = j["template"] or "(local)"
             lines.append(f"  {j['id']:<{width}}  {template:<14} {j['expect']:<26} {j['reason']}")
+            if j["length"]:
+                lines.append(f"  {'':<{width}}  ! {j['length']}")
     return "\n".join(lines)
 
 

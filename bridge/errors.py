@@ -155,3 +155,7 @@ class DirectionError(BridgeError):
 
 class LLMUnavailable(DirectionError):
     """Raised when a model service does not answer or lacks the agent; the caller falls back."""
+
+
+class RecordError(BridgeError):
+    """Raised when something that happened could not be written to the job store."""

@@ -21,7 +21,7 @@ from bridge import media, outputs, probe
 from bridge.backends.base import Attempt, Backend, Outcome, Progress
 from bridge.db.store import Resumable
 from bridge.errors import BridgeError, TransientBackendError
-from bridge.hashing import derive_seed, file_digest
+from bridge.hashing import background_file_digest, derive_seed
 from bridge.manifest import JobResult, OutputFile
 from bridge.plan import Job, JobKind, Plan
 from bridge.record import Recorder
@@ -33,7 +33,12 @@ class Leases(Protocol):
     """Where remote jobs get a server: the ServerPool in one process, or a worker's view of
     the global slots shared by every worker (bridge.worker)."""
 
-    def lease(self, prefer: str | None = None) -> AbstractAsyncContextManager[Backend]: ...
+    def lease(
+        self, prefer: str | None = None, priority: int = 0
+    ) -> AbstractAsyncContextManager[Backend]: ...
+
+    def rendered(self) -> None:
+        """The lease holder's prompt finished executing (its outputs still download)."""
 
 
 class QualityFailed(BridgeError):
@@ -54,6 +59,7 @@ class Executor:
         resumable: dict[str, Resumable],
         detach: bool,
         notify: Callable[[str], None],
+        priority: int = 0,
     ) -> None:
         self.plan = plan
         self.pool = pool
@@ -64,6 +70,7 @@ class Executor:
         # detach: a cancelled job's prompt stays on its server, to be re-attached later
         self.detach = detach
         self.notify = notify
+        self.priority = priority  # of the run: orders it against other runs for slots
         self.results: dict[str, JobResult] = {}
         self.submitted = 0
 
@@ -92,7 +99,10 @@ class Executor:
         target = dest / ("scene.mp4" if job.scene else f"{self.plan.project}.mp4")
         e = job.expect
         assert e is not None
-        await media.concat(inputs, target, width=e.width, height=e.height, fps=e.fps or 24.0)
+        trimmed = e.frames if job.meta.get("trim_frames") else None  # to the scene's frame_count
+        await media.concat(
+            inputs, target, width=e.width, height=e.height, fps=e.fps or 24.0, frames=trimmed
+        )
         return await self._finish(job, (target,), server="local")
 
     async def _render(self, job: Job, attempt: int, dest: Path, report: ProgressHook) -> JobResult:
@@ -149,7 +159,8 @@ class Executor:
         def progress(p: Progress) -> None:
             report(p.value, p.max)
 
-        async with self.pool.lease(prefer=resume.server if resume else None) as backend:
+        prefer = resume.server if resume else None
+        async with self.pool.lease(prefer=prefer, priority=self.priority) as backend:
             self.recorder.submitting(job, prompt_id, backend.name, attempt)
             report(0, 0)  # submitted: the WORKFLOW_TIMEOUT clock starts now
             try_ = Attempt(
@@ -159,6 +170,7 @@ class Executor:
                 start_image=start,
                 resume=resume is not None,
                 workflow=workflow,
+                rendered=self.pool.rendered,
             )
             try:
                 outcome = await backend.execute(try_, progress)
@@ -167,7 +179,7 @@ class Executor:
                 self.resumable[job.hash] = Resumable(prompt_id, backend.name)
                 raise
             except asyncio.CancelledError:
-                if not self.detach:
+                if not (self.detach or self.recorder.database_lost):
                     await asyncio.shield(backend.cancel(try_))
                 raise
             if outcome.submitted:
@@ -208,7 +220,7 @@ class Executor:
             )
         records = []
         for i, path in enumerate(files):
-            sha = await asyncio.to_thread(file_digest, path)
+            sha = await background_file_digest(path)
             records.append(
                 OutputFile(
                     path=path,

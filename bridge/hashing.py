@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +32,23 @@ def file_digest(path: str | Path, chunk: int = 1 << 20) -> str:
         while block := fh.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+async def background_file_digest(path: Path) -> str:
+    """file_digest on a thread below normal CPU priority, so hashing a finished output
+    never competes with a co-located ComfyUI's encoding."""
+    return await asyncio.get_running_loop().run_in_executor(_background(), file_digest, path)
+
+
+@cache
+def _background() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(1, "bridge-hash", initializer=_lower_priority)
+
+
+def _lower_priority() -> None:
+    """Linux nices threads one by one, so this lowers only the hashing thread."""
+    with contextlib.suppress(OSError, AttributeError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
 
 
 def derive_seed(*parts: str) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -16,13 +17,14 @@ from pathlib import Path
 import ffmpeg
 
 from bridge.errors import ProbeError
-from bridge.probe import afacts
+from bridge.probe import afacts, background
 
 
 async def run(stream: ffmpeg.nodes.OutputStream | list[str], what: str) -> None:
+    """Run ffmpeg at a lower CPU priority than the user's ComfyUI, errors only."""
     args = stream if isinstance(stream, list) else ffmpeg.compile(stream, overwrite_output=True)
     proc = await asyncio.create_subprocess_exec(
-        args[0],
+        *background([args[0]]),
         "-hide_banner",
         "-loglevel",
         "error",
@@ -72,9 +74,16 @@ async def last_frame(video: Path, png: Path) -> Path:
 
 
 async def concat(
-    inputs: Sequence[Path], output: Path, *, width: int, height: int, fps: float
+    inputs: Sequence[Path],
+    output: Path,
+    *,
+    width: int,
+    height: int,
+    fps: float,
+    frames: int | None = None,
 ) -> Path:
-    """Join clips in order; stream copy when they already match, else re-encode to match."""
+    """Join clips in order; stream copy when they already match, else re-encode to match.
+    `frames` cuts the joined video to that many frames (a scene's frame_count)."""
     if not inputs:
         raise ProbeError("nothing to assemble")
     infos = [await afacts(p) for p in inputs]
@@ -84,7 +93,11 @@ async def concat(
         and abs(i.fps - fps) < 0.01
         for i in infos
     )
-    if same and await _copy_join(inputs, output, fps, sum(i.frames or 0 for i in infos)):
+    if (
+        frames is None
+        and same
+        and await _copy_join(inputs, output, fps, sum(i.frames or 0 for i in infos))
+    ):
         return output
     streams = [
         ffmpeg.input(str(path))
@@ -105,6 +118,7 @@ async def concat(
             movflags="+faststart",
             preset="veryfast",
             crf=18,
+            **({"frames:v": frames} if frames is not None else {}),
         ),
         f"re-encode and join {len(inputs)} clips",
     )
@@ -137,24 +151,33 @@ def _quote(path: Path) -> str:
     return str(path).replace("'", "'\\''")
 
 
-async def thumbnails(video: Path, folder: Path, count: int = 4, width: int = 160) -> list[Path]:
-    """Evenly spaced JPEG thumbnails, for a report's contact sheet."""
-    info = await afacts(video)
+async def thumbnails(
+    video: Path, folder: Path, count: int = 4, width: int = 160, frames: int | None = None
+) -> list[Path]:
+    """Evenly spaced JPEG thumbnails, for a report's contact sheet, from one decoding pass;
+    ones already newer than the video are kept. `frames` spares a probe when known."""
+    targets = [folder / f"{video.stem}-{i + 1}.jpg" for i in range(count)]
+    made = video.stat().st_mtime
+    if all(t.exists() and t.stat().st_mtime >= made for t in targets):
+        return targets
+    frames = frames or (await afacts(video)).frames or 1
+    wanted = [min(frames - 1, round((i + 0.5) * frames / count)) for i in range(count)]
+    picks = sorted(set(wanted))  # a short clip can want one frame twice
     folder.mkdir(parents=True, exist_ok=True)
-    frames = info.frames or 1
-    out = []
-    for i in range(count):
-        index = min(frames - 1, round((i + 0.5) * frames / count))
-        target = folder / f"{video.stem}-{i + 1}.jpg"
-        await _atomic(
-            target,
-            lambda tmp, n=index: (
-                ffmpeg.input(str(video))
-                .filter("select", f"gte(n,{n})")
-                .filter("scale", width, -2)
-                .output(str(tmp), **{"frames:v": 1, "q:v": 4})
+    with tempfile.TemporaryDirectory(dir=folder, prefix=f".{video.stem}.") as tmp:
+        await run(
+            ffmpeg.input(str(video))
+            .filter("select", "+".join(f"eq(n,{n})" for n in picks))
+            .filter("scale", width, -2)
+            .output(
+                str(Path(tmp) / "%d.jpg"),
+                fps_mode="passthrough",
+                **{"frames:v": len(picks), "q:v": 4},
             ),
-            f"take a thumbnail of {video.name}",
+            f"take thumbnails of {video.name}",
         )
-        out.append(target)
-    return out
+        for target, n in zip(targets, wanted, strict=True):
+            staged = Path(tmp) / f"{target.name}.tmp"
+            shutil.copyfile(Path(tmp) / f"{picks.index(n) + 1}.jpg", staged)
+            os.replace(staged, target)
+    return targets

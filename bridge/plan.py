@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from functools import cached_property
 from typing import Any, Literal
 
 import networkx as nx
@@ -117,8 +118,13 @@ class Plan:
     meta: Mapping[str, Any] = field(default_factory=dict, hash=False, compare=False)
 
     def job(self, job_id: str) -> Job:
-        job: Job = self.graph.nodes[job_id]["job"]
-        return job
+        return self._jobs[job_id]
+
+    @cached_property
+    def _jobs(self) -> dict[str, Job]:
+        """The jobs by id: a plan's graph is complete when the plan is made, and a NodeView
+        lookup per call costs more than the rest of `bridge plan`'s bookkeeping."""
+        return {job_id: data["job"] for job_id, data in self.graph.nodes(data=True)}
 
     def jobs(self) -> Iterator[Job]:
         for job_id in self.order:

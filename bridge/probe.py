@@ -9,13 +9,14 @@ from 0 to 1, and a job under QUALITY_THRESHOLD fails with their reasons.
 from __future__ import annotations
 
 import asyncio
+import json
 import re
+import shutil
+import subprocess
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
-
-import ffmpeg
 
 from bridge.errors import ProbeError
 from bridge.plan import Media
@@ -62,18 +63,16 @@ class Quality:
 
 
 def facts(path: Path) -> Facts:
-    """ffprobe's view of the file, frames counted by decoding (container counts can lie)."""
+    """ffprobe's view of the file. Frames are counted from the container (packets read,
+    the header's count, duration × rate) and decoded only when those disagree, since a
+    decode of every output takes the CPU a co-located ComfyUI encodes with."""
     try:
         size = path.stat().st_size
     except OSError as exc:
         raise ProbeError(f"{path.name}: cannot read: {exc.strerror}") from None
     if size == 0:
         raise ProbeError(f"{path.name}: the file is empty")
-    try:
-        info = ffmpeg.probe(str(path), count_frames=None, select_streams="v:0")
-    except ffmpeg.Error as exc:
-        tail = (exc.stderr or b"").decode(errors="replace").strip().splitlines()[-1:]
-        raise ProbeError(f"{path.name}: not a readable video or image: {' '.join(tail)}") from None
+    info = _ffprobe(path, "-count_packets")
     streams = info.get("streams") or []
     if not streams:
         raise ProbeError(f"{path.name}: has no video stream")
@@ -93,10 +92,12 @@ def facts(path: Path) -> Facts:
             s.get("pix_fmt"),
             size,
         )
-    frames = s.get("nb_read_frames")
     fps = _rate(s.get("avg_frame_rate")) or _rate(s.get("r_frame_rate"))
     seconds = float(s.get("duration") or fmt.get("duration") or 0) or None
-    count = int(frames) if frames not in (None, "N/A") else None
+    count = _container_count(s, fps, seconds)
+    if count is None:
+        decoded = _ffprobe(path, "-count_frames").get("streams") or [{}]
+        count = _int(decoded[0].get("nb_read_frames"))
     if not count:
         raise ProbeError(f"{path.name}: no frames could be decoded (truncated?)")
     return Facts(
@@ -110,6 +111,59 @@ def facts(path: Path) -> Facts:
         s.get("pix_fmt"),
         size,
     )
+
+
+def _container_count(
+    stream: dict[str, Any], fps: float | None, seconds: float | None
+) -> int | None:
+    """The frame count when the packets read agree with every count the container states
+    (at least one), else None: a truncated or odd file is decoded instead."""
+    packets = _int(stream.get("nb_read_packets"))
+    stated = [n for n in (_int(stream.get("nb_frames")),) if n is not None]
+    if fps and seconds:
+        stated.append(round(seconds * fps))
+    if not packets or not stated or any(n != packets for n in stated):
+        return None
+    return packets
+
+
+def _int(value: Any) -> int | None:
+    return int(value) if isinstance(value, str | int) and str(value).isdigit() else None
+
+
+def _ffprobe(path: Path, *extra: str) -> dict[str, Any]:
+    """ffprobe's JSON for the first video stream and the container, at low CPU priority."""
+    command = [
+        *background(["ffprobe"]),
+        "-v",
+        "error",
+        "-select_streams",
+        "v:0",
+        *extra,
+        "-show_streams",
+        "-show_format",
+        "-of",
+        "json",
+        str(path),
+    ]
+    done = subprocess.run(command, capture_output=True, check=False)
+    if done.returncode != 0:
+        tail = done.stderr.decode(errors="replace").strip().splitlines()[-1:]
+        raise ProbeError(f"{path.name}: not a readable video or image: {' '.join(tail)}")
+    try:
+        info: dict[str, Any] = json.loads(done.stdout)
+    except ValueError:
+        raise ProbeError(f"{path.name}: ffprobe gave no readable answer") from None
+    return info
+
+
+# ffmpeg work on outputs runs niced: the user's ComfyUI (often on this machine) comes first.
+_NICE = ("nice", "-n", "10") if shutil.which("nice") else ()
+
+
+def background(command: list[str]) -> list[str]:
+    """`command` run at a lower CPU priority than the renders it checks."""
+    return [*_NICE, *command]
 
 
 async def afacts(path: Path) -> Facts:
@@ -188,7 +242,7 @@ async def soft_checks(
     if not filters or seconds <= 0:
         return []
     proc = await asyncio.create_subprocess_exec(
-        "ffmpeg",
+        *background(["ffmpeg"]),
         "-hide_banner",
         "-nostats",
         "-i",

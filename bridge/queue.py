@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import procrastinate
@@ -35,29 +35,8 @@ from bridge.states import JobState
 log = logging.getLogger(__name__)
 
 TASK = "bridge.job"
-PRIORITIES: Mapping[str, int] = {"low": -10, "normal": 0, "high": 10, "urgent": 20}
 LEVEL = 1000  # queue priority per priority level; ranks within a level use less
 SCHEMA_LOCK = int.from_bytes(b"bridgeq\x01")
-
-
-def parse_priority(value: str | int | None) -> int:
-    """`low`, `normal`, `high`, `urgent` (the old system's words) or an integer -100..100."""
-    if value is None or value == "":
-        return 0
-    if isinstance(value, int) and not isinstance(value, bool):
-        number = value
-    elif str(value).strip().lower() in PRIORITIES:
-        return PRIORITIES[str(value).strip().lower()]
-    else:
-        try:
-            number = int(str(value).strip())
-        except ValueError:
-            raise UsageError(
-                f"priority {value!r}: expected low, normal, high, urgent or a whole number"
-            ) from None
-    if not -100 <= number <= 100:
-        raise UsageError(f"priority {number}: expected a whole number from -100 to 100")
-    return number
 
 
 def app_for(database_url: str, connections: int = 4) -> procrastinate.App:

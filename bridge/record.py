@@ -7,10 +7,13 @@ with its error instead of leaving a record that silently lacks it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import contextlib
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from sqlalchemy.exc import DBAPIError
 
 from bridge import manifest, outputs
 from bridge.db.store import Resumable, Store
@@ -34,6 +37,7 @@ class RunReport:
     backend: str
     submitted: int = 0
     results: dict[str, JobResult] = field(default_factory=dict)
+    detached: bool = False  # stopped by a daemon's SIGTERM: what is unfinished resumes later
 
     @property
     def ok(self) -> bool:
@@ -42,7 +46,7 @@ class RunReport:
     @property
     def status(self) -> RunState:
         if JobState.CANCELLED in set(self.states.values()):
-            return RunState.CANCELLED
+            return RunState.DETACHED if self.detached else RunState.CANCELLED
         return RunState.SUCCEEDED if self.ok else RunState.FAILED
 
     def counts(self) -> dict[str, int]:
@@ -65,6 +69,7 @@ class Recorder:
         hooks: list[Hook],
         webhooks: Notifier,
         detach: bool,
+        answered: int = 0,
     ) -> None:
         self.store = store
         self.spec = spec
@@ -72,9 +77,12 @@ class Recorder:
         self.root = root
         self.hooks = hooks
         self.webhooks = webhooks
-        # detach: a cancelled job stays recorded as submitted, to be re-attached later
+        # detach: a cancelled job is recorded as detached (its prompt re-attached later)
         self.detach = detach
+        # the run id the client was given, when this run continues one an outage cut short
+        self.answered = answered
         self.run_id = 0
+        self.database_lost = False
 
     def start(
         self,
@@ -120,8 +128,22 @@ class Recorder:
 
     # -- steps of a job's life -----------------------------------------------------------
 
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """Notes a database that went away, so cancelled jobs leave their prompts on the
+        servers for the run that continues this one to re-attach to."""
+        try:
+            yield
+        except DBAPIError:
+            self.database_lost = True
+            raise
+
     async def __call__(self, event: Event) -> None:
         """The scheduler's record: the rows for one event, then its webhook."""
+        with self._writing():
+            self._record(event)
+
+    def _record(self, event: Event) -> None:
         store, run_id = self.store, self.run_id
         match event:
             case JobStarted(job_id, attempt):
@@ -141,8 +163,10 @@ class Recorder:
                 )
             case JobFailed(job_id, error, kind, attempt, final):
                 cancelled = kind == "cancelled"
-                if final and not (cancelled and self.detach):
-                    state = JobState.CANCELLED if cancelled else JobState.FAILED
+                if final:
+                    state = JobState.FAILED
+                    if cancelled:
+                        state = JobState.DETACHED if self.detach else JobState.CANCELLED
                     store.mark_done(run_id, job_id, state, error=error, error_kind=kind)
                 store.log(
                     run_id,
@@ -166,7 +190,8 @@ class Recorder:
 
     def submitting(self, job: Job, prompt_id: str, server: str, attempt: int) -> None:
         """Committed before the prompt is posted: what makes a killed run resumable."""
-        self.store.mark_submitting(self.run_id, job.id, prompt_id, server, attempt)
+        with self._writing():
+            self.store.mark_submitting(self.run_id, job.id, prompt_id, server, attempt)
 
     def take_over(self, job: Job) -> None:
         self.store.take_over(self.run_id, job.hash)
@@ -208,20 +233,14 @@ class Recorder:
         counts = report.counts()
         if report.status is RunState.CANCELLED:
             self.store.end_pending(self.run_id, JobState.CANCELLED)
+        elif report.status is RunState.DETACHED:
+            self.store.detach_unfinished(self.run_id)
         self.store.finish_run(self.run_id, report.status, counts, str(path))
         self.store.log(self.run_id, "run_finished", data={"status": report.status.value, **counts})
-        self._notify(
-            "run_finished",
-            {
-                "run_id": self.run_id,
-                "project": self.plan.project,
-                "status": report.status.value,
-                "counts": counts,
-                "manifest": str(path),
-                "errors": report.errors,
-                "preview": report.preview,
-            },
+        notice = run_finished(
+            self.run_id, self.plan.project, report, path, job_id=self.answered or self.run_id
         )
+        self._notify("run_finished", notice)
         return path
 
     def _notify(self, event: str, payload: dict[str, Any]) -> None:
@@ -233,3 +252,40 @@ class Recorder:
             self.store.log(run_id, kind, job_id, data=data)
 
         self.webhooks.send(self.hooks, event, payload, delivered)
+
+
+def run_finished(
+    run_id: int, project: str, report: RunReport, manifest: Path, *, job_id: int | None = None
+) -> dict[str, Any]:
+    """The run-level notice (schemas/webhook.schema.json). Its first fields are what the old
+    Content Generation Bridge's handlers read: `job_id` (the id the API answered with: the
+    run's, or the one it continues after a database outage) and `status` `completed`, or
+    `failed` with an `error`; bridge's own state is `run_status`."""
+    ok = report.status is RunState.SUCCEEDED
+    payload: dict[str, Any] = {
+        "job_id": job_id or run_id,
+        "status": "completed" if ok else "failed",
+    }
+    if not ok:
+        payload["error"] = _run_error(report)
+    return payload | {
+        "run_id": run_id,
+        "project": project,
+        "run_status": report.status.value,
+        "counts": report.counts(),
+        "manifest": str(manifest),
+        "errors": report.errors,
+        "preview": report.preview,
+    }
+
+
+def _run_error(report: RunReport) -> str:
+    if report.status is RunState.CANCELLED:
+        return "the run was cancelled before it finished"
+    if report.status is RunState.DETACHED:
+        return "bridge stopped before the run finished; it resumes at the next start"
+    if report.errors:
+        job, error = next(iter(report.errors.items()))
+        more = len(report.errors) - 1
+        return f"{job}: {error}" + (f" (and {more} more failed job(s))" if more else "")
+    return f"the run ended {report.status.value}"

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from bridge import media
+from bridge import lengths, media
 from bridge.outputs import atomic_write_bytes
 from bridge.states import JobState
 
@@ -41,7 +41,10 @@ async def write(manifest: Mapping[str, Any], folder: Path) -> Path:
             continue
         path = folder / out["path"]
         if job["kind"] in ("render", "assemble") and path.suffix == ".mp4" and path.exists():
-            made = await media.thumbnails(path, folder / THUMBS / _slug(job["id"]), count=4)
+            frames = ((out.get("probe") or {}).get("frames")) or None
+            made = await media.thumbnails(
+                path, folder / THUMBS / _slug(job["id"]), count=4, frames=frames
+            )
             thumbs[job["id"]] = [p.relative_to(folder).as_posix() for p in made]
         elif path.suffix == ".png" and path.exists():
             thumbs[job["id"]] = [out["path"]]
@@ -120,6 +123,9 @@ def _row(job: Mapping[str, Any], images: list[str]) -> str:
         links += f" <a href='{e(out['workflow'])}'>workflow</a>"
     error = f"<div class=bad>{e(job['error'])}</div>" if job.get("error") else ""
     action = str((job.get("meta") or {}).get("action") or "")
+    length = lengths.note(job.get("meta") or {})
+    if length:
+        facts += f" ({length})"
     return (
         f"<tr><td>{e(job['id'])}<div class=muted>{e(action)}</div></td>"
         f"<td class='state-{e(job['state'])}'>{e(job['state'])}{error}</td>"

@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from typing import TypeVar
 
 import networkx as nx
+from sqlalchemy.exc import DBAPIError
 
 from bridge import freshness, manifest, preflight
 from bridge.backends.comfyui import ComfyUIBackend
@@ -84,17 +85,20 @@ class Runner:
         notify: Callable[[str], None] = lambda _: None,
         policy: Policy | None = None,
         detach: bool = False,
+        outlive_outages: bool = False,
         environ: Mapping[str, str] | None = None,
     ) -> None:
         self.settings = settings
         self.store = store or Store(settings.database)
         self.notify = notify
         self.policy = policy
-        # detach: a cancelled run leaves its prompts on the servers, still recorded as
-        # submitted, for the next start to re-attach to (the watch daemon's SIGTERM).
+        # detach: a cancelled run leaves its prompts on the servers, recorded as detached,
+        # for the next start to re-attach to (the watch daemon's SIGTERM).
         self.detach = detach
+        # A daemon's accepted run outlives a database outage: it runs again once it is back.
+        self.outlive_outages = outlive_outages
         self.environ = dict(environ or {})
-        self.webhooks = Notifier()
+        self.webhooks = Notifier(backoff=settings.webhook_retry)
         self._projects: dict[str, asyncio.Lock] = {}
         self.pool: ServerPool | None = None
         self.preview = False
@@ -102,10 +106,13 @@ class Runner:
         self._pool_lock = asyncio.Lock()
 
     async def close(self) -> None:
-        await self.webhooks.drain()
-        if self.pool is not None:
-            await self.pool.close()
-        self.store.close()
+        """Outstanding webhooks finish (up to BRIDGE_WEBHOOK_DRAIN) before the store closes."""
+        try:
+            await self.webhooks.drain(self.settings.webhook_drain)
+        finally:
+            if self.pool is not None:
+                await self.pool.close()
+            self.store.close()
 
     async def backend(self) -> ServerPool:
         """The pool, started once: ComfyUI when one answers, else the preview animatic."""
@@ -147,28 +154,94 @@ class Runner:
         bus: Bus | None = None,
         hooks: Sequence[Hook] = (),
         on_run: Callable[[int], None] | None = None,
+        priority: int | None = None,
     ) -> RunReport:
         """Render `plan`; returns when every job has ended. Cancelling the task stops the
         run: queued prompts are deleted, running ones interrupted, and it is recorded.
-        `on_run` hears the run's id as soon as it exists (the API answers with it)."""
+        `on_run` hears the run's id as soon as it exists (the API answers with it).
+        `priority` (else the spec's) orders this run's jobs against other runs' for slots."""
         selection = selection or Selection()
         pool = await self.backend()
-        if not self.preview:
-            await self._preflight(pool, plan)
         all_hooks = [*hooks_from_spec(spec.webhooks, self.environ), *hooks]
-        # Runs of one project take turns, so the same spec dropped twice renders once.
-        async with self._projects.setdefault(plan.project, asyncio.Lock()):
-            return await self._run(spec, plan, selection, pool, bus or Bus(), all_hooks, on_run)
+        started: list[int] = []
+
+        def heard(run_id: int) -> None:
+            if started:  # a run again after an outage: the cut-short run says which
+                self.store.log(started[-1], "continued_as", data={"run_id": run_id})
+            started.append(run_id)
+            if on_run is not None:
+                on_run(run_id)
+
+        while True:
+            try:
+                # Runs of one project take turns, so the same spec dropped twice renders once.
+                async with self._projects.setdefault(plan.project, asyncio.Lock()):
+                    found = await self._fresh(spec, plan, selection, pool)
+                    return await self._run(
+                        spec,
+                        plan,
+                        found,
+                        pool,
+                        bus or Bus(),
+                        all_hooks,
+                        heard,
+                        spec.priority if priority is None else priority,
+                        started[0] if started else 0,
+                    )
+            except DBAPIError:
+                if not (self.outlive_outages and started):
+                    raise  # before the run was accepted: the caller refuses or waits
+                if await asyncio.to_thread(self.store.check):
+                    raise  # not an outage
+                await self._after_outage(plan.project, started[-1])
+
+    async def _after_outage(self, project: str, run_id: int) -> None:
+        """The database went away under a daemon's run: wait for it, record the run as
+        interrupted, and let the caller's loop run the plan again (its posted prompts are
+        re-attached, its finished outputs reused)."""
+        self.notify(
+            f"the database went away during run {run_id} of {project}; "
+            "it runs again once the database is back"
+        )
+        await self.store.wait_available(first_delay=0.5, max_delay=10.0)
+        with contextlib.suppress(DBAPIError):  # gone again: the next create_run marks it
+            await asyncio.to_thread(self.store.finish_run, run_id, RunState.INTERRUPTED, {}, None)
+
+    async def _fresh(
+        self, spec: Spec, plan: Plan, selection: Selection, pool: ServerPool
+    ) -> dict[str, freshness.Reason]:
+        """What is fresh, read from the database while the servers' /object_info is fetched
+        for the preflight; nothing is recorded before the preflight has passed."""
+        reading = asyncio.ensure_future(
+            asyncio.to_thread(
+                freshness.reasons,
+                self.store,
+                plan,
+                self.settings.output_path,
+                spec.templates,
+                force=selection.force,
+            )
+        )
+        try:
+            if not self.preview:
+                await self._preflight(pool, plan)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await reading  # the store is not closed under a running read
+            raise
+        return await reading
 
     async def _run(
         self,
         spec: Spec,
         plan: Plan,
-        selection: Selection,
+        found: dict[str, freshness.Reason],
         pool: ServerPool,
         bus: Bus,
         hooks: list[Hook],
         on_run: Callable[[int], None] | None,
+        priority: int,
+        answered: int,
     ) -> RunReport:
         root = self.settings.output_path
         backend = ", ".join(pool.names)
@@ -180,25 +253,27 @@ class Runner:
             hooks=hooks,
             webhooks=self.webhooks,
             detach=self.detach,
+            answered=answered,
         )
 
-        def opening() -> tuple[dict[str, freshness.Reason], int]:
-            found = freshness.reasons(self.store, plan, root, spec.templates, force=selection.force)
-            started = recorder.start(
+        def opening() -> int:
+            return recorder.start(
                 found, backend=backend, preview=self.preview, settings=self.settings.public()
             )
-            return found, started
 
         # A big plan's opening writes (a row per job) run off the event loop, so the API's
         # health stays live meanwhile; a cancel arriving then lets them finish and records
         # the run as cancelled.
         opened = asyncio.ensure_future(asyncio.to_thread(opening))
         try:
-            reasons, run_id = await asyncio.shield(opened)
+            run_id = await asyncio.shield(opened)
         except asyncio.CancelledError:
             with contextlib.suppress(Exception):
                 await asyncio.shield(opened)
-            if recorder.run_id:
+            if recorder.run_id and self.detach:
+                self.store.detach_unfinished(recorder.run_id)
+                self.store.finish_run(recorder.run_id, RunState.DETACHED, {}, None)
+            elif recorder.run_id:
                 self.store.end_pending(recorder.run_id, JobState.CANCELLED)
                 self.store.finish_run(recorder.run_id, RunState.CANCELLED, {}, None)
             raise
@@ -213,8 +288,9 @@ class Runner:
             resumable=recorder.resumable(),
             detach=self.detach,
             notify=self.notify,
+            priority=priority,
         )
-        cached = recorder.cached(j for j, r in reasons.items() if not r.runs)
+        cached = recorder.cached(j for j, r in found.items() if not r.runs)
         execute.results.update(cached)
         # The pool's slots cap what is on the servers (MAX_CONCURRENT_JOBS); the scheduler
         # may run as many again that are downloading or being checked, so a slot freed by
@@ -238,6 +314,7 @@ class Runner:
                 backend=backend,
                 submitted=execute.submitted,
                 results=execute.results,
+                detached=self.detach,
             )
             report.manifest = recorder.finish(
                 report,

@@ -44,6 +44,8 @@ BRIDGE_AFFINITY = "BRIDGE_AFFINITY"
 BRIDGE_AGING_SECONDS = "BRIDGE_AGING_SECONDS"
 BRIDGE_WAIT_FOR_SERVER = "BRIDGE_WAIT_FOR_SERVER"
 MAX_JOBS_PER_SPEC = "MAX_JOBS_PER_SPEC"
+BRIDGE_WEBHOOK_DRAIN = "BRIDGE_WEBHOOK_DRAIN"
+BRIDGE_WEBHOOK_RETRY = "BRIDGE_WEBHOOK_RETRY"
 
 DEFAULT_MAX_CONCURRENT_JOBS = 3
 DEFAULT_WORKFLOW_TIMEOUT = 900.0
@@ -51,6 +53,8 @@ DEFAULT_QUALITY_THRESHOLD = 0.7
 DEFAULT_OUTPUT_PATH = Path("output")
 DEFAULT_WAIT_FOR_SERVER = 4 * 3600.0
 DEFAULT_MAX_JOBS_PER_SPEC = 5000
+DEFAULT_WEBHOOK_DRAIN = 30.0
+DEFAULT_WEBHOOK_RETRY = 1.0
 BACKENDS = ("auto", "comfyui", "preview")
 DEFAULT_LLM_CONCURRENCY = 4
 DEFAULT_LLM_TIMEOUT = 120.0
@@ -84,6 +88,8 @@ class Settings:
     aging_seconds: float = DEFAULT_AGING_SECONDS  # a waiting job rises a priority level per
     wait_for_server: float = DEFAULT_WAIT_FOR_SERVER  # watch: how long a spec waits for ComfyUI
     max_jobs_per_spec: int = DEFAULT_MAX_JOBS_PER_SPEC  # serve: larger plans get a 422
+    webhook_drain: float = DEFAULT_WEBHOOK_DRAIN  # at exit: how long deliveries may still take
+    webhook_retry: float = DEFAULT_WEBHOOK_RETRY  # first retry delay, doubled per try
 
     @property
     def database(self) -> str:
@@ -112,6 +118,8 @@ class Settings:
             "aging_seconds": self.aging_seconds,
             "wait_for_server": self.wait_for_server,
             "max_jobs_per_spec": self.max_jobs_per_spec,
+            "webhook_drain": self.webhook_drain,
+            "webhook_retry": self.webhook_retry,
         }
 
 
@@ -139,6 +147,8 @@ _ENV = {
     "aging_seconds": BRIDGE_AGING_SECONDS,
     "wait_for_server": BRIDGE_WAIT_FOR_SERVER,
     "max_jobs_per_spec": MAX_JOBS_PER_SPEC,
+    "webhook_drain": BRIDGE_WEBHOOK_DRAIN,
+    "webhook_retry": BRIDGE_WEBHOOK_RETRY,
 }
 # The old Content Generation Bridge's config.json keys whose bridge name differs.
 _OLD_KEYS = {"max_concurrent_scenes": "max_concurrent_jobs", "execution": "workers"}
@@ -250,7 +260,7 @@ def _coerce(name: str, raw: Any, source: str) -> Any:
             if not timeout > 0:
                 raise bad("a number of seconds above 0")
             return timeout
-        if name == "wait_for_server":
+        if name in ("wait_for_server", "webhook_drain", "webhook_retry"):
             wait = float(str(raw))
             if not wait >= 0:
                 raise bad("a number of seconds, 0 or more")
@@ -329,6 +339,8 @@ def _coerce(name: str, raw: Any, source: str) -> Any:
             "lease_seconds": "a number of seconds",
             "aging_seconds": "a number of seconds",
             "wait_for_server": "a number of seconds",
+            "webhook_drain": "a number of seconds",
+            "webhook_retry": "a number of seconds",
             "max_jobs_per_spec": "a whole number",
         }.get(name, "a valid value")
         raise bad(expected) from None

@@ -19,6 +19,7 @@ class JobState(StrEnum):
     SKIPPED = "skipped"  # not run because a job it depends on failed
     CANCELLED = "cancelled"  # the run was stopped (Ctrl-C, SIGTERM) before it finished
     INTERRUPTED = "interrupted"  # its prompt was re-attached by a later run
+    DETACHED = "detached"  # the daemon stopped (SIGTERM); its prompt, if any, is re-attached
 
     @property
     def finished(self) -> bool:
@@ -26,7 +27,8 @@ class JobState(StrEnum):
 
 
 UNFINISHED = frozenset({JobState.PENDING, JobState.SUBMITTED, JobState.RUNNING})
-RESUMABLE = frozenset({JobState.SUBMITTED, JobState.RUNNING})
+# A detached job is not live work, but the prompt it left on a server is picked up again.
+RESUMABLE = frozenset({JobState.SUBMITTED, JobState.RUNNING, JobState.DETACHED})
 
 
 class RunState(StrEnum):
@@ -35,3 +37,4 @@ class RunState(StrEnum):
     FAILED = "failed"
     CANCELLED = "cancelled"
     INTERRUPTED = "interrupted"  # its process died before it could record an end
+    DETACHED = "detached"  # the daemon stopped; the next start resumes its unfinished jobs

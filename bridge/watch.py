@@ -13,7 +13,9 @@ was being handled when the daemon died is given one more try at the next start; 
 daemon dies with it again, it goes to `failed/`. Each spec ends in exactly one of `done/`
 (with a pointer to its manifest), `rejected/` (with the same positioned errors as `bridge
 validate`) or `failed/` (with the reason). While no ComfyUI server answers, a claimed spec
-waits (a note in `DIR/.waiting/`) for up to BRIDGE_WAIT_FOR_SERVER seconds.
+waits (a note in `DIR/.waiting/`) for up to BRIDGE_WAIT_FOR_SERVER seconds; while the
+database is down it waits (noted the same way) for as long as that lasts, and a run the
+database dropped out of runs again, claimed all along, once it is back.
 """
 
 from __future__ import annotations
@@ -38,7 +40,6 @@ from bridge.direct.lock import is_lock_file, lock_path
 from bridge.direct.merge import merge_direction
 from bridge.errors import BridgeError, ConfigError, DirectionError, SpecErrors
 from bridge.plan import Plan
-from bridge.queue import parse_priority
 from bridge.runner import Runner, Selection
 from bridge.spec.load import MAX_BYTES, load_bytes
 from bridge.spec.model import Spec
@@ -121,6 +122,7 @@ class WatchFolder:
         settle: float = 0.5,
         wait_for_server: float | None = None,
         retry: float = 2.0,
+        db_retry: float = 10.0,
         echo: Callable[[str], None] = console.out,
     ) -> None:
         self.folder = folder.absolute()
@@ -130,6 +132,7 @@ class WatchFolder:
             runner.settings.wait_for_server if wait_for_server is None else wait_for_server
         )
         self.retry = retry
+        self.db_retry = db_retry  # the longest pause between checks of a database that is down
         self.echo = echo
         self.processing = self.folder / ".processing"
         self._pending: dict[Path, _Pending] = {}
@@ -309,18 +312,28 @@ class WatchFolder:
         if self.runner.settings.workers:  # the workers wait for the servers themselves
             await self._submit(claimed, spec, plan)
             return
-        try:
-            if not await self._server_ready(claimed):
+        while True:
+            try:
+                if not await self._server_ready(claimed):
+                    return
+                await self._database_ready(claimed)
+                self.echo(f"running {name}")
+                report = await self.runner.run(spec, plan)
+            except asyncio.CancelledError:
+                self.echo(f"stopping; {name} stays claimed and resumes at the next start")
+                raise
+            except BridgeError as exc:
+                self._file(claimed, "failed", "reason", f"{exc}\n")
+                self.echo(f"failed {name}: {exc}")
                 return
-            self.echo(f"running {name}")
-            report = await self.runner.run(spec, plan)
-        except asyncio.CancelledError:
-            self.echo(f"stopping; {name} stays claimed and resumes at the next start")
-            raise
-        except BridgeError as exc:
-            self._file(claimed, "failed", "reason", f"{exc}\n")
-            self.echo(f"failed {name}: {exc}")
-            return
+            except Exception:
+                if await asyncio.to_thread(self.runner.store.check):
+                    raise  # not an outage: filed as an internal error
+                self.echo(
+                    f"the database went away while running {name}; it runs again once it is back"
+                )
+                continue
+            break
         if report.ok:
             self._file(claimed, "done", "manifest", f"{report.manifest}\n")
             self.echo(f"done {name}: {console.counts(report.counts())}")
@@ -332,9 +345,13 @@ class WatchFolder:
     async def _submit(self, claimed: Path, spec: Spec, plan: Plan) -> None:
         """BRIDGE_WORKERS: hand the run to the workers and file the spec as done with it."""
         try:
-            level = parse_priority(spec.data.get("priority"))
             run_id = await submit(
-                self.runner.settings, self.runner.store, spec, plan, Selection(), priority=level
+                self.runner.settings,
+                self.runner.store,
+                spec,
+                plan,
+                Selection(),
+                priority=spec.priority,
             )
         except BridgeError as exc:
             self._file(claimed, "failed", "reason", f"{exc}\n")
@@ -393,6 +410,20 @@ class WatchFolder:
                     )
                     self.echo(f"waiting {claimed.name}: {problem}")
                 await asyncio.sleep(min(self.retry, left))
+        finally:
+            note.unlink(missing_ok=True)
+
+    async def _database_ready(self, claimed: Path) -> None:
+        """Wait, visibly and backing off, until the job store answers: a spec is never run,
+        nor filed, without its records. The store logs each change of state once."""
+        store = self.runner.store
+        if await asyncio.to_thread(store.check):
+            return
+        note = self.folder / ".waiting" / claimed.name
+        note.write_text(f"waiting for the database since {time.ctime()}\n")
+        self.echo(f"waiting {claimed.name}: the database is unavailable")
+        try:
+            await store.wait_available(first_delay=0.5, max_delay=self.db_retry)
         finally:
             note.unlink(missing_ok=True)
 

@@ -11,7 +11,6 @@ oracle for another secret of the process (BRIDGE_API_TOKEN).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import hmac
 import logging
@@ -23,7 +22,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from bridge.errors import ConfigError
+from bridge.errors import ConfigError, RecordError
 from bridge.masking import mask_text, mask_url
 
 log = logging.getLogger(__name__)
@@ -48,7 +47,13 @@ Record = Callable[[str, Mapping[str, Any]], None]
 
 
 class Notifier:
-    """Sends notices in the background, a few tries each, never holding up a run."""
+    """Sends notices in the background, a few tries each, never holding up a run.
+
+    Each delivery ends recorded, as `webhook_delivered` or `webhook_failed`: the record is
+    a blocking write the delivery awaits (in a thread), and `drain` at exit waits up to its
+    limit for every delivery, records those it cuts short as failed, and says loudly when
+    a record could not be written.
+    """
 
     def __init__(
         self,
@@ -61,6 +66,7 @@ class Notifier:
         self.backoff = backoff
         self.timeout = timeout
         self._tasks: set[asyncio.Task[None]] = set()
+        self._unrecorded: list[BaseException] = []
 
     def send(
         self,
@@ -74,14 +80,42 @@ class Notifier:
             if event in hook.events:
                 task = asyncio.create_task(self._deliver(hook, event, payload, record))
                 self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+                task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            exc = task.exception()
+            assert exc is not None
+            self._unrecorded.append(exc)
+            log.error("a webhook delivery could not be recorded: %s", exc)
 
     async def _deliver(
         self, hook: Hook, event: str, payload: Mapping[str, Any], record: Record
     ) -> None:
         body = mask_text(orjson.dumps({"event": event, **payload}).decode()).encode()
-        headers = {"Content-Type": "application/json", "User-Agent": "bridge-webhook"}
         shown = mask_url(hook.url)
+        try:
+            status, attempt, error = await self._attempts(hook, body)
+        except asyncio.CancelledError:
+            error = "still undelivered when bridge stopped (BRIDGE_WEBHOOK_DRAIN)"
+            log.warning("webhook %s: %s", shown, error)
+            await asyncio.to_thread(
+                record, "webhook_failed", {"url": shown, "event": event, "error": error}
+            )
+            raise
+        if status:
+            data = {"url": shown, "event": event, "status": status, "attempt": attempt}
+            await asyncio.to_thread(record, "webhook_delivered", data)
+            return
+        log.warning("webhook %s gave up after %d tries: %s", shown, self.tries, error)
+        await asyncio.to_thread(
+            record, "webhook_failed", {"url": shown, "event": event, "error": error}
+        )
+
+    async def _attempts(self, hook: Hook, body: bytes) -> tuple[int, int, str]:
+        """(HTTP status, attempt, "") once one is accepted, else (0, tries, last error)."""
+        headers = {"Content-Type": "application/json", "User-Agent": "bridge-webhook"}
         error = ""
         for attempt in range(1, self.tries + 1):
             if hook.secret:  # signed per attempt, so a late retry is not refused as stale
@@ -94,33 +128,28 @@ class Notifier:
                     session.post(hook.url, data=body, headers=headers) as resp,
                 ):
                     if resp.status < 300:
-                        record(
-                            "webhook_delivered",
-                            {
-                                "url": shown,
-                                "event": event,
-                                "status": resp.status,
-                                "attempt": attempt,
-                            },
-                        )
-                        return
+                        return resp.status, attempt, ""
                     error = f"HTTP {resp.status}"
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
                 error = mask_text(str(exc)) or type(exc).__name__
             if attempt < self.tries:
                 await asyncio.sleep(self.backoff * 2 ** (attempt - 1))
-        log.warning("webhook %s gave up after %d tries: %s", shown, self.tries, error)
-        record("webhook_failed", {"url": shown, "event": event, "error": error})
+        return 0, self.tries, error
 
-    async def drain(self, timeout: float = 5.0) -> None:
-        """Give pending deliveries a moment at shutdown, then drop them."""
-        if not self._tasks:
-            return
-        _, pending = await asyncio.wait(set(self._tasks), timeout=timeout)
-        for task in pending:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+    async def drain(self, limit: float) -> None:
+        """At exit: let outstanding deliveries finish for up to `limit` seconds; those
+        still under way are stopped and recorded as failed."""
+        if self._tasks:
+            tasks = set(self._tasks)
+            _, pending = await asyncio.wait(tasks, timeout=limit)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        if self._unrecorded:
+            raise RecordError(
+                f"{len(self._unrecorded)} webhook result(s) could not be recorded: "
+                f"{self._unrecorded[0]}"
+            )
 
 
 def hooks_from_spec(

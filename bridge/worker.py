@@ -128,7 +128,7 @@ class Worker:
                 await self.store.wait_available()
                 log.warning("database available: taking jobs again")
         finally:
-            await self.webhooks.drain()
+            await self.webhooks.drain(self.settings.webhook_drain)
             await runner.close()
 
     async def _serve_queue(self) -> None:
@@ -392,10 +392,14 @@ class JobLeases:
         self.worker_id = worker_id
         self.priority = priority  # the queue's: this process's waiters ask in its order
 
+    def rendered(self) -> None:
+        """The slot is held until the outputs are downloaded: nothing to do earlier."""
+
     @contextlib.asynccontextmanager
-    async def lease(self, prefer: str | None = None) -> AsyncIterator[Backend]:
+    async def lease(self, prefer: str | None = None, priority: int = 0) -> AsyncIterator[Backend]:
         """A slot on the server the job's prompt already went to (`prefer`, a take-over),
-        else on the eligible server that has the most of the job already cached."""
+        else on the eligible server that has the most of the job already cached. The
+        order among waiters is the queue's priority (with aging), not the run's `priority`."""
         w = self.worker
         engine = w.engine
         signature = affinity.signature(self.job.workflow) if self.job.kind.remote else {}

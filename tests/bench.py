@@ -9,6 +9,7 @@ those a user would see from a command, not from a warmed-up test process.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import statistics
@@ -739,6 +740,225 @@ def _wait_port(port: int, timeout: float = 10.0) -> None:
     raise RuntimeError(f"the LLM double did not listen on {port}")
 
 
+# -- comfyui: bridge against a real ComfyUI server (issue 14) -------------------------------
+
+COMFYUI_URL_ENV = "BRIDGE_BENCH_COMFYUI_URL"
+_REAL_JOBS, _REAL_FRAMES, _REAL_FPS = 40, 120, 24
+_REAL_SIZE = (320, 240)
+
+
+_MAKE_DATABASE = "import sys; from bridge.db.store import Store; Store(sys.argv[1]).close()"
+
+
+def _real_workflow(color: int) -> dict[str, object]:
+    """EmptyImage 320x240 x 120 -> CreateVideo 24 fps -> SaveVideo h264: bridge's core-smoke
+    template as `bridge run` binds it for the bench's spec."""
+    width, height = _REAL_SIZE
+    return {
+        "1": {
+            "class_type": "EmptyImage",
+            "inputs": {
+                "width": width,
+                "height": height,
+                "batch_size": _REAL_FRAMES,
+                "color": color % 2**24,
+            },
+        },
+        "2": {"class_type": "CreateVideo", "inputs": {"images": ["1", 0], "fps": float(_REAL_FPS)}},
+        "3": {
+            "class_type": "SaveVideo",
+            "inputs": {
+                "video": ["2", 0],
+                "filename_prefix": "bench/real",
+                "format": "mp4",
+                "codec": "h264",
+            },
+        },
+    }
+
+
+def _real_spec(folder: Path, project: str) -> Path:
+    """The same 40 jobs as a bridge spec: core-smoke shots, assembly and report off."""
+    width, height = _REAL_SIZE
+    shots = "\n".join(
+        f"      - {{id: s{i:03d}, action: shot {i}, params: {{width: {width}, height: {height}}}}}"
+        for i in range(_REAL_JOBS)
+    )
+    path = folder / f"{project}.yaml"
+    path.write_text(
+        f"version: 1\nproject: {{id: {project}}}\n"
+        f"defaults: {{preset: draft, fps: {_REAL_FPS}, motion: core-smoke, "
+        f"duration: {_REAL_FRAMES}f}}\n"
+        "outputs: {assemble: false, report: false}\n"
+        f"scenes:\n  - id: c000\n    shots:\n{shots}\n"
+    )
+    return path
+
+
+async def _baseline_client(url: str, folder: Path, in_flight: int | None, salt: int) -> list[str]:
+    """A plain aiohttp client: post the prompts (all at once, or `in_flight` at a time), and
+    download each output as soon as its prompt's `executing: null` arrives. Returns the
+    prompt ids, in submission order."""
+    import asyncio
+    import uuid
+
+    import aiohttp
+
+    client_id = uuid.uuid4().hex
+    folder.mkdir(parents=True, exist_ok=True)
+    done: dict[str, asyncio.Future[None]] = {}
+    limit = asyncio.Semaphore(in_flight or _REAL_JOBS)
+    async with (
+        aiohttp.ClientSession() as session,
+        session.ws_connect(f"{url}/ws?clientId={client_id}", max_msg_size=0) as ws,
+    ):
+
+        async def listen() -> None:
+            async for msg in ws:
+                if msg.type != aiohttp.WSMsgType.TEXT:
+                    continue
+                message = json.loads(msg.data)
+                data = message.get("data") or {}
+                if message.get("type") == "executing" and data.get("node") is None:
+                    future = done.get(data.get("prompt_id"))
+                    if future is not None and not future.done():
+                        future.set_result(None)
+
+        async def one(i: int) -> str:
+            async with limit:
+                prompt_id = str(uuid.uuid4())
+                done[prompt_id] = asyncio.get_running_loop().create_future()
+                body = {
+                    "prompt": _real_workflow(salt + i),
+                    "client_id": client_id,
+                    "prompt_id": prompt_id,
+                }
+                async with session.post(f"{url}/prompt", json=body) as resp:
+                    assert resp.status == 200, await resp.text()
+                await done[prompt_id]
+                async with session.get(f"{url}/history/{prompt_id}") as resp:
+                    entry = (await resp.json())[prompt_id]
+                for node in entry["outputs"].values():
+                    for item in node.get("images", []):
+                        params = {k: item[k] for k in ("filename", "subfolder", "type")}
+                        async with session.get(f"{url}/view", params=params) as resp:
+                            (folder / f"{prompt_id}.mp4").write_bytes(await resp.read())
+                return prompt_id
+
+        listener = asyncio.create_task(listen())
+        try:
+            return list(await asyncio.gather(*(one(i) for i in range(_REAL_JOBS))))
+        finally:
+            listener.cancel()
+
+
+def _executions(url: str, since_ms: int, until_ms: int) -> list[tuple[float, float]]:
+    """(execution_start, execution_success) in ms of every prompt the server ran in the
+    window, from its own /history, in order."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"{url}/history?max_items=100000") as resp:
+        history = json.load(resp)
+    spans = []
+    for entry in history.values():
+        stamps = {m[0]: m[1].get("timestamp") for m in entry["status"]["messages"]}
+        start, end = stamps.get("execution_start"), stamps.get("execution_success")
+        if start is not None and end is not None and since_ms <= start <= until_ms:
+            spans.append((float(start), float(end)))
+    return sorted(spans)
+
+
+def _figures(
+    spans: list[tuple[float, float]], since_ms: float, until_ms: float
+) -> dict[str, float]:
+    gaps = [max(0.0, b[0] - a[1]) for a, b in itertools.pairwise(spans)]
+    return {
+        "makespan": (until_ms - since_ms) / 1000,
+        "busy": sum(e - s for s, e in spans) / 1000,
+        "startup": (spans[0][0] - since_ms) / 1000 if spans else float("nan"),
+        "tail": (until_ms - spans[-1][1]) / 1000 if spans else float("nan"),
+        "gap median ms": statistics.median(gaps) if gaps else float("nan"),
+        "gaps total": sum(gaps) / 1000,
+        "prompts": len(spans),
+    }
+
+
+@bench
+def bench_comfyui(args: argparse.Namespace) -> dict[str, object]:
+    """40 core-smoke jobs (320x240 x 120 frames, h264) on the real ComfyUI at
+    $BRIDGE_BENCH_COMFYUI_URL: a submit-all client, a 3-in-flight client and `bridge run`
+    (MAX_CONCURRENT_JOBS=3), medians of --real-repeat rounds. Goals: bridge makespan <=
+    1.05 x submit-all's, its server time <= 1.05 x the 3-in-flight client's, start-up <
+    0.5 s, median gap < 5 ms."""
+    import asyncio
+    import random
+    import urllib.request
+
+    url = os.environ.get(COMFYUI_URL_ENV, "").rstrip("/")
+    if not url:
+        return {"skipped": f"set {COMFYUI_URL_ENV} to a ComfyUI server to run this bench"}
+    with urllib.request.urlopen(f"{url}/system_stats") as resp:
+        version = json.load(resp)["system"].get("comfyui_version", "?")
+    rounds: dict[str, list[dict[str, float]]] = {"submit-all": [], "3 in flight": [], "bridge": []}
+    load_before = os.getloadavg()
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        # One output folder for every round, its database made beforehand: a user's runs
+        # after the first open a current database, and that is the start-up measured.
+        output = folder / "out"
+        output.mkdir()
+        subprocess.run(
+            [sys.executable, "-c", _MAKE_DATABASE, f"sqlite:///{output / 'bridge.db'}"], check=True
+        )
+        for r in range(args.real_repeat):
+            for name in rounds:
+                salt = random.randrange(2**24)  # distinct colours: nothing is cached
+                since = time.time() * 1000
+                if name == "bridge":
+                    project = f"real{r}x{salt}"
+                    env = {
+                        **os.environ,
+                        "COMFYUI_URL": url,
+                        "BRIDGE_BACKEND": "comfyui",
+                        "MAX_CONCURRENT_JOBS": "3",
+                        "OUTPUT_PATH": str(output),
+                    }
+                    spec = _real_spec(folder, project)
+                    subprocess.run(
+                        [sys.executable, "-m", "bridge", "run", str(spec)],
+                        env=env,
+                        check=True,
+                        capture_output=True,
+                    )
+                else:
+                    in_flight = 3 if name == "3 in flight" else None
+                    asyncio.run(_baseline_client(url, folder / f"c{r}", in_flight, salt))
+                until = time.time() * 1000
+                spans = _executions(url, int(since), int(until))
+                assert len(spans) == _REAL_JOBS, f"{name}: {len(spans)} prompts ran"
+                rounds[name].append(_figures(spans, since, until))
+    figures: dict[str, object] = {
+        "server": f"ComfyUI {version} at {url}",
+        "load average before/after": f"{load_before[0]:.2f} / {os.getloadavg()[0]:.2f}",
+    }
+    for name, results in rounds.items():
+        for key in results[0]:
+            values = [res[key] for res in results]
+            figures[f"{name} {key}"] = (
+                f"{statistics.median(values):.3f} ({', '.join(f'{v:.3f}' for v in values)})"
+            )
+    med = {
+        n: {k: statistics.median(x[k] for x in res) for k in res[0]} for n, res in rounds.items()
+    }
+    figures["bridge / submit-all makespan"] = round(
+        med["bridge"]["makespan"] / med["submit-all"]["makespan"], 3
+    )
+    figures["bridge / 3-in-flight server time"] = round(
+        med["bridge"]["busy"] / med["3 in flight"]["busy"], 3
+    )
+    return figures
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="make bench")
     parser.add_argument("which", nargs="*", choices=[*BENCHES, []], metavar="BENCH")
@@ -747,8 +967,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=300)
     parser.add_argument("--rerun-shots", type=int, default=1000)
     parser.add_argument("--scale", type=float, default=1.0, help="workers: job/switch times")
+    parser.add_argument("--real-repeat", type=int, default=3)
     args = parser.parse_args(argv)
-    for name in args.which or list(BENCHES):
+    default = [n for n in BENCHES if n != "comfyui" or os.environ.get(COMFYUI_URL_ENV)]
+    for name in args.which or default:
         started = time.perf_counter()
         figures = BENCHES[name](args)
         figures["bench wall"] = f"{time.perf_counter() - started:.1f} s"

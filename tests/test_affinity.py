@@ -5,11 +5,9 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
-import pytest
-
 from bridge import affinity, queue
+from bridge import priority as priorities
 from bridge.compile import compile_plan
-from bridge.errors import UsageError
 from bridge.spec.validate import load_spec
 from bridge.templates import bundled
 
@@ -37,22 +35,8 @@ def test_a_changed_upstream_input_changes_every_hash_below_it() -> None:
     assert affinity.family(a) != affinity.family(b)
 
 
-@pytest.mark.parametrize(
-    ("given", "level"),
-    [("low", -10), ("normal", 0), ("High", 10), ("urgent", 20), (5, 5), ("-7", -7), (None, 0)],
-)
-def test_priorities_are_the_old_words_or_integers(given: object, level: int) -> None:
-    assert queue.parse_priority(given) == level  # type: ignore[arg-type]
-
-
-@pytest.mark.parametrize("given", ["soon", "101", 1000, "1.5"])
-def test_a_bad_priority_says_what_is_accepted(given: object) -> None:
-    with pytest.raises(UsageError, match=r"low, normal, high, urgent|-100 to 100"):
-        queue.parse_priority(given)  # type: ignore[arg-type]
-
-
 def test_queue_priority_orders_levels_then_takes_turns_then_ages() -> None:
-    high, normal = queue.parse_priority("high"), queue.parse_priority("normal")
+    high, normal = priorities.parse("high"), priorities.parse("normal")
     assert queue.queue_priority(high, 10_000) > queue.queue_priority(normal, 0)
     # two normal runs: the second's first job comes before the first's second job
     assert queue.queue_priority(normal, 0) > queue.queue_priority(normal, 1)

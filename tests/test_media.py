@@ -141,3 +141,30 @@ async def test_preview_clip_has_the_exact_shape_and_passes_its_checks(tmp_path: 
     assert (facts.kind, facts.width, facts.height) == ("image", 704, 544)
     assert seen
     assert list(tmp_path.glob(".preview*")) == []  # no temporary files left behind
+
+
+def test_frames_are_counted_without_decoding_only_when_the_container_agrees(
+    tmp_path: Path,
+) -> None:
+    whole = clip(tmp_path / "whole.mp4", "testsrc2", frames=30)
+    assert probe.facts(whole).frames == 30
+    # The header (moved to the front) still claims 30 frames; the data for most is gone.
+    faststart = tmp_path / "front.mp4"
+    move = ["ffmpeg", "-v", "error", "-i", str(whole), "-c", "copy", "-movflags", "+faststart"]
+    subprocess.run([*move, str(faststart)], check=True)
+    cut = tmp_path / "cut.mp4"
+    data = faststart.read_bytes()
+    cut.write_bytes(data[: len(data) * 2 // 3])
+    with pytest.raises(ProbeError, match="no frames could be decoded"):
+        probe.facts(cut)
+
+
+async def test_thumbnails_come_from_one_pass_and_are_kept_while_fresh(tmp_path: Path) -> None:
+    short = clip(tmp_path / "short.mp4", "testsrc2", frames=2)
+    made = await media.thumbnails(short, tmp_path / "thumbs", count=4)
+    assert [p.name for p in made] == [f"short-{i}.jpg" for i in range(1, 5)]
+    assert all(p.stat().st_size > 0 for p in made)
+    stamps = [p.stat().st_mtime_ns for p in made]
+    again = await media.thumbnails(short, tmp_path / "thumbs", count=4)
+    assert [p.stat().st_mtime_ns for p in again] == stamps
+    assert not [p for p in (tmp_path / "thumbs").iterdir() if p.name.startswith(".")]

@@ -39,6 +39,8 @@ class Attempt:
     start_image: Path | None = None  # local file to upload and bind, if the job needs one
     resume: bool = False
     workflow: Mapping[str, Any] = field(default_factory=dict)  # job.workflow after binding
+    # called once the server has finished executing it, before its outputs are downloaded
+    rendered: Callable[[], None] = field(default=lambda: None, compare=False)
 
 
 @dataclass(frozen=True)

@@ -233,6 +233,7 @@ class ComfyUIBackend:
             ran_nodes = False
             if entry is None:
                 entry, ran_nodes = await self._wait(attempt, queue, progress)
+            attempt.rendered()
             files = await self._collect(attempt, entry)
             recorded = entry.get("prompt")
             if posted is None and isinstance(recorded, list) and len(recorded) > 2:

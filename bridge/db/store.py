@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event, func, text
+from sqlalchemy import event, func, or_, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlmodel import Session, col, create_engine, select
@@ -39,7 +39,7 @@ from bridge.masking import mask_url
 from bridge.plan import Job
 from bridge.spec import rows
 from bridge.spec.model import Spec
-from bridge.states import RESUMABLE, JobState, RunState
+from bridge.states import RESUMABLE, UNFINISHED, JobState, RunState
 
 logger = logging.getLogger(__name__)
 WORKERS_BACKEND = "workers"  # a run submitted to `bridge worker`s
@@ -337,10 +337,19 @@ class Store:
 
     def end_pending(self, run_id: int, state: JobState) -> None:
         """The run's jobs that never started end in `state` (a cancelled run's queue)."""
+        self._end(run_id, (JobState.PENDING,), state)
+
+    def detach_unfinished(self, run_id: int) -> None:
+        """Every unfinished job of a run the daemon stopped becomes `detached`; a posted
+        prompt keeps its id, so the next start re-attaches to it."""
+        self._end(run_id, tuple(UNFINISHED), JobState.DETACHED)
+
+    def _end(self, run_id: int, states: tuple[JobState, ...], state: JobState) -> None:
         with self.session() as s:
             rows = s.exec(
                 select(JobRecord).where(
-                    JobRecord.run_id == run_id, JobRecord.state == JobState.PENDING.value
+                    JobRecord.run_id == run_id,
+                    col(JobRecord.state).in_([st.value for st in states]),
                 )
             )
             now = utcnow()
@@ -522,9 +531,21 @@ class Store:
             return s.exec(select(Scene).where(Scene.id == scene_id)).first()
 
     def job_totals(self) -> tuple[dict[str, int], float]:
-        """Jobs of every run by state, and the wall seconds of the finished ones."""
+        """Jobs by state, and the wall seconds of the finished ones. Unfinished states
+        count only in runs still under way: a run that died leaves no ghost work."""
+        unfinished = [state.value for state in UNFINISHED]
         with self.session() as s:
-            rows = s.exec(select(JobRecord.state, func.count()).group_by(JobRecord.state))
+            rows = s.exec(
+                select(JobRecord.state, func.count())
+                .join(Run, col(Run.id) == JobRecord.run_id)
+                .where(
+                    or_(
+                        col(JobRecord.state).not_in(unfinished),
+                        col(Run.status) == RunState.RUNNING.value,
+                    )
+                )
+                .group_by(JobRecord.state)
+            )
             by_state = dict(rows.all())
             seconds = s.exec(select(func.sum(JobRecord.seconds))).one()
         return by_state, float(seconds or 0.0)

@@ -16,8 +16,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import jsonschema
-
 from bridge.direct import lock, rules
 from bridge.direct.llm import AgentServiceClient, ChatClient, Client, Reply
 from bridge.direct.merge import apply, directed, has_shots
@@ -142,6 +140,8 @@ def _payload(
 
 
 def _schema_problems(r: Role, answer: Any) -> list[str]:
+    import jsonschema  # only when an agent answers: `bridge run` imports this module too
+
     validator = jsonschema.Draft202012Validator(r.schema)
     problems = []
     for err in sorted(validator.iter_errors(answer), key=lambda e: list(e.absolute_path)):

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from bridge import priority as priorities
 from bridge.presets import DEFAULT_PRESET, PRESETS, Preset
 from bridge.templates import Template
 
@@ -103,6 +104,7 @@ class Spec:
     report: bool
     webhooks: tuple[Mapping[str, Any], ...]
     data: Mapping[str, Any] = field(repr=False, compare=False)
+    priority: int = priorities.DEFAULT  # bridge.priority's scale; orders runs sharing slots
 
     def scene(self, scene_id: str) -> Scene:
         return next(s for s in self.scenes if s.id == scene_id)
@@ -319,7 +321,13 @@ def build(
         report=bool(outputs.get("report", True)),
         webhooks=tuple(data.get("webhooks", ())),
         data=data,
+        priority=_priority(data.get("priority", priorities.DEFAULT)),
     )
+
+
+def _priority(raw: Any) -> int:
+    """A value the schema refused was reported there; the run is never started with it."""
+    return priorities.DEFAULT if raw is REJECTED else priorities.parse(raw)
 
 
 def _share_frames(shots: list[Shot], frame_count: int | None) -> list[Shot]:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import jsonschema_rs
 import networkx as nx
 
-from bridge import gcpause
+from bridge import gcpause, lengths
 from bridge.direct.merge import merge_direction
 from bridge.errors import CycleError, SpecError, SpecErrors
 from bridge.paths import PathEscape, resolve_inside
@@ -105,7 +105,19 @@ def validate(doc: Document) -> Spec:
     if checker.errors:
         raise SpecErrors(checker.errors)
     revision = hashlib.sha256(doc.text.encode()).hexdigest()
-    return build(checker.norm, doc.data, doc.file, doc.folder, revision, checker.templates)
+    spec = build(checker.norm, doc.data, doc.file, doc.folder, revision, checker.templates)
+    unkept = [
+        SpecError(
+            why,
+            doc.locate(f"/scenes/{i}/frame_count"),
+            path=display_path(f"/scenes/{i}/frame_count"),
+        )
+        for i, scene in enumerate(spec.scenes)
+        if (why := lengths.unkept(scene, spec.templates))
+    ]
+    if unkept:
+        raise SpecErrors(unkept)
+    return spec
 
 
 def _without(data: Any, paths: list[list[str | int]]) -> Any:
