@@ -19,9 +19,9 @@ from bridge.compile import compile_plan
 from bridge.db import farm
 from bridge.db.store import Store
 from bridge.errors import BridgeError
-from bridge.manifest import JobResult, OutputFile
+from bridge.manifest import JobResult
 from bridge.plan import Plan
-from bridge.record import Recorder, RunReport
+from bridge.record import Recorder, RunReport, recorded_file
 from bridge.spec.model import Spec
 from bridge.states import JobState, RunState
 from bridge.webhooks import Hook, Notifier, hooks_from_spec
@@ -110,15 +110,7 @@ class Runs:
                 continue
             row = rows.get(job_id)
             out[job_id] = JobResult(
-                files=(
-                    OutputFile(
-                        path=self.root / asset.path,
-                        sha256=asset.sha256,
-                        bytes=asset.bytes,
-                        probe=asset.probe,
-                        quality=asset.quality,
-                    ),
-                ),
+                files=(recorded_file(self.root, asset),),
                 server=row.server if row and row.server else "cache",
                 prompt_id=row.prompt_id if row else None,
                 seconds=row.seconds if row else None,

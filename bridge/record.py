@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy.exc import DBAPIError
 
 from bridge import manifest, outputs
+from bridge.db.models import GeneratedAsset
 from bridge.db.store import Resumable, Store
 from bridge.events import Event, JobFailed, JobSkipped, JobStarted, JobSucceeded
 from bridge.freshness import Reason, as_text
@@ -54,6 +55,17 @@ class RunReport:
         for state in self.states.values():
             out[state.value] = out.get(state.value, 0) + 1
         return dict(sorted(out.items()))
+
+
+def recorded_file(root: Path, asset: GeneratedAsset) -> OutputFile:
+    """A job's main output as its asset row recorded it (path relative to OUTPUT_PATH)."""
+    return OutputFile(
+        path=root / asset.path,
+        sha256=asset.sha256,
+        bytes=asset.bytes,
+        probe=asset.probe,
+        quality=asset.quality,
+    )
 
 
 class Recorder:
@@ -109,15 +121,7 @@ class Recorder:
         for job_id in ids:
             asset = assets[self.plan.job(job_id).hash]
             out[job_id] = JobResult(
-                files=(
-                    OutputFile(
-                        path=self.root / asset.path,
-                        sha256=asset.sha256,
-                        bytes=asset.bytes,
-                        probe=asset.probe,
-                        quality=asset.quality,
-                    ),
-                ),
+                files=(recorded_file(self.root, asset),),
                 server="cache",
                 meta={"cached_from_run": asset.run_id},
             )

@@ -23,10 +23,10 @@ import os
 import random
 import socket
 import tempfile
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import networkx as nx
 import procrastinate
@@ -53,6 +53,7 @@ from bridge.states import JobState
 from bridge.webhooks import Notifier, hooks_from_spec
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 SLOT_POLL = (0.05, 0.25)  # seconds between tries for a busy server's slot (jittered)
 
@@ -411,13 +412,23 @@ class JobLeases:
             w.waiting.remove(ticket)
             heapq.heapify(w.waiting)
         try:
-            last = await asyncio.to_thread(farm.signatures, engine)
+            last = await self._outliving(farm.signatures, engine)
             had = affinity.overlap(last.get(slot.server, {}), signature)
             switched = bool(signature) and had < sum(signature.values())
-            await asyncio.to_thread(farm.ran, engine, slot.server, signature, switched)
+            await self._outliving(farm.ran, engine, slot.server, signature, switched)
             yield w.servers[slot.server].backend
         finally:
-            await asyncio.shield(asyncio.to_thread(farm.release_slot, engine, slot, self.worker_id))
+            await asyncio.shield(self._outliving(farm.release_slot, engine, slot, self.worker_id))
+
+    async def _outliving(self, call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """A farm table call that waits out a database outage instead of failing the job
+        (a worker outlives outages; a slot left claimed would block its server)."""
+        while True:
+            try:
+                return await asyncio.to_thread(call, *args, **kwargs)
+            except SQLAlchemyError as exc:
+                log.warning("slot bookkeeping waits for the database: %s", _first_line(exc))
+                await self.worker.store.wait_available()
 
     async def _claim(
         self, ticket: tuple[int, int], signature: affinity.Signature, prefer: str | None
@@ -440,13 +451,13 @@ class JobLeases:
                 if prefer in healthy:
                     order = [prefer]
                 elif settings.affinity:
-                    last = await asyncio.to_thread(farm.signatures, engine)
+                    last = await self._outliving(farm.signatures, engine)
                     order = sorted(
                         healthy, key=lambda n: -affinity.overlap(last.get(n, {}), signature)
                     )
                 else:
                     order = random.sample(healthy, len(healthy))
-                slot = await asyncio.to_thread(
+                slot = await self._outliving(
                     farm.claim_slot,
                     engine,
                     order,

@@ -340,7 +340,13 @@ def test_workers_that_lose_the_database_carry_on_when_it_is_back(
             name,
         )
         time.sleep(1.0)
-    assert wait_run(pg_url, run_id, timeout=120) == "succeeded"
+    state = wait_run(pg_url, run_id, timeout=120)
+    unfinished = db_rows(
+        pg_url,
+        "SELECT job_id, state, error FROM jobs WHERE run_id = %s AND state <> 'succeeded'",
+        run_id,
+    )
+    assert state == "succeeded", unfinished
     assert all(p.poll() is None for p in farm.procs.values()), "a worker exited"
     posted = [p for url in urls for p in sim_state(url)["posted"]]
     assert len(posted) == len(set(posted)) == 30
