@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -58,34 +61,56 @@ def tree(tmp_path: Path) -> Callable[[dict], Path]:
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A fresh database of each kind; PostgreSQL gets its own database, dropped after.
-
-    Without a reachable PostgreSQL the PostgreSQL case skips with the reason, unless
-    BRIDGE_REQUIRE_POSTGRES is set (CI), where it fails.
-    """
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'bridge.db'}"
-        return
-    import uuid
-
+def postgres_admin() -> Any:
+    """An autocommit connection to the test server's maintenance database. Without a
+    reachable PostgreSQL the test skips with the reason, unless BRIDGE_REQUIRE_POSTGRES is
+    set (CI), where it fails."""
     import psycopg
 
     try:
-        admin = psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=3)
+        return psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=3)
     except psycopg.OperationalError as exc:
         reason = f"PostgreSQL is not reachable at 127.0.0.1:5432: {str(exc).strip()}"
         if os.environ.get("BRIDGE_REQUIRE_POSTGRES"):
             pytest.fail(reason)
         pytest.skip(reason)
+
+
+@contextlib.contextmanager
+def fresh_postgres_database() -> Iterator[str]:
+    """A new, empty PostgreSQL database's name; dropped after, whatever the test did."""
     name = f"bridge_test_{uuid.uuid4().hex[:12]}"
-    with admin:
+    with postgres_admin() as admin:
         admin.execute(f'CREATE DATABASE "{name}"')
         try:
-            yield f"postgresql://postgres@127.0.0.1:5432/{name}"
+            yield name
         finally:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def postgres_url(name: str) -> str:
+    return f"postgresql://postgres@127.0.0.1:5432/{name}"
+
+
+@pytest.fixture
+def pg_name() -> Iterator[str]:
+    with fresh_postgres_database() as name:
+        yield name
+
+
+@pytest.fixture
+def pg_url(pg_name: str) -> str:
+    return postgres_url(pg_name)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh database of each kind; PostgreSQL gets its own database, dropped after."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'bridge.db'}"
+        return
+    with fresh_postgres_database() as name:
+        yield postgres_url(name)
 
 
 def process_env(tmp_path: Path, **extra: str) -> dict[str, str]:

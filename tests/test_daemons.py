@@ -336,30 +336,8 @@ def test_serve_without_comfyui_then_with_it_under_concurrent_clients(
 PLANTED = ("comfy-user", "COMFY-PW-7f3", "DB-PW-91c", "hook-user", "HOOK-PW-5ab", "HOOK-TOK-c0d")
 
 
-@pytest.fixture
-def postgres_url() -> Iterator[str]:
-    """A fresh PostgreSQL database (trust auth: the planted ?password= is ignored)."""
-    import uuid
-
-    import psycopg
-
-    from tests.conftest import PG_ADMIN
-
-    try:
-        admin = psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=3)
-    except psycopg.OperationalError as exc:
-        pytest.skip(f"PostgreSQL is not reachable: {exc}")
-    name = f"bridge_test_{uuid.uuid4().hex[:12]}"
-    with admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-        try:
-            yield f"postgresql://postgres@127.0.0.1:5432/{name}"
-        finally:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
 def test_planted_secrets_reach_no_artifact_of_a_run(
-    tmp_path: Path, sim_port: tuple[int, list[subprocess.Popen]], postgres_url: str
+    tmp_path: Path, sim_port: tuple[int, list[subprocess.Popen]], pg_url: str
 ) -> None:
     """Item 12: credentials in COMFYUI_URL, DATABASE_URL and a webhook URL appear in no log
     line, manifest, runs/*.json, database row or webhook body of a real run."""
@@ -392,7 +370,7 @@ def test_planted_secrets_reach_no_artifact_of_a_run(
     env = process_env(
         tmp_path,
         COMFYUI_URL=f"http://comfy-user:COMFY-PW-7f3@127.0.0.1:{port}",
-        DATABASE_URL=f"{postgres_url}?password=DB-PW-91c",
+        DATABASE_URL=f"{pg_url}?password=DB-PW-91c",
         LOG_LEVEL="DEBUG",
     )
     try:
@@ -415,7 +393,7 @@ def test_planted_secrets_reach_no_artifact_of_a_run(
     assert any(p.name == "manifest.json" for p in files)
     assert any(p.parent.name == "runs" and p.suffix == ".json" for p in files)
     artifacts |= {str(p): p.read_bytes().decode("utf-8", "replace") for p in files}
-    with psycopg.connect(postgres_url) as db:
+    with psycopg.connect(pg_url) as db:
         tables = [
             row[0]
             for row in db.execute(

@@ -7,34 +7,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-import uuid
-from collections.abc import Iterator
 
 import pytest
 
 from bridge.db.models import Project
 from bridge.db.schema import HEAD, current_revision
 from bridge.db.store import Store
-from tests.conftest import PG_ADMIN
 from tests.sim.proxy import Faults, Proxy
 
 pytestmark = pytest.mark.postgres
-
-
-@pytest.fixture
-def pg_name() -> Iterator[str]:
-    psycopg = pytest.importorskip("psycopg")
-    try:
-        admin = psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=3)
-    except psycopg.OperationalError as exc:
-        pytest.skip(f"PostgreSQL is not reachable: {exc}")
-    name = f"bridge_test_{uuid.uuid4().hex[:12]}"
-    with admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-        try:
-            yield name
-        finally:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def _free_port() -> int:

@@ -15,7 +15,6 @@ import pytest
 
 from tests.conftest import process_env
 from tests.test_daemons import free_port
-from tests.test_db_outage import pg_name  # noqa: F401  (fixture)
 from tests.test_front_doors import ROOT, call, outcome, start, wait_for
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
@@ -70,7 +69,7 @@ def outage_lines(err: str) -> list[str]:
 
 def test_serve_starts_without_its_database_refuses_work_then_carries_on(
     tmp_path: Path,
-    pg_name: str,  # noqa: F811
+    pg_name: str,
     pg_proxy: PgProxy,
 ) -> None:
     url = f"postgresql://postgres@127.0.0.1:{pg_proxy.port}/{pg_name}"
@@ -110,7 +109,7 @@ def test_serve_starts_without_its_database_refuses_work_then_carries_on(
 
 def test_watch_holds_a_dropped_spec_until_its_database_is_back(
     tmp_path: Path,
-    pg_name: str,  # noqa: F811
+    pg_name: str,
     pg_proxy: PgProxy,
 ) -> None:
     url = f"postgresql://postgres@127.0.0.1:{pg_proxy.port}/{pg_name}"
@@ -135,7 +134,7 @@ def test_watch_holds_a_dropped_spec_until_its_database_is_back(
 
 def test_watch_run_outlives_the_database_going_away_mid_run(
     tmp_path: Path,
-    pg_name: str,  # noqa: F811
+    pg_name: str,
     pg_proxy: PgProxy,
 ) -> None:
     """The database goes away while a spec renders: the daemon says so once, waits, and
@@ -192,7 +191,7 @@ def test_watch_run_outlives_the_database_going_away_mid_run(
 
 def test_serve_run_outlives_the_database_and_the_old_handler_hears_its_id(
     tmp_path: Path,
-    pg_name: str,  # noqa: F811
+    pg_name: str,
     pg_proxy: PgProxy,
 ) -> None:
     """A run the API accepted loses its database mid-run: it runs again once it is back,

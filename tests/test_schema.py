@@ -21,7 +21,7 @@ from bridge.db import schema
 from bridge.db.models import Run
 from bridge.db.store import Store, engine_for
 from bridge.errors import ConfigError
-from tests.conftest import PG_ADMIN, process_env
+from tests.conftest import postgres_admin, process_env
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -132,11 +132,7 @@ Store(sys.argv[1]).close()
 @pytest.mark.postgres
 @pytest.mark.slow
 def test_processes_racing_on_a_fresh_postgres_database_all_succeed(tmp_path: Path) -> None:
-    psycopg = pytest.importorskip("psycopg")
-    try:
-        admin = psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=3)
-    except psycopg.OperationalError as exc:
-        pytest.skip(f"PostgreSQL is not reachable: {exc}")
+    admin = postgres_admin()
     env = process_env(tmp_path)
     failures = []
     with admin:

@@ -4,14 +4,12 @@ servers, `bridge submit` to hand them runs. Short jobs and a 2 s lease keep them
 from __future__ import annotations
 
 import json
-import os
 import random
 import signal
 import subprocess
 import sys
 import time
 import urllib.request
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -21,24 +19,6 @@ from tests.conftest import PG_ADMIN, process_env
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.timeout(300)]
-
-
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    psycopg = pytest.importorskip("psycopg")
-    try:
-        admin = psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=3)
-    except psycopg.OperationalError as exc:
-        if os.environ.get("BRIDGE_REQUIRE_POSTGRES"):
-            pytest.fail(f"PostgreSQL is not reachable: {exc}")
-        pytest.skip(f"PostgreSQL is not reachable: {exc}")
-    name = f"bridge_workers_{uuid.uuid4().hex[:10]}"
-    with admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-        try:
-            yield f"postgresql://postgres@127.0.0.1:5432/{name}"
-        finally:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture
