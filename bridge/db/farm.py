@@ -125,14 +125,6 @@ def mark_running(engine: Engine, run_id: int, job_id: str, worker_id: int, attem
         return bool(done.rowcount)
 
 
-def release_job(engine: Engine, run_id: int, job_id: str) -> None:
-    with engine.begin() as conn:
-        conn.execute(
-            text("UPDATE jobs SET worker_id = NULL WHERE run_id = :run AND job_id = :job"),
-            {"run": run_id, "job": job_id},
-        )
-
-
 def skip_pending(engine: Engine, run_id: int, job_id: str, error: str) -> None:
     with engine.begin() as conn:
         conn.execute(
