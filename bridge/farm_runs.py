@@ -134,6 +134,21 @@ class Runs:
             )
         return True
 
+    def fail(self, run_id: int, error: str) -> bool:
+        """End a run whose spec can no longer be read as submitted: its unfinished jobs and
+        the run fail with `error` (no manifest: there is no plan to describe)."""
+        with farm.run_lock(self.store.engine, run_id) as mine:
+            run = self.store.run(run_id)
+            if not mine or run is None or run.status != RunState.RUNNING.value:
+                return False
+            farm.fail_unfinished(self.store.engine, run_id, error)
+            counts: dict[str, int] = {}
+            for state in farm.job_states(self.store.engine, run_id).values():
+                counts[state.value] = counts.get(state.value, 0) + 1
+            self.store.finish_run(run_id, RunState.FAILED, counts, None)
+            self.store.log(run_id, "run_finished", data={"status": "failed", "error": error})
+        return True
+
 
 def finish(
     store: Store,

@@ -30,7 +30,7 @@ from bridge import affinity
 from bridge.db import farm
 from bridge.errors import UsageError
 from bridge.plan import Job, Plan
-from bridge.states import JobState
+from bridge.states import UNFINISHED, JobState
 
 log = logging.getLogger(__name__)
 
@@ -94,19 +94,22 @@ async def defer_ready(
     level: int,
     *,
     group: bool,
+    lease: float,
 ) -> int:
-    """Queue every job of the run whose dependencies all finished well and that no one
-    holds yet; returns how many were queued. Safe to call from several workers at once: a
-    queueing lock refuses a second copy while one waits, and the claim refuses one whose
-    job another worker already holds."""
+    """Queue every unfinished job of the run whose dependencies all finished well, that is
+    not queued and that no live worker holds; returns how many were queued. The tables are
+    the record and the queue follows them: a job whose queue entry was lost (its holder
+    died after the queue let go of it) is queued again here, and a take-over re-attaches
+    to its prompt. Safe to call from several workers at once: a queueing lock refuses a
+    second copy while one waits, and the claim refuses one a live worker holds."""
     states = await asyncio.to_thread(farm.job_states, engine, run_id)
-    held = await asyncio.to_thread(_held, engine, run_id)
+    held = await asyncio.to_thread(farm.held, engine, run_id, lease)
     held |= await asyncio.to_thread(_queued, engine, run_id)
     done = {JobState.SUCCEEDED, JobState.CACHED}
     ready = [
         plan.job(j)
         for j in plan.order
-        if states.get(j) is JobState.PENDING
+        if states.get(j) in UNFINISHED
         and j not in held
         and all(states.get(d) in done for d in plan.graph.predecessors(j))
     ]
@@ -137,18 +140,6 @@ def _queued(engine: Engine, run_id: int) -> set[str]:
                 "AND args->>'run_id' = :run"
             ),
             {"task": TASK, "run": str(run_id)},
-        )
-        return {r.job_id for r in rows}
-
-
-def _held(engine: Engine, run_id: int) -> set[str]:
-    with engine.connect() as conn:
-        rows = conn.execute(
-            text(
-                "SELECT job_id FROM jobs WHERE run_id = :run AND worker_id IS NOT NULL "
-                "AND state = 'pending'"
-            ),
-            {"run": run_id},
         )
         return {r.job_id for r in rows}
 

@@ -40,7 +40,7 @@ from bridge.backends.base import Backend
 from bridge.backends.pool import ServerPool
 from bridge.db import farm
 from bridge.db.store import Resumable, Store
-from bridge.errors import ConfigError, PreflightError, TransientBackendError
+from bridge.errors import BridgeError, ConfigError, PreflightError, TransientBackendError
 from bridge.events import Event, JobStarted
 from bridge.execute import Executor
 from bridge.manifest import OutputFile
@@ -56,6 +56,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 SLOT_POLL = (0.05, 0.25)  # seconds between tries for a busy server's slot (jittered)
+_DATABASE = (OSError, SQLAlchemyError, psycopg.Error, ConnectorException)
 
 
 def check_output_path(root: Path) -> None:
@@ -110,19 +111,13 @@ class Worker:
         await asyncio.to_thread(
             farm.ensure_slots, self.engine, {b.name: b.slots for b in self.pool.backends}
         )
-        # A job whose records could not be written (the database went away under it) is
-        # tried again by the queue: the retry re-attaches to its prompt like a take-over.
-        retry = procrastinate.RetryStrategy(
-            max_attempts=1000,
-            wait=1,
-            retry_exceptions={OSError, SQLAlchemyError, psycopg.Error},
-        )
+        retry = Retry(self.settings.lease_seconds)
         self.app.task(name=queue.TASK, pass_context=True, retry=retry)(self._task)
         try:
             while True:
                 try:
                     await self._serve_queue()
-                except (OSError, SQLAlchemyError, psycopg.Error, ConnectorException) as exc:
+                except _DATABASE as exc:
                     log.warning("lost the database (%s); not taking jobs until it is back", exc)
                 else:
                     log.warning("the queue worker stopped; starting it again")
@@ -161,7 +156,8 @@ class Worker:
                         await asyncio.to_thread(farm.unregister_worker, self.engine, worker_id)
 
     async def _sweep(self) -> None:
-        """Register this process, then hand stalled workers' jobs back and age the queue."""
+        """Register this process, then hand stalled workers' jobs back, age the queue, and
+        queue what the tables say is ready but the queue lost."""
         s = self.settings
         while self.queue_worker is None or self.queue_worker.worker_id is None:
             await asyncio.sleep(0.05)
@@ -172,6 +168,9 @@ class Worker:
         while True:
             await asyncio.sleep(max(0.2, s.lease_seconds / 3))
             try:
+                # the queue's own heartbeat stops when a SIGTERM starts its shutdown, but
+                # the jobs in hand are still being finished: keep the lease on them
+                await self.app.job_manager.update_heartbeat(worker_id)
                 if not await asyncio.to_thread(farm.worker_alive, self.engine, worker_id):
                     # Our heartbeat came too late and the queue pruned us: our jobs are
                     # being handed on. Start over under a new id rather than run as a ghost.
@@ -191,6 +190,8 @@ class Worker:
                     )
                 await asyncio.to_thread(farm.prune_workers, self.engine)
                 await queue.age(self.engine, s.aging_seconds)
+                for run_id in await asyncio.to_thread(farm.running_runs, self.engine):
+                    await self._advance(run_id)
             except Exception as exc:  # the database is away: the queue worker notices too
                 log.warning("sweep failed: %s", exc)
 
@@ -205,7 +206,7 @@ class Worker:
         running = self._in_hand.get(key)
         if running is not None:  # a second copy (a late heartbeat, a racing queueing) while
             await running.wait()  # this process runs it: hold it until that run ends
-            await self._advance(await asyncio.to_thread(self.runs.get, run_id))
+            await self._advance(run_id)
             return
         ended = self._in_hand[key] = asyncio.Event()  # set before any await: no race here
         try:
@@ -214,10 +215,9 @@ class Worker:
                 farm.claim_job, self.engine, run_id, job_id, worker_id, lease
             )
             if claim is None:
-                log.debug("%s of run %d is held by a live worker", job_id, run_id)
-                return
-            ctx = await asyncio.to_thread(self.runs.get, run_id)
-            if not claim.state.finished:
+                raise Held(f"{job_id} of run {run_id} is held by a live worker")
+            ctx = await self._context(run_id)
+            if ctx is not None and not claim.state.finished:
                 await asyncio.to_thread(
                     self.store.log,
                     run_id,
@@ -230,7 +230,7 @@ class Worker:
         finally:
             del self._in_hand[key]
             ended.set()
-        await self._advance(ctx)
+        await self._advance(run_id)
 
     async def _run_one(
         self, ctx: farm_runs.RunContext, job: Job, worker_id: int, priority: int
@@ -282,10 +282,31 @@ class Worker:
         for job_id in nx.descendants(ctx.plan.graph, failed):
             farm.skip_pending(self.engine, ctx.run_id, job_id, f"skipped: {failed} failed")
 
-    async def _advance(self, ctx: farm_runs.RunContext) -> None:
-        """Queue what the job unblocked; finish the run when nothing is left."""
+    async def _context(self, run_id: int) -> farm_runs.RunContext | None:
+        """The run as submitted; None once it is failed because its spec cannot be read
+        as it was (moved, edited): a defined end instead of a run that never ends."""
+        try:
+            return await asyncio.to_thread(self.runs.get, run_id)
+        except BridgeError as exc:
+            log.error("run %d: %s", run_id, exc.message)
+            await asyncio.to_thread(self.runs.fail, run_id, exc.message)
+            return None
+
+    async def _advance(self, run_id: int) -> None:
+        """Queue what is ready (what a job unblocked, or a job whose queue entry was lost);
+        finish the run when nothing is left."""
+        ctx = await self._context(run_id)
+        if ctx is None:
+            return
+        s = self.settings
         await queue.defer_ready(
-            self.app, self.engine, ctx.run_id, ctx.plan, ctx.priority, group=self.settings.affinity
+            self.app,
+            self.engine,
+            run_id,
+            ctx.plan,
+            ctx.priority,
+            group=s.affinity,
+            lease=s.lease_seconds,
         )
         await asyncio.to_thread(self.runs.finish_if_done, ctx)
 
@@ -308,6 +329,29 @@ class Worker:
                 raise PreflightError(found)
             self._eligible[job.hash] = ok
         return self._eligible[job.hash]
+
+
+class Held(Exception):
+    """Another live worker holds the job (its own try may yet fail): look again later."""
+
+
+class Retry(procrastinate.BaseRetryStrategy):
+    """When the queue runs a job's task again. Its entry is the only thing that brings the
+    job back, so a job is never given up for a database outage (the retry re-attaches to
+    its prompt like a take-over) nor for being held: after a lease its holder has either
+    finished it, or died and can be taken over."""
+
+    def __init__(self, lease: float) -> None:
+        self.lease = lease
+
+    def get_retry_decision(
+        self, *, exception: BaseException, job: procrastinate.jobs.Job
+    ) -> procrastinate.RetryDecision | None:
+        if isinstance(exception, Held):
+            return procrastinate.RetryDecision(retry_in={"milliseconds": int(self.lease * 1000)})
+        if isinstance(exception, _DATABASE):
+            return procrastinate.RetryDecision(retry_in={"seconds": min(10, 1 + job.attempts)})
+        return None
 
 
 class ClaimLost(Exception):

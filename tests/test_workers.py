@@ -297,10 +297,88 @@ def test_a_high_run_overtakes_a_long_normal_run(
     assert remaining > 0, "the normal run ended first: the test proved nothing"
 
 
-@pytest.mark.skip(
-    reason="known defect (issue 13 open): after every connection is cut twice, a job can be left "
-    "pending with no worker holding it (seen 2 runs in ~20); the slot bookkeeping part is fixed"
-)
+def test_a_job_held_by_a_live_worker_waits_for_it_instead_of_being_dropped(
+    tmp_path: Path, sims: Callable[..., list[str]], farm_factory: Callable[..., Farm], pg_url: str
+) -> None:
+    """A queue entry whose job another live worker holds (that worker's own try may have
+    failed) is looked at again after a lease; when the holder dies, it is taken over."""
+    import psycopg
+
+    urls = sims(1, job_seconds=0.1)
+    farm = farm_factory(urls)
+    farm.env["BRIDGE_LEASE_SECONDS"] = "5"  # room for a loaded machine's late heartbeats
+    run_id = int(farm.bridge("submit", str(flat_spec(tmp_path, 2, "held"))).stdout)
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        ghost = conn.execute(
+            "INSERT INTO procrastinate_workers DEFAULT VALUES RETURNING id"
+        ).fetchone()[0]  # type: ignore[index]
+        conn.execute(
+            "UPDATE jobs SET worker_id = %s WHERE run_id = %s AND job_id LIKE '%%s000'",
+            (ghost, run_id),
+        )
+        farm.start("w1")
+        beating_until = time.monotonic() + 12  # the ghost looks alive for 2.4 leases, then dies
+        while time.monotonic() < beating_until:
+            conn.execute(
+                "UPDATE procrastinate_workers SET last_heartbeat = now() WHERE id = %s", (ghost,)
+            )
+            time.sleep(0.2)
+    held = db_rows(pg_url, "SELECT state FROM jobs WHERE run_id = %s ORDER BY job_id", run_id)
+    assert [s for (s,) in held] == ["pending", "succeeded"]  # untouched while its holder lived
+    assert wait_run(pg_url, run_id, timeout=60) == "succeeded"
+    claims = db_rows(
+        pg_url,
+        "SELECT job_id, data::text FROM events WHERE run_id = %s AND kind = 'job_claimed'",
+        run_id,
+    )
+    assert any(job.endswith("s000") and '"took_over": true' in data for job, data in claims)
+
+
+def test_a_worker_stopped_mid_job_finishes_it_first(
+    tmp_path: Path, sims: Callable[..., list[str]], farm_factory: Callable[..., Farm], pg_url: str
+) -> None:
+    """SIGTERM (systemctl stop, a deploy) stops claiming; the job in hand is finished under
+    a lease kept alive meanwhile, not taken over by another worker."""
+    urls = sims(1, job_seconds=1.5)
+    farm = farm_factory(urls, BRIDGE_WORKER_JOBS="1", MAX_CONCURRENT_JOBS="2")
+    farm.start("w1")
+    farm.start("w2")
+    run_id = int(farm.bridge("submit", str(flat_spec(tmp_path, 4, "stopped"))).stdout)
+    query = "SELECT count(*) FROM jobs WHERE run_id = %s AND state IN ('submitted', 'running')"
+    while db_rows(pg_url, query, run_id)[0][0] < 2:
+        time.sleep(0.05)
+    farm.procs["w1"].send_signal(signal.SIGTERM)
+    assert farm.procs["w1"].wait(timeout=30) == 0
+    assert wait_run(pg_url, run_id, timeout=60) == "succeeded"
+    states = db_rows(pg_url, "SELECT state FROM jobs WHERE run_id = %s", run_id)
+    assert {s for (s,) in states} == {"succeeded"}
+    posted = sim_state(urls[0])["posted"]
+    assert len(posted) == len(set(posted)) == 4, posted
+    claims = db_rows(
+        pg_url, "SELECT data::text FROM events WHERE run_id = %s AND kind = 'job_claimed'", run_id
+    )
+    assert not [c for (c,) in claims if '"took_over": true' in c], "w1 finished its job itself"
+    assert "missed its lease" not in (tmp_path / "w1.log").read_text()
+
+
+def test_a_run_whose_spec_changed_after_submit_fails_with_the_reason(
+    tmp_path: Path, farm_factory: Callable[..., Farm], pg_url: str
+) -> None:
+    farm = farm_factory([], BRIDGE_BACKEND="preview")
+    farm.env.pop("COMFYUI_URL")
+    spec = flat_spec(tmp_path, 2, "edited")
+    run_id = int(farm.bridge("submit", str(spec)).stdout)
+    spec.write_text(spec.read_text().replace("shot 1", "shot one"))
+    farm.start("w1")
+    assert wait_run(pg_url, run_id, timeout=60) == "failed"
+    states = db_rows(pg_url, "SELECT state, error FROM jobs WHERE run_id = %s", run_id)
+    assert {state for state, _ in states} == {"failed"}
+    assert all("changed since run" in error and "submit it again" in error for _, error in states)
+    followed = farm.bridge("status", str(run_id), "--wait")
+    assert followed.returncode != 0, followed.stdout
+    assert "Traceback" not in followed.stderr, followed.stderr
+
+
 def test_workers_that_lose_the_database_carry_on_when_it_is_back(
     tmp_path: Path, sims: Callable[..., list[str]], farm_factory: Callable[..., Farm], pg_url: str
 ) -> None:

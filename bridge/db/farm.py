@@ -12,9 +12,10 @@ import contextlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import text
+from sqlalchemy import bindparam, text
 from sqlalchemy.engine import Engine
 
+from bridge.db.store import WORKERS_BACKEND
 from bridge.states import JobState
 
 _LIVE = (
@@ -123,6 +124,40 @@ def mark_running(engine: Engine, run_id: int, job_id: str, worker_id: int, attem
             {"attempt": attempt, "run": run_id, "job": job_id, "me": worker_id},
         )
         return bool(done.rowcount)
+
+
+def held(engine: Engine, run_id: int, lease: float) -> set[str]:
+    """The run's unfinished jobs that a live worker holds."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT job_id FROM jobs WHERE run_id = :run AND state IN :unfinished "
+                "AND worker_id IN (" + _LIVE + ")"
+            ).bindparams(bindparam("unfinished", expanding=True)),
+            {"run": run_id, "unfinished": list(_UNFINISHED), "lease": lease},
+        )
+        return {r.job_id for r in rows}
+
+
+def running_runs(engine: Engine) -> list[int]:
+    """The submitted runs not yet ended, oldest first."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text("SELECT id FROM runs WHERE backend = :b AND status = 'running' ORDER BY id"),
+            {"b": WORKERS_BACKEND},
+        )
+        return [r.id for r in rows]
+
+
+def fail_unfinished(engine: Engine, run_id: int, error: str) -> None:
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "UPDATE jobs SET state = 'failed', error = :error, finished_at = now(), "
+                "worker_id = NULL WHERE run_id = :run AND state IN :unfinished"
+            ).bindparams(bindparam("unfinished", expanding=True)),
+            {"run": run_id, "error": error, "unfinished": list(_UNFINISHED)},
+        )
 
 
 def skip_pending(engine: Engine, run_id: int, job_id: str, error: str) -> None:
