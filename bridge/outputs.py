@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -61,11 +62,22 @@ def unchanged(path: Path, sha256: str, size: int | None = None) -> bool:
         return False
 
 
-def keep_spec(root: Path, raw: bytes, name: str) -> Path:
+def keep_spec(
+    root: Path,
+    raw: bytes,
+    name: str,
+    direction: tuple[Callable[[Path], Path], bytes] | None = None,
+) -> Path:
     """A content-addressed copy of a spec's bytes under OUTPUT_PATH/.specs/: the path the
-    database records can never come to hold another file."""
-    digest = hashlib.sha256(raw).hexdigest()[:16]
-    path = (root / ".specs" / f"{digest}-{Path(name).name}").absolute()
+    database records can never come to hold another file. A `direction` (where a spec's
+    direction file lies beside it, and its bytes) is kept beside it and addressed with it, so a
+    worker reading the copy later reads the direction it was submitted with."""
+    digest = hashlib.sha256(raw)
+    if direction is not None:
+        digest.update(b"\0" + direction[1])
+    path = (root / ".specs" / f"{digest.hexdigest()[:16]}-{Path(name).name}").absolute()
     if not path.exists():
+        if direction is not None:
+            atomic_write_bytes(direction[0](path), direction[1])
         atomic_write_bytes(path, raw)
     return path

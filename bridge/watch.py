@@ -376,7 +376,11 @@ class WatchFolder:
         if len(raw) > MAX_BYTES:
             raise NotRegular(f"larger than the limit of {MAX_BYTES:,} bytes")
         spec = validate(merge_direction(load_bytes(raw, claimed.name, base=self.folder), claimed))
-        kept = outputs.keep_spec(self.runner.settings.output_path, raw, claimed.name)
+        try:
+            direction = (lock_path, read_regular(lock_path(claimed)))
+        except FileNotFoundError:
+            direction = None
+        kept = outputs.keep_spec(self.runner.settings.output_path, raw, claimed.name, direction)
         spec = replace(spec, file=str(kept))
         return spec, compile_plan(spec)
 

@@ -40,7 +40,13 @@ from bridge.backends.base import Backend
 from bridge.backends.pool import ServerPool
 from bridge.db import farm
 from bridge.db.store import Resumable, Store
-from bridge.errors import BridgeError, ConfigError, PreflightError, TransientBackendError
+from bridge.errors import (
+    BridgeError,
+    ConfigError,
+    PreflightError,
+    SpecErrors,
+    TransientBackendError,
+)
 from bridge.events import Event, JobStarted
 from bridge.execute import Executor
 from bridge.manifest import OutputFile
@@ -288,8 +294,9 @@ class Worker:
         try:
             return await asyncio.to_thread(self.runs.get, run_id)
         except BridgeError as exc:
-            log.error("run %d: %s", run_id, exc.message)
-            await asyncio.to_thread(self.runs.fail, run_id, exc.message)
+            reason = f"{exc.message}:\n{exc}" if isinstance(exc, SpecErrors) else exc.message
+            log.error("run %d: %s", run_id, reason)
+            await asyncio.to_thread(self.runs.fail, run_id, reason)
             return None
 
     async def _advance(self, run_id: int) -> None:

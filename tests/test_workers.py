@@ -455,6 +455,38 @@ def test_watch_folder_and_api_submit_to_the_workers(
         stop(watch)
 
 
+def test_a_directed_spec_dropped_in_the_watch_folder_renders_on_the_workers(
+    tmp_path: Path, farm_factory: Callable[..., Farm], pg_url: str
+) -> None:
+    """The watch folder directs the spec (rules: no LLM here), then submits it: the workers
+    read the kept copy, and the direction it was submitted with travels with it."""
+    from tests.test_front_doors import start, stop
+
+    farm = farm_factory([], BRIDGE_BACKEND="preview", BRIDGE_WORKERS="1")
+    farm.env.pop("COMFYUI_URL")
+    farm.start("w1")
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    watch, _ = start(["watch", str(inbox)], farm.env)
+    try:
+        (inbox / "auto.yaml").write_bytes((ROOT / "specs" / "autonomous.yaml").read_bytes())
+        note = inbox / "done" / "auto.yaml.manifest.txt"
+        deadline = time.monotonic() + 90
+        while not note.exists():
+            assert time.monotonic() < deadline, sorted(p.name for p in inbox.rglob("*"))
+            time.sleep(0.2)
+        run_id = int(note.read_text().split("run ")[1])
+        assert wait_run(pg_url, run_id, timeout=90) == "succeeded"
+        renders = db_rows(
+            pg_url,
+            "SELECT count(*) FROM jobs WHERE run_id = %s AND job_id LIKE 'render:%%'",
+            run_id,
+        )[0][0]
+        assert renders > 0
+    finally:
+        stop(watch)
+
+
 def test_runs_of_equal_priority_take_turns(
     tmp_path: Path, sims: Callable[..., list[str]], farm_factory: Callable[..., Farm], pg_url: str
 ) -> None:
