@@ -377,7 +377,7 @@ class WatchFolder:
             raise NotRegular(f"larger than the limit of {MAX_BYTES:,} bytes")
         spec = validate(merge_direction(load_bytes(raw, claimed.name, base=self.folder), claimed))
         try:
-            direction = (lock_path, read_regular(lock_path(claimed)))
+            direction = (lock_path, lock_path(claimed).read_bytes())  # ours: brought or directed
         except FileNotFoundError:
             direction = None
         kept = outputs.keep_spec(self.runner.settings.output_path, raw, claimed.name, direction)
