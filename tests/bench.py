@@ -777,12 +777,12 @@ def _real_workflow(color: int) -> dict[str, object]:
     }
 
 
-def _real_spec(folder: Path, project: str) -> Path:
+def _real_spec(folder: Path, project: str, jobs: int = _REAL_JOBS) -> Path:
     """The same 40 jobs as a bridge spec: core-smoke shots, assembly and report off."""
     width, height = _REAL_SIZE
     shots = "\n".join(
         f"      - {{id: s{i:03d}, action: shot {i}, params: {{width: {width}, height: {height}}}}}"
-        for i in range(_REAL_JOBS)
+        for i in range(jobs)
     )
     path = folder / f"{project}.yaml"
     path.write_text(
@@ -852,29 +852,36 @@ async def _baseline_client(url: str, folder: Path, in_flight: int | None, salt: 
             listener.cancel()
 
 
-def _executions(url: str, since_ms: int, until_ms: int) -> list[tuple[float, float]]:
+def _executions(
+    url: str, since_ms: int, until_ms: int
+) -> tuple[list[tuple[float, float]], float | None]:
     """(execution_start, execution_success) in ms of every prompt the server ran in the
-    window, from its own /history, in order."""
+    window, from its own /history, in order; and when the first of them was posted (the
+    server's `create_time`, in ms), if it says."""
     import urllib.request
 
     with urllib.request.urlopen(f"{url}/history?max_items=100000") as resp:
         history = json.load(resp)
-    spans = []
+    spans, posted = [], []
     for entry in history.values():
         stamps = {m[0]: m[1].get("timestamp") for m in entry["status"]["messages"]}
         start, end = stamps.get("execution_start"), stamps.get("execution_success")
         if start is not None and end is not None and since_ms <= start <= until_ms:
             spans.append((float(start), float(end)))
-    return sorted(spans)
+            created = entry["prompt"][3].get("create_time")
+            if created is not None:
+                posted.append(float(created))
+    return sorted(spans), min(posted, default=None)
 
 
 def _figures(
-    spans: list[tuple[float, float]], since_ms: float, until_ms: float
+    spans: list[tuple[float, float]], since_ms: float, until_ms: float, first_post: float | None
 ) -> dict[str, float]:
     gaps = [max(0.0, b[0] - a[1]) for a, b in itertools.pairwise(spans)]
     return {
         "makespan": (until_ms - since_ms) / 1000,
         "busy": sum(e - s for s, e in spans) / 1000,
+        "first post": (first_post - since_ms) / 1000 if first_post else float("nan"),
         "startup": (spans[0][0] - since_ms) / 1000 if spans else float("nan"),
         "tail": (until_ms - spans[-1][1]) / 1000 if spans else float("nan"),
         "gap median ms": statistics.median(gaps) if gaps else float("nan"),
@@ -889,7 +896,9 @@ def bench_comfyui(args: argparse.Namespace) -> dict[str, object]:
     $BRIDGE_BENCH_COMFYUI_URL: a submit-all client, a 3-in-flight client and `bridge run`
     (MAX_CONCURRENT_JOBS=3), medians of --real-repeat rounds. Goals: bridge makespan <=
     1.05 x submit-all's, its server time <= 1.05 x the 3-in-flight client's, start-up <
-    0.5 s, median gap < 5 ms."""
+    0.5 s, median gap < 5 ms. Start-up is from just before the process starts to the
+    first execution on the server; `first post` to the first prompt's arrival (its
+    create_time), the figure `make bench startup` measures against the simulator."""
     import asyncio
     import random
     import urllib.request
@@ -934,9 +943,9 @@ def bench_comfyui(args: argparse.Namespace) -> dict[str, object]:
                     in_flight = 3 if name == "3 in flight" else None
                     asyncio.run(_baseline_client(url, folder / f"c{r}", in_flight, salt))
                 until = time.time() * 1000
-                spans = _executions(url, int(since), int(until))
+                spans, first_post = _executions(url, int(since), int(until))
                 assert len(spans) == _REAL_JOBS, f"{name}: {len(spans)} prompts ran"
-                rounds[name].append(_figures(spans, since, until))
+                rounds[name].append(_figures(spans, since, until, first_post))
     figures: dict[str, object] = {
         "server": f"ComfyUI {version} at {url}",
         "load average before/after": f"{load_before[0]:.2f} / {os.getloadavg()[0]:.2f}",
@@ -956,6 +965,181 @@ def bench_comfyui(args: argparse.Namespace) -> dict[str, object]:
     figures["bridge / 3-in-flight server time"] = round(
         med["bridge"]["busy"] / med["3 in flight"]["busy"], 3
     )
+    return figures
+
+
+# -- startup: `bridge run` to its first POST against the simulator (issue 14) ---------------
+
+# `bridge run` with marks on stderr as each step of the way to the first POST ends, for the
+# breakdown. A step's module is patched when it is first imported, so the order of imports
+# (what -X importtime shows between two marks) is the command's own.
+_MARKED_RUN = """
+import importlib.abc, importlib.util, os, sys, time
+def mark(what):
+    os.write(2, f"bench-mark {time.time():.6f} {time.process_time():.6f} {what}\\n".encode())
+mark("interpreter and site")
+def after(fn, what):
+    def wrapped(*a, **k):
+        out = fn(*a, **k)
+        mark(what)
+        return out
+    return wrapped
+def after_async(fn, what):
+    async def wrapped(*a, **k):
+        out = await fn(*a, **k)
+        mark(what)
+        return out
+    return wrapped
+def before_async(fn, what):
+    async def wrapped(*a, **k):
+        mark(what)
+        return await fn(*a, **k)
+    return wrapped
+def patch_store(m):
+    m.Store.__init__ = after(m.Store.__init__, "database opened")
+def patch_validate(m):
+    m.load_spec = after(m.load_spec, "spec loaded and validated")
+def patch_compile(m):
+    m.compile_plan = after(m.compile_plan, "plan compiled")
+def patch_freshness(m):
+    m.reasons = after(m.reasons, "freshness read (beside the preflight)")
+def patch_runner(m):
+    m.Runner.backend = after_async(m.Runner.backend, "servers answered /system_stats")
+    m.Runner._preflight = after_async(m.Runner._preflight, "preflight (/object_info)")
+def patch_record(m):
+    m.Recorder.start = after(m.Recorder.start, "run and job rows written")
+    m.Recorder.submitting = after(m.Recorder.submitting, "first job row committed")
+def patch_comfyui(m):
+    m.ComfyUIBackend._submit = before_async(m.ComfyUIBackend._submit, "POST /prompt sent")
+PATCHES = {
+    "bridge.db.store": patch_store, "bridge.spec.validate": patch_validate,
+    "bridge.compile": patch_compile, "bridge.freshness": patch_freshness,
+    "bridge.runner": patch_runner, "bridge.record": patch_record,
+    "bridge.backends.comfyui": patch_comfyui,
+}
+class Finder(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name not in PATCHES:
+            return None
+        sys.meta_path.remove(self)
+        try:
+            spec = importlib.util.find_spec(name)
+        finally:
+            sys.meta_path.insert(0, self)
+        run = spec.loader.exec_module
+        def exec_module(module):
+            run(module)
+            PATCHES.pop(name)(module)
+        spec.loader.exec_module = exec_module
+        return spec
+sys.meta_path.insert(0, Finder())
+import bridge.cli
+mark("bridge.cli imported")
+sys.argv = ["bridge", *sys.argv[1:]]
+bridge.cli.run()
+"""
+
+
+def _sim_posts(url: str) -> list[float]:
+    import urllib.request
+
+    with urllib.request.urlopen(f"{url}/_sim") as resp:
+        return list(json.load(resp)["posted_at"])
+
+
+def _startup_breakdown(
+    command: list[str], env: dict[str, str], url: str
+) -> tuple[dict[str, str], list[str]]:
+    """One marked run under -X importtime: when each step ended after the process started,
+    with the import time spent by then; and the import time before the POST by package
+    (self times summed over each top-level package: where the imports go)."""
+    started = time.time()
+    out = subprocess.run(command, env=env, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"marked run exited {out.returncode}: {out.stderr[-2000:]}")
+    arrived = min(t for t in _sim_posts(url) if t >= started)
+    steps: dict[str, str] = {}
+    packages: dict[str, int] = {}  # self time in us before the POST, by top-level package
+    posted = False
+    for line in out.stderr.splitlines():
+        if posted:
+            break
+        if line.startswith("bench-mark "):
+            _, stamp, cpu, what = line.split(" ", 3)
+            spent = sum(packages.values()) / 1e6
+            steps[what] = (
+                f"{float(stamp) - started:.3f} s (CPU {float(cpu):.3f} s, "
+                f"imports so far {spent:.3f} s)"
+            )
+            posted = what == "POST /prompt sent"
+        elif line.startswith("import time:"):
+            own, _, name = line.removeprefix("import time:").split("|")
+            if own.strip().isdigit():
+                package = name.strip().split(".")[0]
+                packages[package] = packages.get(package, 0) + int(own)
+    steps["POST arrived at the simulator"] = f"{arrived - started:.3f} s"
+    costly = sorted(packages.items(), key=lambda item: -item[1])[:15]
+    return steps, [f"{name} {us / 1000:.0f} ms" for name, us in costly]
+
+
+@bench
+def bench_startup(args: argparse.Namespace) -> dict[str, object]:
+    """`bridge run` of a 3-shot core-smoke spec (assembly and report off) against a simulated
+    ComfyUI, OUTPUT_PATH holding the current database of an earlier run: median time from
+    just before the process starts to the simulator receiving its first POST /prompt
+    (goal < 0.5 s), as `python -m bridge` and as the `bridge` script; then where it goes."""
+    procs, urls = _start_sims(1, 0.1)
+    url = urls[0]
+    load_before = os.getloadavg()
+    figures: dict[str, object] = {}
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = Path(tmp)
+            env = {
+                **{
+                    k: v for k, v in os.environ.items() if not k.startswith(("BRIDGE_", "COMFYUI_"))
+                },
+                "COMFYUI_URL": url,
+                "BRIDGE_BACKEND": "comfyui",
+                "MAX_CONCURRENT_JOBS": "3",
+                "OUTPUT_PATH": str(folder / "out"),
+                "DATABASE_URL": "",
+            }
+            script = Path(sys.executable).with_name("bridge")
+            commands = {
+                "python -m bridge run": [sys.executable, "-m", "bridge", "run"],
+                "bridge run": [str(script), "run"],
+            }
+            spec = _real_spec(folder, "first", jobs=3)
+            subprocess.run(
+                [*commands["python -m bridge run"], str(spec)],
+                env=env,
+                check=True,
+                capture_output=True,
+            )  # the first run: the database exists after
+            times: dict[str, list[float]] = {name: [] for name in commands}
+            for r in range(max(7, args.repeat)):
+                for name, command in commands.items():  # interleaved: load hits both alike
+                    spec = _real_spec(folder, f"p{r}x{len(times[name])}{name[0]}", jobs=3)
+                    started = time.time()
+                    subprocess.run([*command, str(spec)], env=env, check=True, capture_output=True)
+                    arrived = min(t for t in _sim_posts(url) if t >= started)
+                    times[name].append(arrived - started)
+            for name, samples in times.items():
+                figures[f"{name}: first POST median"] = median_of(samples)
+            spec = _real_spec(folder, "marked", jobs=3)
+            steps, costly = _startup_breakdown(
+                [sys.executable, "-X", "importtime", "-c", _MARKED_RUN, "run", str(spec)], env, url
+            )
+            figures["breakdown (one run, under -X importtime)"] = steps
+            figures["import time before the POST by package"] = costly
+            bare = [_process_times([sys.executable, "-c", "pass"], 1, env)[0][0] for _ in range(7)]
+            figures["python -c pass median"] = median_of(bare)
+    finally:
+        for proc in procs:
+            proc.terminate()
+            proc.wait()
+    figures["load average before/after"] = f"{load_before[0]:.2f} / {os.getloadavg()[0]:.2f}"
     return figures
 
 

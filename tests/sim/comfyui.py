@@ -94,6 +94,7 @@ class Simulator:
     switch_seconds: float = 0.0
     # observation
     posted: list[str] = field(default_factory=list)
+    posted_at: list[float] = field(default_factory=list)  # wall clock (time.time()) per POST
     uploads: list[str] = field(default_factory=list)
     interrupted: list[str] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
@@ -239,6 +240,7 @@ class Simulator:
     # -- HTTP --------------------------------------------------------------------------
 
     async def post_prompt(self, request: web.Request) -> web.Response:
+        arrived = time.time()  # before the body is read: when the client's POST got here
         if self.fail_posts > 0:
             self.fail_posts -= 1
             return web.Response(
@@ -299,6 +301,7 @@ class Simulator:
         number = next(self.counter)
         self.queue.append(Prompt(number, prompt_id, graph, extra, outputs, client_id))
         self.posted.append(prompt_id)
+        self.posted_at.append(arrived)
         self.max_load = max(self.max_load, self._remaining())
         self.wake.set()
         await self._status()
@@ -507,6 +510,7 @@ class Simulator:
         return web.json_response(
             {
                 "posted": self.posted,
+                "posted_at": self.posted_at,
                 "executed": self.executed,
                 "uploads": self.uploads,
                 "interrupted": self.interrupted,
