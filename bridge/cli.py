@@ -168,10 +168,15 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def _direction_lines(path: str, spec: Spec) -> list[str]:
-    """Stale, missing or hand-edited direction; a spec that directs nothing is not read again."""
-    from bridge.direct.direct import status, status_lines, wants_direction
+    """Stale, missing or hand-edited direction; a spec that directs nothing is not read again
+    (nor is the direction machinery, with its LLM clients, imported)."""
+    from bridge.direct.merge import directed
 
-    return status_lines(status(path)) if wants_direction(spec.data) else []
+    if not directed(spec.data):
+        return []
+    from bridge.direct.direct import status, status_lines
+
+    return status_lines(status(path))
 
 
 def _reasons(settings: Settings, plan: Any, templates: Any, force: bool) -> dict[str, Reason]:

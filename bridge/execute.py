@@ -17,7 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from bridge import media, outputs, probe
+from bridge import outputs
 from bridge.backends.base import Attempt, Backend, Outcome, Progress
 from bridge.db.store import Resumable
 from bridge.errors import BridgeError, TransientBackendError
@@ -89,12 +89,16 @@ class Executor:
         return result
 
     async def _frame(self, job: Job, dest: Path) -> JobResult:
+        from bridge import media  # ffmpeg-python: not on `bridge run`'s way to its first prompt
+
         source = self.results[job.deps[0]].main
         target = dest / f"frame-{job.hash[:12]}.png"
         await media.last_frame(source, target)
         return await self._finish(job, (target,), server="local")
 
     async def _assemble(self, job: Job, dest: Path) -> JobResult:
+        from bridge import media
+
         inputs = [self.results[d].main for d in job.deps]
         target = dest / ("scene.mp4" if job.scene else f"{self.plan.project}.mp4")
         e = job.expect
@@ -198,6 +202,8 @@ class Executor:
         meta: dict[str, Any] | None = None,
     ) -> JobResult:
         """Probe and check the main output, record the asset, and describe the result."""
+        from bridge import probe  # needed once an output exists, not before the first prompt
+
         main = files[0]
         assert job.expect is not None, "the compiler gives every job what it must produce"
         q = job.quality

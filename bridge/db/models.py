@@ -12,7 +12,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import JSON, BigInteger, Column, Index, Text, UniqueConstraint
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.engine import Dialect
+from sqlalchemy.types import TypeDecorator, TypeEngine
 from sqlmodel import Field, SQLModel
 
 
@@ -24,9 +25,23 @@ def _json(default: Any = None) -> Any:
     return Field(default=default, sa_column=Column(JSON, nullable=True))
 
 
+class _JSONB(TypeDecorator[Any]):
+    """JSON, and JSONB on PostgreSQL, as the old system's columns are. Chosen per dialect
+    when an engine first uses it, so a SQLite run never imports the PostgreSQL dialect."""
+
+    impl = JSON
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name == "postgresql":
+            from sqlalchemy.dialects.postgresql import JSONB
+
+            return dialect.type_descriptor(JSONB())
+        return dialect.type_descriptor(JSON())
+
+
 def _jsonb() -> Any:
-    """JSONB on PostgreSQL, as the old system's columns are."""
-    return Field(default=None, sa_column=Column(JSON().with_variant(JSONB(), "postgresql")))
+    return Field(default=None, sa_column=Column(_JSONB(), nullable=True))
 
 
 class Project(SQLModel, table=True):
