@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from bridge import console
+from bridge import console, gcpause
 from bridge import priority as priorities
 from bridge.errors import BridgeError, SpecErrors, UsageError
 from bridge.masking import MaskingFilter, mask_text
@@ -511,9 +511,13 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     import asyncio
 
-    from bridge.compile import compile_plan
-    from bridge.runner import Runner, Selection, run_cancellable
-    from bridge.spec.validate import load_spec
+    # Importing the run path (SQLAlchemy, aiohttp, ...) allocates much and frees no cycles:
+    # the collector's passes meanwhile would only slow the way to the first prompt.
+    with gcpause.paused():
+        from bridge.compile import compile_plan
+        from bridge.runner import Runner, Selection, run_cancellable
+        from bridge.spec.validate import load_spec
+    gc.freeze()  # nor need later passes re-scan what the imports made
 
     settings = _settings(args)
     priority = (
