@@ -1048,13 +1048,13 @@ def _sim_posts(url: str) -> list[float]:
 
 
 def _startup_breakdown(
-    command: list[str], env: dict[str, str], url: str
+    command: list[str], env: dict[str, str], url: str, cwd: str
 ) -> tuple[dict[str, str], list[str]]:
     """One marked run under -X importtime: when each step ended after the process started,
     with the import time spent by then; and the import time before the POST by package
     (self times summed over each top-level package: where the imports go)."""
     started = time.time()
-    out = subprocess.run(command, env=env, capture_output=True, text=True)
+    out = subprocess.run(command, env=env, capture_output=True, text=True, cwd=cwd)
     if out.returncode != 0:
         raise SystemExit(f"marked run exited {out.returncode}: {out.stderr[-2000:]}")
     arrived = min(t for t in _sim_posts(url) if t >= started)
@@ -1087,7 +1087,9 @@ def bench_startup(args: argparse.Namespace) -> dict[str, object]:
     """`bridge run` of a 3-shot core-smoke spec (assembly and report off) against a simulated
     ComfyUI, OUTPUT_PATH holding the current database of an earlier run: median time from
     just before the process starts to the simulator receiving its first POST /prompt
-    (goal < 0.5 s), as `python -m bridge` and as the `bridge` script; then where it goes."""
+    (goal < 0.5 s), as `python -m bridge` and as the `bridge` script, run from a folder
+    outside the repository (so PYTHONPATH can point them at another checkout to compare);
+    its CPU time to that POST; then where the time goes."""
     procs, urls = _start_sims(1, 0.1)
     url = urls[0]
     load_before = os.getloadavg()
@@ -1116,20 +1118,41 @@ def bench_startup(args: argparse.Namespace) -> dict[str, object]:
                 env=env,
                 check=True,
                 capture_output=True,
+                cwd=tmp,
             )  # the first run: the database exists after
             times: dict[str, list[float]] = {name: [] for name in commands}
+            cpu: list[float] = []  # the process's own CPU time to its first POST: less load-bound
             for r in range(max(7, args.repeat)):
                 for name, command in commands.items():  # interleaved: load hits both alike
                     spec = _real_spec(folder, f"p{r}x{len(times[name])}{name[0]}", jobs=3)
                     started = time.time()
-                    subprocess.run([*command, str(spec)], env=env, check=True, capture_output=True)
+                    subprocess.run(
+                        [*command, str(spec)], env=env, check=True, capture_output=True, cwd=tmp
+                    )
                     arrived = min(t for t in _sim_posts(url) if t >= started)
                     times[name].append(arrived - started)
+                spec = _real_spec(folder, f"p{r}cpu", jobs=3)
+                marked = subprocess.run(
+                    [sys.executable, "-c", _MARKED_RUN, "run", str(spec)],
+                    env=env,
+                    check=True,
+                    capture_output=True,
+                    text=True,
+                    cwd=tmp,
+                )
+                line = next(
+                    x for x in marked.stderr.splitlines() if x.endswith("POST /prompt sent")
+                )
+                cpu.append(float(line.split()[2]))
             for name, samples in times.items():
                 figures[f"{name}: first POST median"] = median_of(samples)
+            figures["CPU time of the process to its first POST, median"] = median_of(cpu)
             spec = _real_spec(folder, "marked", jobs=3)
             steps, costly = _startup_breakdown(
-                [sys.executable, "-X", "importtime", "-c", _MARKED_RUN, "run", str(spec)], env, url
+                [sys.executable, "-X", "importtime", "-c", _MARKED_RUN, "run", str(spec)],
+                env,
+                url,
+                tmp,
             )
             figures["breakdown (one run, under -X importtime)"] = steps
             figures["import time before the POST by package"] = costly
