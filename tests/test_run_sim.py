@@ -136,7 +136,10 @@ async def test_three_servers_share_the_work(tmp_path: Path) -> None:
         for s in sims:
             await s.stop()
     assert report.ok, report.errors
-    assert sorted(len(s.posted) for s in sims) == [3, 3, 3]
+    # the first six fill every server's two slots; the last three go wherever a slot frees
+    # first, which depends on the machine's load
+    assert sum(len(s.posted) for s in sims) == 9
+    assert all(len(s.posted) >= 2 for s in sims), [len(s.posted) for s in sims]
 
 
 async def test_validation_error_fails_that_job_with_the_nodes_message(
