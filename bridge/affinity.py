@@ -75,3 +75,8 @@ def overlap(a: Mapping[str, float], b: Mapping[str, float]) -> float:
 def family(sig: Mapping[str, float]) -> str:
     """A stable key for grouping jobs that share their expensive nodes."""
     return digest(sorted(sig))[:16]
+
+
+def job_family(workflow: Mapping[str, Any]) -> str:
+    """The family of a job's workflow: jobs of one family reuse each other's outputs."""
+    return family(signature(workflow))

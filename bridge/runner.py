@@ -16,7 +16,7 @@ from typing import TypeVar
 import networkx as nx
 from sqlalchemy.exc import DBAPIError
 
-from bridge import freshness, manifest, preflight
+from bridge import affinity, freshness, manifest, preflight
 from bridge.backends.comfyui import ComfyUIBackend
 from bridge.backends.pool import ServerPool
 from bridge.backends.preview import PreviewBackend
@@ -298,7 +298,10 @@ class Runner:
         policy = self.policy or Policy(
             max_remote=2 * pool.slots, timeout=self.settings.workflow_timeout
         )
-        scheduler = Scheduler(plan, execute, policy=policy, bus=bus, record=recorder)
+        # Jobs sharing expensive nodes run back to back: the server's cache keeps only the
+        # last prompt's outputs (BRIDGE_AFFINITY=0: plan order).
+        family = (lambda job: affinity.job_family(job.workflow)) if self.settings.affinity else None
+        scheduler = Scheduler(plan, execute, policy=policy, bus=bus, record=recorder, family=family)
         started = manifest.now()
         states: dict[str, JobState] = {}
         try:

@@ -795,10 +795,12 @@ def _real_spec(folder: Path, project: str, jobs: int = _REAL_JOBS) -> Path:
     return path
 
 
-async def _baseline_client(url: str, folder: Path, in_flight: int | None, salt: int) -> list[str]:
-    """A plain aiohttp client: post the prompts (all at once, or `in_flight` at a time), and
-    download each output as soon as its prompt's `executing: null` arrives. Returns the
-    prompt ids, in submission order."""
+async def _baseline_client(
+    url: str, folder: Path, workflows: list[dict[str, object]], in_flight: int | None = None
+) -> list[str]:
+    """A plain aiohttp client: post the prompts in order (all at once, or `in_flight` at a
+    time), and download each output as soon as its prompt's `executing: null` arrives.
+    Returns the prompt ids, in submission order."""
     import asyncio
     import uuid
 
@@ -807,7 +809,7 @@ async def _baseline_client(url: str, folder: Path, in_flight: int | None, salt: 
     client_id = uuid.uuid4().hex
     folder.mkdir(parents=True, exist_ok=True)
     done: dict[str, asyncio.Future[None]] = {}
-    limit = asyncio.Semaphore(in_flight or _REAL_JOBS)
+    limit = asyncio.Semaphore(in_flight or len(workflows))
     async with (
         aiohttp.ClientSession() as session,
         session.ws_connect(f"{url}/ws?clientId={client_id}", max_msg_size=0) as ws,
@@ -829,7 +831,7 @@ async def _baseline_client(url: str, folder: Path, in_flight: int | None, salt: 
                 prompt_id = str(uuid.uuid4())
                 done[prompt_id] = asyncio.get_running_loop().create_future()
                 body = {
-                    "prompt": _real_workflow(salt + i),
+                    "prompt": workflows[i],
                     "client_id": client_id,
                     "prompt_id": prompt_id,
                 }
@@ -847,7 +849,7 @@ async def _baseline_client(url: str, folder: Path, in_flight: int | None, salt: 
 
         listener = asyncio.create_task(listen())
         try:
-            return list(await asyncio.gather(*(one(i) for i in range(_REAL_JOBS))))
+            return list(await asyncio.gather(*(one(i) for i in range(len(workflows)))))
         finally:
             listener.cancel()
 
@@ -941,7 +943,8 @@ def bench_comfyui(args: argparse.Namespace) -> dict[str, object]:
                     )
                 else:
                     in_flight = 3 if name == "3 in flight" else None
-                    asyncio.run(_baseline_client(url, folder / f"c{r}", in_flight, salt))
+                    workflows = [_real_workflow(salt + i) for i in range(_REAL_JOBS)]
+                    asyncio.run(_baseline_client(url, folder / f"c{r}", workflows, in_flight))
                 until = time.time() * 1000
                 spans, first_post = _executions(url, int(since), int(until))
                 assert len(spans) == _REAL_JOBS, f"{name}: {len(spans)} prompts ran"
@@ -1163,6 +1166,128 @@ def bench_startup(args: argparse.Namespace) -> dict[str, object]:
             proc.terminate()
             proc.wait()
     figures["load average before/after"] = f"{load_before[0]:.2f} / {os.getloadavg()[0]:.2f}"
+
+
+# -- comfyui_affinity: cache families on a real ComfyUI (issue 13) -------------------------
+
+_FAMILY_JOBS, _FAMILY_FRAMES = 20, 48
+# EmptyImage 512x512 x 48 -> 2x lanczos upscale (the expensive prefix, a family per colour)
+# -> a small crop (the shot's size) -> h264: core nodes only.
+_FAMILY_WORKFLOW = {
+    "1": {
+        "class_type": "EmptyImage",
+        "inputs": {"width": 512, "height": 512, "batch_size": _FAMILY_FRAMES, "color": 0},
+    },
+    "2": {
+        "class_type": "ImageScaleBy",
+        "inputs": {"image": ["1", 0], "upscale_method": "lanczos", "scale_by": 2.0},
+    },
+    "3": {
+        "class_type": "ImageCrop",
+        "inputs": {"image": ["2", 0], "width": 64, "height": 64, "x": 0, "y": 0},
+    },
+    "4": {"class_type": "CreateVideo", "inputs": {"images": ["3", 0], "fps": 24.0}},
+    "5": {
+        "class_type": "SaveVideo",
+        "inputs": {
+            "video": ["4", 0],
+            "filename_prefix": "bench/family",
+            "format": "mp4",
+            "codec": "h264",
+        },
+    },
+}
+
+
+def _family_real_spec(folder: Path, project: str, salt: int) -> Path:
+    """Two families (EmptyImage colours salt+1, salt+2) written interleaved A, B, A, B; each
+    shot crops its own size out of its family's upscaled frames (a user template)."""
+    (folder / "family.json").write_text(json.dumps(_FAMILY_WORKFLOW))
+    shots = "\n".join(
+        f"      - {{id: s{i:02d}, seed: {salt + i % 2 + 1}, "
+        f"params: {{width: {64 + 2 * (i // 2)}, height: 64}}}}"
+        for i in range(_FAMILY_JOBS)
+    )
+    path = folder / f"{project}.yaml"
+    path.write_text(
+        f"version: 1\nproject: {{id: {project}}}\n"
+        "templates:\n  family: {workflow: family.json, still: true, size_multiple: 2, bind: "
+        "{width: 3.width, height: 3.height, frames: 1.batch_size, "
+        "seed: {to: 1.color, mod: 16777216}, fps: 4.fps, filename_prefix: 5.filename_prefix}}\n"
+        f"defaults: {{preset: draft, fps: 24, motion: family, duration: {_FAMILY_FRAMES}f}}\n"
+        "outputs: {assemble: false, report: false}\n"
+        f"scenes:\n  - id: all\n    shots:\n{shots}\n"
+    )
+    return path
+
+
+@bench
+def bench_comfyui_affinity(args: argparse.Namespace) -> dict[str, object]:
+    """20 jobs in two families sharing an expensive prefix (EmptyImage 512x512 x 48 -> 2x
+    lanczos), a cheap crop each, written interleaved A, B, A, B, on the real ComfyUI at
+    $BRIDGE_BENCH_COMFYUI_URL: a client posting the same prompts in spec order vs `bridge
+    run` (default MAX_CONCURRENT_JOBS), medians of --real-repeat rounds. Goal: bridge's
+    makespan <= 0.25 x the in-order client's."""
+    import asyncio
+    import random
+
+    from bridge.compile import compile_plan
+    from bridge.spec.validate import load_spec
+
+    url = os.environ.get(COMFYUI_URL_ENV, "").rstrip("/")
+    if not url:
+        return {"skipped": f"set {COMFYUI_URL_ENV} to a ComfyUI server to run this bench"}
+    rounds: dict[str, list[dict[str, float]]] = {"spec order": [], "bridge": []}
+    load_before = os.getloadavg()
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        output = folder / "out"
+        output.mkdir()
+        subprocess.run(
+            [sys.executable, "-c", _MAKE_DATABASE, f"sqlite:///{output / 'bridge.db'}"], check=True
+        )
+        for r in range(args.real_repeat):
+            for name in rounds:
+                salt = random.randrange(2**24 - 4)  # new colours: nothing is cached
+                spec = _family_real_spec(folder, f"fam{r}x{salt}", salt)
+                since = time.time() * 1000
+                if name == "bridge":
+                    env = {
+                        **os.environ,
+                        "COMFYUI_URL": url,
+                        "BRIDGE_BACKEND": "comfyui",
+                        "OUTPUT_PATH": str(output),
+                    }
+                    subprocess.run(
+                        [sys.executable, "-m", "bridge", "run", str(spec)],
+                        env=env,
+                        check=True,
+                        capture_output=True,
+                    )
+                else:
+                    plan = compile_plan(load_spec(spec))
+                    workflows = [dict(j.workflow) for j in plan.jobs() if j.kind.remote]
+                    since = time.time() * 1000  # compiling is not the client's work
+                    asyncio.run(_baseline_client(url, folder / f"c{r}", workflows))
+                until = time.time() * 1000
+                spans = _executions(url, int(since), int(until))
+                assert len(spans) == _FAMILY_JOBS, f"{name}: {len(spans)} prompts ran"
+                rounds[name].append(_figures(spans, since, until))
+    figures: dict[str, object] = {
+        "server": url,
+        "load average before/after": f"{load_before[0]:.2f} / {os.getloadavg()[0]:.2f}",
+    }
+    for name, results in rounds.items():
+        for key in ("makespan", "busy", "startup", "tail"):
+            values = [res[key] for res in results]
+            figures[f"{name} {key}"] = (
+                f"{statistics.median(values):.3f} ({', '.join(f'{v:.3f}' for v in values)})"
+            )
+    figures["bridge / spec-order makespan"] = round(
+        statistics.median(x["makespan"] for x in rounds["bridge"])
+        / statistics.median(x["makespan"] for x in rounds["spec order"]),
+        3,
+    )
     return figures
 
 
@@ -1176,7 +1301,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scale", type=float, default=1.0, help="workers: job/switch times")
     parser.add_argument("--real-repeat", type=int, default=3)
     args = parser.parse_args(argv)
-    default = [n for n in BENCHES if n != "comfyui" or os.environ.get(COMFYUI_URL_ENV)]
+    default = [n for n in BENCHES if not n.startswith("comfyui") or os.environ.get(COMFYUI_URL_ENV)]
     for name in args.which or default:
         started = time.perf_counter()
         figures = BENCHES[name](args)

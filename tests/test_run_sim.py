@@ -504,3 +504,25 @@ async def test_quality_threshold_zero_switches_the_gate_off(
     report = await run(settings_for(tmp_path, sim.url, quality_threshold=0.7), path)
     assert report.ok is ok, report.errors
     assert len(sim.posted) == 1  # no retries asked for: the black clip is kept or failed
+
+
+@pytest.mark.parametrize(("affinity", "switches"), [(True, 2), (False, 8)])
+async def test_interleaved_families_render_back_to_back(
+    sim: Simulator, tmp_path: Path, affinity: bool, switches: int
+) -> None:
+    """Shots written A, B, A, B whose EmptyImage (the expensive node) is one of two: the
+    server sees each family once, not a change of expensive nodes at every prompt."""
+    shots = "\n".join(
+        f"      - {{id: s{i}, seed: {i % 2 + 1}, params: {{width: 64, height: 64}}}}"
+        for i in range(8)
+    )
+    path = spec_file(
+        tmp_path,
+        "version: 1\nproject: {id: fam}\n"
+        "defaults: {preset: draft, fps: 12, motion: core-smoke, duration: 2f}\n"
+        f"scenes:\n  - id: a\n    shots:\n{shots}\n",
+    )
+    report = await run(settings_for(tmp_path, sim.url, affinity=affinity), path)
+    assert report.ok, report.errors
+    assert len(sim.executed) == 8
+    assert sim.switches == switches

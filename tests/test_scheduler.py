@@ -341,3 +341,47 @@ async def test_a_failing_display_is_logged_and_counted_and_the_run_goes_on(
     assert len(failures) == 4
     assert failures[0].exc_info is not None
     assert failures[0].exc_info[0] is ValueError
+
+
+def _by_letter(job: Job) -> str:
+    return job.id[0]
+
+
+async def test_one_slot_runs_a_family_back_to_back_families_in_first_appearance() -> None:
+    seen: list[str] = []
+
+    async def run(job: Job, attempt: int, progress) -> None:
+        seen.append(job.id)
+
+    plan = make_plan([], nodes=["a1", "b2", "c3", "a4", "b5", "c6", "b7"])
+    await Scheduler(plan, run, policy=Policy(max_remote=1), family=_by_letter).run()
+    assert seen == ["a1", "a4", "b2", "b5", "b7", "c3", "c6"]
+
+
+async def test_a_family_job_made_ready_later_joins_its_running_family() -> None:
+    seen: list[str] = []
+
+    async def run(job: Job, attempt: int, progress) -> None:
+        seen.append(job.id)
+
+    # a2 waits for a1; once a1 is done it goes before b1, which was ready all along
+    plan = make_plan([("a1", "a2")], nodes=["b1"])
+    await Scheduler(plan, run, policy=Policy(max_remote=1), family=_by_letter).run()
+    assert seen == ["a1", "a2", "b1"]
+
+
+async def test_a_retried_job_rejoins_the_family_order() -> None:
+    seen: list[str] = []
+
+    async def run(job: Job, attempt: int, progress) -> None:
+        seen.append(job.id)
+        if job.id == "a1" and attempt == 1:
+            raise TransientBackendError("connection refused")
+
+    plan = make_plan([], nodes=["a1", "a2", "b1", "b2"])
+    sched = Scheduler(plan, run, policy=Policy(max_remote=1), sleep=no_sleep, family=_by_letter)
+    states = await sched.run()
+    assert set(states.values()) == {JobState.SUCCEEDED}
+    assert seen[0] == "a1"
+    assert sorted(seen) == ["a1", "a1", "a2", "b1", "b2"]
+    assert seen.index("a2") < seen.index("b1")
