@@ -854,6 +854,28 @@ async def _baseline_client(
             listener.cancel()
 
 
+def _turn(names: list[str], r: int) -> list[str]:
+    return names[r % len(names) :] + names[: r % len(names)]
+
+
+def _bridge_run(spec: Path, env: dict[str, str]) -> float:
+    """`bridge run SPEC` as a user starts it; returns its CPU seconds, children included
+    (ffprobe, ffmpeg): what it takes from a ComfyUI on the same machine."""
+    import resource
+
+    def spent() -> float:
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return usage.ru_utime + usage.ru_stime
+
+    before = spent()
+    done = subprocess.run(
+        [sys.executable, "-m", "bridge", "run", str(spec)], env=env, capture_output=True
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"bridge run exited {done.returncode}: {done.stderr[-2000:]!r}")
+    return spent() - before
+
+
 def _executions(
     url: str, since_ms: int, until_ms: int
 ) -> tuple[list[tuple[float, float]], float | None]:
@@ -922,7 +944,7 @@ def bench_comfyui(args: argparse.Namespace) -> dict[str, object]:
             [sys.executable, "-c", _MAKE_DATABASE, f"sqlite:///{output / 'bridge.db'}"], check=True
         )
         for r in range(args.real_repeat):
-            for name in rounds:
+            for name in _turn(list(rounds), r):  # who goes first rotates: load drifts
                 salt = random.randrange(2**24)  # distinct colours: nothing is cached
                 since = time.time() * 1000
                 if name == "bridge":
@@ -934,13 +956,7 @@ def bench_comfyui(args: argparse.Namespace) -> dict[str, object]:
                         "MAX_CONCURRENT_JOBS": "3",
                         "OUTPUT_PATH": str(output),
                     }
-                    spec = _real_spec(folder, project)
-                    subprocess.run(
-                        [sys.executable, "-m", "bridge", "run", str(spec)],
-                        env=env,
-                        check=True,
-                        capture_output=True,
-                    )
+                    cpu = _bridge_run(_real_spec(folder, project), env)
                 else:
                     in_flight = 3 if name == "3 in flight" else None
                     workflows = [_real_workflow(salt + i) for i in range(_REAL_JOBS)]
@@ -949,6 +965,8 @@ def bench_comfyui(args: argparse.Namespace) -> dict[str, object]:
                 spans, first_post = _executions(url, int(since), int(until))
                 assert len(spans) == _REAL_JOBS, f"{name}: {len(spans)} prompts ran"
                 rounds[name].append(_figures(spans, since, until, first_post))
+                if name == "bridge":
+                    rounds[name][-1]["CPU s (with children)"] = cpu
     figures: dict[str, object] = {
         "server": f"ComfyUI {version} at {url}",
         "load average before/after": f"{load_before[0]:.2f} / {os.getloadavg()[0]:.2f}",
@@ -1166,6 +1184,7 @@ def bench_startup(args: argparse.Namespace) -> dict[str, object]:
             proc.terminate()
             proc.wait()
     figures["load average before/after"] = f"{load_before[0]:.2f} / {os.getloadavg()[0]:.2f}"
+    return figures
 
 
 # -- comfyui_affinity: cache families on a real ComfyUI (issue 13) -------------------------
@@ -1247,7 +1266,7 @@ def bench_comfyui_affinity(args: argparse.Namespace) -> dict[str, object]:
             [sys.executable, "-c", _MAKE_DATABASE, f"sqlite:///{output / 'bridge.db'}"], check=True
         )
         for r in range(args.real_repeat):
-            for name in rounds:
+            for name in _turn(list(rounds), r):  # who goes first rotates: load drifts
                 salt = random.randrange(2**24 - 4)  # new colours: nothing is cached
                 spec = _family_real_spec(folder, f"fam{r}x{salt}", salt)
                 since = time.time() * 1000
@@ -1258,27 +1277,26 @@ def bench_comfyui_affinity(args: argparse.Namespace) -> dict[str, object]:
                         "BRIDGE_BACKEND": "comfyui",
                         "OUTPUT_PATH": str(output),
                     }
-                    subprocess.run(
-                        [sys.executable, "-m", "bridge", "run", str(spec)],
-                        env=env,
-                        check=True,
-                        capture_output=True,
-                    )
+                    cpu = _bridge_run(spec, env)
                 else:
                     plan = compile_plan(load_spec(spec))
                     workflows = [dict(j.workflow) for j in plan.jobs() if j.kind.remote]
                     since = time.time() * 1000  # compiling is not the client's work
                     asyncio.run(_baseline_client(url, folder / f"c{r}", workflows))
                 until = time.time() * 1000
-                spans = _executions(url, int(since), int(until))
+                spans, first_post = _executions(url, int(since), int(until))
                 assert len(spans) == _FAMILY_JOBS, f"{name}: {len(spans)} prompts ran"
-                rounds[name].append(_figures(spans, since, until))
+                rounds[name].append(_figures(spans, since, until, first_post))
+                if name == "bridge":
+                    rounds[name][-1]["CPU s (with children)"] = cpu
     figures: dict[str, object] = {
         "server": url,
         "load average before/after": f"{load_before[0]:.2f} / {os.getloadavg()[0]:.2f}",
     }
     for name, results in rounds.items():
-        for key in ("makespan", "busy", "startup", "tail"):
+        for key in ("makespan", "busy", "startup", "tail", "CPU s (with children)"):
+            if key not in results[0]:
+                continue
             values = [res[key] for res in results]
             figures[f"{name} {key}"] = (
                 f"{statistics.median(values):.3f} ({', '.join(f'{v:.3f}' for v in values)})"
