@@ -9,6 +9,7 @@ those a user would see from a command, not from a warmed-up test process.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import os
@@ -470,6 +471,16 @@ class _Farm:
 
 
 _PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+def _postgres_answers() -> bool:
+    import psycopg
+
+    try:
+        psycopg.connect(_PG_ADMIN, connect_timeout=2).close()
+    except psycopg.Error:
+        return False
+    return True
 
 
 @bench
@@ -1257,8 +1268,15 @@ def bench_comfyui_affinity(args: argparse.Namespace) -> dict[str, object]:
     if not url:
         return {"skipped": f"set {COMFYUI_URL_ENV} to a ComfyUI server to run this bench"}
     rounds: dict[str, list[dict[str, float]]] = {"spec order": [], "bridge": []}
+    farm = None
+    if _postgres_answers():  # one `bridge worker` on the same server, PostgreSQL's queue
+        farm = _Farm(0, 1, 0, 0, COMFYUI_URL=url, MAX_CONCURRENT_JOBS="3")
+        rounds["1 worker"] = []
+        time.sleep(3)  # the worker starts
     load_before = os.getloadavg()
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
+        if farm is not None:
+            stack.callback(farm.close)
         folder = Path(tmp)
         output = folder / "out"
         output.mkdir()
@@ -1278,12 +1296,19 @@ def bench_comfyui_affinity(args: argparse.Namespace) -> dict[str, object]:
                         "OUTPUT_PATH": str(output),
                     }
                     cpu = _bridge_run(spec, env)
+                elif name == "1 worker":
+                    assert farm is not None
+                    run_id = farm.submit(spec)
+                    farm.wait(run_id)
+                    (end,) = farm.query(
+                        "SELECT EXTRACT(EPOCH FROM finished_at) FROM runs WHERE id = %s", run_id
+                    )[0]
                 else:
                     plan = compile_plan(load_spec(spec))
                     workflows = [dict(j.workflow) for j in plan.jobs() if j.kind.remote]
                     since = time.time() * 1000  # compiling is not the client's work
                     asyncio.run(_baseline_client(url, folder / f"c{r}", workflows))
-                until = time.time() * 1000
+                until = float(end) * 1000 if name == "1 worker" else time.time() * 1000
                 spans, first_post = _executions(url, int(since), int(until))
                 assert len(spans) == _FAMILY_JOBS, f"{name}: {len(spans)} prompts ran"
                 rounds[name].append(_figures(spans, since, until, first_post))
@@ -1301,6 +1326,14 @@ def bench_comfyui_affinity(args: argparse.Namespace) -> dict[str, object]:
             figures[f"{name} {key}"] = (
                 f"{statistics.median(values):.3f} ({', '.join(f'{v:.3f}' for v in values)})"
             )
+    if farm is None:
+        figures["1 worker"] = "skipped: no PostgreSQL at 127.0.0.1:5432"
+    else:
+        figures["1 worker / spec-order makespan"] = round(
+            statistics.median(x["makespan"] for x in rounds["1 worker"])
+            / statistics.median(x["makespan"] for x in rounds["spec order"]),
+            3,
+        )
     figures["bridge / spec-order makespan"] = round(
         statistics.median(x["makespan"] for x in rounds["bridge"])
         / statistics.median(x["makespan"] for x in rounds["spec order"]),
