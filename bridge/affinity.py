@@ -77,6 +77,10 @@ def family(sig: Mapping[str, float]) -> str:
     return digest(sorted(sig))[:16]
 
 
+HEAVY = 3.0  # from this weight a node is what a switch reloads (models, LoRAs, big images)
+
+
 def job_family(workflow: Mapping[str, Any]) -> str:
-    """The family of a job's workflow: jobs of one family reuse each other's outputs."""
-    return family(signature(workflow))
+    """The family of a job's workflow: the heavy nodes it would find loaded after another
+    of its family. Light ones (a text encoding) differ shot by shot and split no family."""
+    return family({h: w for h, w in signature(workflow).items() if w >= HEAVY})

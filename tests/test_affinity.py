@@ -63,3 +63,9 @@ def test_ready_jobs_of_one_family_are_handed_out_back_to_back(tmp_path: Path) ->
     grouped = [j.shot for j in queue.ordered(jobs, plan, group=True)]
     assert grouped == ["s0", "s2", "s4", "s1", "s3", "s5"]
     assert [j.shot for j in queue.ordered(jobs, plan, group=False)] == [f"s{i}" for i in range(6)]
+
+
+def test_a_job_family_is_its_heavy_nodes_so_prompts_do_not_split_it() -> None:
+    cat, dog = keyframe_workflow(text="a cat"), keyframe_workflow(text="a dog")
+    assert affinity.job_family(cat) == affinity.job_family(dog)
+    assert affinity.job_family(cat) != affinity.job_family(keyframe_workflow(ckpt="two"))
