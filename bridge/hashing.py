@@ -48,7 +48,7 @@ def _background() -> ThreadPoolExecutor:
 def _lower_priority() -> None:
     """Linux nices threads one by one, so this lowers only the hashing thread."""
     with contextlib.suppress(OSError, AttributeError):
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
 
 
 def derive_seed(*parts: str) -> int:

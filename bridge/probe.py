@@ -157,8 +157,9 @@ def _ffprobe(path: Path, *extra: str) -> dict[str, Any]:
     return info
 
 
-# ffmpeg work on outputs runs niced: the user's ComfyUI (often on this machine) comes first.
-_NICE = ("nice", "-n", "10") if shutil.which("nice") else ()
+# ffmpeg work on outputs runs at the lowest CPU priority: the user's ComfyUI (often on this
+# machine) comes first, and nothing waits on it meanwhile (the server's slot is already free).
+_NICE = ("nice", "-n", "19") if shutil.which("nice") else ()
 
 
 def background(command: list[str]) -> list[str]:
