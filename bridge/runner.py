@@ -334,11 +334,16 @@ class Runner:
         return report
 
     async def _preflight(self, pool: ServerPool, plan: Plan) -> None:
+        """Every healthy server asked, at once, for the node classes the plan uses."""
         remote = [j for j in plan.jobs() if j.kind.remote]
-        found = []
-        for backend in pool.healthy():
-            info = await backend.object_info()
-            found += [f"{backend.name}: {p}" for p in preflight.problems(remote, info)]
+        classes = {node["class_type"] for j in remote for node in j.workflow.values()}
+        servers = pool.healthy()
+        infos = await asyncio.gather(*(b.object_info(classes) for b in servers))
+        found = [
+            f"{backend.name}: {p}"
+            for backend, info in zip(servers, infos, strict=True)
+            for p in preflight.problems(remote, info)
+        ]
         if found:
             raise PreflightError(found)
 

@@ -24,7 +24,7 @@ class Server:
     async def close(self) -> None:
         return None
 
-    async def object_info(self) -> Mapping[str, Any]:
+    async def object_info(self, classes: object = None) -> Mapping[str, Any]:
         return {}
 
     async def execute(self, attempt: Attempt, progress: ProgressFn) -> Outcome:

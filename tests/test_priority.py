@@ -36,7 +36,7 @@ class _Server:
     async def close(self) -> None:
         pass
 
-    async def object_info(self) -> dict[str, Any]:
+    async def object_info(self, classes: object = None) -> dict[str, Any]:
         return {}
 
 

@@ -120,6 +120,15 @@ async def test_smoke_spec_renders_checks_records_and_reruns_for_free(
     assert len(sim.posted) == 4  # nothing submitted
 
 
+async def test_preflight_asks_only_for_the_node_classes_the_plan_uses(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    report = await run(settings_for(tmp_path, sim.url), SMOKE)
+    assert report.ok, report.errors
+    assert "*" not in sim.object_info_asked  # the slow call that scans every model folder
+    assert sorted(sim.object_info_asked) == ["CreateVideo", "EmptyImage", "SaveVideo"]
+
+
 async def test_three_servers_share_the_work(tmp_path: Path) -> None:
     sims = [Simulator(job_seconds=0.1) for _ in range(3)]
     urls = [await s.start() for s in sims]

@@ -7,7 +7,7 @@ subclass says whether a retry can help.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -70,8 +70,9 @@ class Backend(Protocol):
     async def close(self) -> None:
         """Release connections; never raises."""
 
-    async def object_info(self) -> Mapping[str, Any]:
-        """The node classes the backend can run, in ComfyUI's /object_info shape."""
+    async def object_info(self, classes: Collection[str] | None = None) -> Mapping[str, Any]:
+        """The node classes the backend can run, in ComfyUI's /object_info shape: all of
+        them, or those of `classes` it has."""
 
     async def execute(self, attempt: Attempt, progress: ProgressFn) -> Outcome:
         """Run one attempt to completion and download its outputs into attempt.dest."""

@@ -19,9 +19,10 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 import orjson
@@ -64,6 +65,7 @@ class ComfyUIBackend:
         self._reader: asyncio.Task[None] | None = None
         self._watchers: dict[str, asyncio.Queue[dict[str, Any]]] = {}
         self._object_info: Mapping[str, Any] | None = None
+        self._classes: dict[str, Any] = {}  # single classes asked, None for unknown ones
         self._partials: dict[Path, str] = {}  # .part file -> the validator its bytes came with
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -147,13 +149,30 @@ class ComfyUIBackend:
         self.healthy = True
         return body
 
-    async def object_info(self) -> Mapping[str, Any]:
-        if self._object_info is None:
-            status, body = await self._request("GET", "/object_info")
-            if status != 200 or not isinstance(body, dict):
-                raise TransientBackendError(f"{self.name}: /object_info answered HTTP {status}")
-            self._object_info = body
-        return self._object_info
+    async def object_info(self, classes: Collection[str] | None = None) -> Mapping[str, Any]:
+        """Every node class, or only `classes`: those are asked one by one, at once, which
+        spares the server a scan of every model folder (and ~0.6 MB) before a run's first
+        prompt. Unknown classes are absent from the answer."""
+        if self._object_info is not None or classes is None:
+            if self._object_info is None:
+                status, body = await self._request("GET", "/object_info")
+                if status != 200 or not isinstance(body, dict):
+                    raise TransientBackendError(f"{self.name}: /object_info answered HTTP {status}")
+                self._object_info = body
+            info = self._object_info
+            return info if classes is None else {c: info[c] for c in classes if c in info}
+        asked = [c for c in classes if c not in self._classes]
+        for cls, answer in zip(
+            asked, await asyncio.gather(*(self._one_class(c) for c in asked)), strict=True
+        ):
+            self._classes[cls] = answer
+        return {c: info for c in classes if (info := self._classes[c]) is not None}
+
+    async def _one_class(self, cls: str) -> Any:
+        status, body = await self._request("GET", "/object_info/" + quote(cls, safe=""))
+        if status != 200 or not isinstance(body, dict):
+            raise TransientBackendError(f"{self.name}: /object_info/{cls} answered HTTP {status}")
+        return body.get(cls)  # {} for a class the server does not have
 
     async def history(self, prompt_id: str) -> dict[str, Any] | None:
         """The finished prompt's history entry, or None while unknown, queued or running."""

@@ -16,7 +16,7 @@ import os
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +44,7 @@ class PreviewBackend:
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
 
-    async def object_info(self) -> Mapping[str, Any]:
+    async def object_info(self, classes: Collection[str] | None = None) -> Mapping[str, Any]:
         return {}
 
     async def cancel(self, attempt: Attempt) -> None:

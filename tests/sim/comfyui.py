@@ -127,6 +127,7 @@ class Simulator:
         self.sockets: dict[str, web.WebSocketResponse] = {}
         self.wake = asyncio.Event()
         self.interrupt_flag = False
+        self.object_info_asked: list[str] = []  # "*" for the whole /object_info
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -439,10 +440,12 @@ class Simulator:
         return web.json_response(dict(items))
 
     async def get_object_info(self, request: web.Request) -> web.Response:
+        self.object_info_asked.append("*")
         return web.json_response(self.object_info)
 
     async def get_object_info_one(self, request: web.Request) -> web.Response:
         cls = request.match_info["cls"]
+        self.object_info_asked.append(cls)
         return web.json_response({cls: self.object_info[cls]} if cls in self.object_info else {})
 
     async def get_system_stats(self, request: web.Request) -> web.Response:
