@@ -70,9 +70,13 @@ def queue_priority(level: int, rank: int) -> int:
     return level * LEVEL + max(0, LEVEL // 2 - 1 - rank)
 
 
-def ordered(jobs: Sequence[Job], plan: Plan, *, group: bool) -> list[Job]:
-    """Ready jobs in the order they are handed out: plan order, or (`group`) jobs sharing
-    expensive nodes back to back, families in the order they first appear."""
+def ordered(jobs: Sequence[Job], plan: Plan, *, group: bool, lanes: int = 1) -> list[Job]:
+    """Ready jobs in the order they are handed out: plan order, or (`group`) one stream per
+    server (`lanes`) taken in turns, each stream a stretch of jobs sharing models.
+
+    Families back to back would have every server load the first family, then every server
+    switch to the next; cut into one stretch per server instead, the jobs in hand at any time
+    are what each server needs next, so a server keeps its family until its stretch ends."""
     index = {j: i for i, j in enumerate(plan.order)}
     jobs = sorted(jobs, key=lambda j: index[j.id])
     if not group:
@@ -80,10 +84,19 @@ def ordered(jobs: Sequence[Job], plan: Plan, *, group: bool) -> list[Job]:
     first: dict[str, int] = {}
     keyed = []
     for job in jobs:
-        fam = affinity.family(affinity.signature(job.workflow)) if job.kind.remote else ""
+        fam = family(job)
         first.setdefault(fam, len(first))
         keyed.append((first[fam], index[job.id], job))
-    return [job for _, _, job in sorted(keyed, key=lambda k: (k[0], k[1]))]
+    grouped = [job for _, _, job in sorted(keyed, key=lambda k: (k[0], k[1]))]
+    n, k = len(grouped), max(1, min(lanes, len(grouped)))
+    stretches = [grouped[i * n // k : (i + 1) * n // k] for i in range(k)]
+    longest = max(len(s) for s in stretches)
+    return [s[r] for r in range(longest) for s in stretches if r < len(s)]
+
+
+def family(job: Job) -> str:
+    """The job's model family; local jobs load nothing on a server."""
+    return affinity.family(affinity.signature(job.workflow)) if job.kind.remote else ""
 
 
 async def defer_ready(
@@ -94,6 +107,7 @@ async def defer_ready(
     level: int,
     *,
     group: bool,
+    lanes: int = 1,
 ) -> int:
     """Queue every job of the run whose dependencies all finished well and that no one
     holds yet; returns how many were queued. Safe to call from several workers at once: a
@@ -112,14 +126,16 @@ async def defer_ready(
     ]
     handed = sum(1 for s in states.values() if s is not JobState.PENDING) + len(held)
     count = 0
-    for rank, job in enumerate(ordered(ready, plan, group=group), start=handed):
+    for rank, job in enumerate(ordered(ready, plan, group=group, lanes=lanes), start=handed):
         deferrer = app.configure_task(
             TASK,
             priority=queue_priority(level, rank),
             queueing_lock=f"{run_id}/{job.id}",
         )
         try:
-            await deferrer.defer_async(run_id=run_id, job_id=job.id, aged_at=time.time())
+            await deferrer.defer_async(
+                run_id=run_id, job_id=job.id, family=family(job), aged_at=time.time()
+            )
         except AlreadyEnqueued:
             continue
         count += 1

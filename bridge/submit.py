@@ -61,7 +61,10 @@ async def submit(
     await asyncio.to_thread(farm.set_priority, store.engine, run_id, priority)
     async with app.open_async():
         await queue.ensure_schema(app, store.engine)
-        await queue.defer_ready(app, store.engine, run_id, plan, priority, group=settings.affinity)
+        lanes = len(await asyncio.to_thread(farm.server_counts, store.engine))
+        await queue.defer_ready(
+            app, store.engine, run_id, plan, priority, group=settings.affinity, lanes=lanes
+        )
     ctx = farm_runs.RunContext(run_id, spec, plan, priority)
     runs = farm_runs.Runs(store, root, {}, Notifier())
     await asyncio.to_thread(runs.finish_if_done, ctx)  # everything was cached
