@@ -71,8 +71,16 @@ def queue_priority(level: int, rank: int) -> int:
 
 
 def ordered(jobs: Sequence[Job], plan: Plan, *, group: bool, lanes: int = 1) -> list[Job]:
+    """Ready jobs in the order they are handed out (see streams)."""
+    return [job for _, job in streams(jobs, plan, group=group, lanes=lanes)]
+
+
+def streams(
+    jobs: Sequence[Job], plan: Plan, *, group: bool, lanes: int = 1
+) -> list[tuple[int | None, Job]]:
     """Ready jobs in the order they are handed out: plan order, or (`group`) one stream per
-    server (`lanes`) taken in turns, each stream a stretch of jobs sharing models.
+    server (`lanes`) taken in turns, each stream a stretch of jobs sharing models; each job
+    with its stream's number when there is a stream for every server.
 
     Families back to back would have every server load the first family, then every server
     switch to the next; cut into one stretch per server instead, the jobs in hand at any time
@@ -80,7 +88,7 @@ def ordered(jobs: Sequence[Job], plan: Plan, *, group: bool, lanes: int = 1) -> 
     index = {j: i for i, j in enumerate(plan.order)}
     jobs = sorted(jobs, key=lambda j: index[j.id])
     if not group:
-        return jobs
+        return [(None, job) for job in jobs]
     first: dict[str, int] = {}
     keyed = []
     for job in jobs:
@@ -91,7 +99,13 @@ def ordered(jobs: Sequence[Job], plan: Plan, *, group: bool, lanes: int = 1) -> 
     n, k = len(grouped), max(1, min(lanes, len(grouped)))
     stretches = [grouped[i * n // k : (i + 1) * n // k] for i in range(k)]
     longest = max(len(s) for s in stretches)
-    return [s[r] for r in range(longest) for s in stretches if r < len(s)]
+    numbered = k > 1 and k == lanes
+    return [
+        (i if numbered else None, s[r])
+        for r in range(longest)
+        for i, s in enumerate(stretches)
+        if r < len(s)
+    ]
 
 
 def family(job: Job) -> str:
@@ -126,7 +140,9 @@ async def defer_ready(
     ]
     handed = sum(1 for s in states.values() if s is not JobState.PENDING) + len(held)
     count = 0
-    for rank, job in enumerate(ordered(ready, plan, group=group, lanes=lanes), start=handed):
+    for rank, (lane, job) in enumerate(
+        streams(ready, plan, group=group, lanes=lanes), start=handed
+    ):
         deferrer = app.configure_task(
             TASK,
             priority=queue_priority(level, rank),
@@ -134,7 +150,7 @@ async def defer_ready(
         )
         try:
             await deferrer.defer_async(
-                run_id=run_id, job_id=job.id, family=family(job), aged_at=time.time()
+                run_id=run_id, job_id=job.id, family=family(job), lane=lane, aged_at=time.time()
             )
         except AlreadyEnqueued:
             continue

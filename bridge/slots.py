@@ -43,6 +43,7 @@ class Want:
     priority: int  # the queue's, with aging: the order among waiters
     eligible: tuple[str, ...]
     prefer: str | None  # the server its prompt already went to (a take-over)
+    lane: int | None  # its stream in the queue: the lane-th server is its own (queue.streams)
     deadline: float  # when no eligible server answered since: a transient error
     got: asyncio.Future[farm.Slot] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
@@ -84,9 +85,17 @@ def choose(
         ):
             ok.append((name, busy_switch))
 
-    def best(choice: tuple[str, bool]) -> tuple[float, int]:
-        state = states[choice[0]]
-        return -affinity.overlap(state.signature, want.signature), -state.free
+    names = sorted(states)
+    own = names[want.lane % len(names)] if want.lane is not None and names else None
+
+    def best(choice: tuple[str, bool]) -> tuple[bool, float, bool, int]:
+        """A server that ran nothing yet first (at the start: spread, not queued behind),
+        then the most already loaded, then the job's own stream's server."""
+        name = choice[0]
+        state = states[name]
+        fresh = not state.signature and state.free == state.slots
+        overlap = affinity.overlap(state.signature, want.signature)
+        return not fresh, -overlap, name != own, -state.free
 
     return sorted(ok, key=best)
 

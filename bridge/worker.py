@@ -53,6 +53,8 @@ from bridge.webhooks import Notifier, hooks_from_spec
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
+THREADS = 12
+
 
 def check_output_path(root: Path) -> None:
     """Workers share OUTPUT_PATH (an NFS mount, say): fail at start, not at the first job."""
@@ -98,10 +100,11 @@ class Worker:
     async def run(self) -> None:
         """Serve jobs until cancelled (SIGTERM/SIGINT stop it after the jobs in hand)."""
         check_output_path(self.settings.output_path)
-        # Every job in hand may wait on a thread at once (a probe, a record): the default
-        # pool of cores + 4 would queue the slot claims behind them.
+        # Jobs wait on threads (probes, records, slot claims): more than the default cores + 4,
+        # fewer than the database pool's 15 connections, so a write made on the loop itself
+        # never waits for a connection the threads hold (the heartbeat would stall with it).
         asyncio.get_running_loop().set_default_executor(
-            ThreadPoolExecutor(2 * self.settings.jobs_in_hand + 8, "bridge-worker")
+            ThreadPoolExecutor(THREADS, "bridge-worker")
         )
         runner = Runner(self.settings, store=self.store, notify=log.warning, detach=True)
         self.pool = await runner.backend()
@@ -228,14 +231,21 @@ class Worker:
                     {"worker": self.name, "took_over": claim.took_over},
                 )
                 priority = context.job.priority or 0
-                await self._run_one(ctx, ctx.plan.job(job_id), worker_id, priority)
+                lane = context.job.task_kwargs.get("lane")  # the server stream it was queued in
+                lane = lane if isinstance(lane, int) else None
+                await self._run_one(ctx, ctx.plan.job(job_id), worker_id, priority, lane)
         finally:
             del self._in_hand[key]
             ended.set()
         await self._advance(ctx)
 
     async def _run_one(
-        self, ctx: farm_runs.RunContext, job: Job, worker_id: int, priority: int
+        self,
+        ctx: farm_runs.RunContext,
+        job: Job,
+        worker_id: int,
+        priority: int,
+        lane: int | None = None,
     ) -> None:
         plan, store = ctx.plan, self.store
         deps = tuple(plan.graph.predecessors(job.id))
@@ -258,7 +268,7 @@ class Worker:
         resumable = await asyncio.to_thread(store.resumable, plan.project, [job.hash])
         executor = Executor(
             sub,
-            JobLeases(self, ctx.run_id, job, worker_id, priority),
+            JobLeases(self, ctx.run_id, job, worker_id, priority, lane),
             recorder,
             root=self.settings.output_path,
             quality_threshold=self.settings.quality_threshold,
@@ -404,13 +414,20 @@ class JobLeases:
     """The Executor's pool for one job: a backend whose global slot this worker holds."""
 
     def __init__(
-        self, worker: Worker, run_id: int, job: Job, worker_id: int, priority: int
+        self,
+        worker: Worker,
+        run_id: int,
+        job: Job,
+        worker_id: int,
+        priority: int,
+        lane: int | None = None,
     ) -> None:
         self.worker = worker
         self.run_id = run_id
         self.job = job
         self.worker_id = worker_id
         self.priority = priority  # the queue's: this process's waiters ask in its order
+        self.lane = lane  # the server stream it was queued in (bridge.queue.streams)
 
     def rendered(self) -> None:
         """The slot is held until the outputs are downloaded: nothing to do earlier."""
@@ -433,6 +450,7 @@ class JobLeases:
             priority=self.priority,
             eligible=w.eligible(self.job),
             prefer=prefer,
+            lane=self.lane,
             deadline=asyncio.get_running_loop().time() + w.pool.grace,
         )
         slot = await w.slots.claim(want)

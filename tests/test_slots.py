@@ -21,7 +21,12 @@ NORMAL = queue.queue_priority(0, 10)
 HIGH = queue.queue_priority(10, 10)
 
 
-def want(signature: dict[str, float], priority: int = NORMAL, prefer: str | None = None):
+def want(
+    signature: dict[str, float],
+    priority: int = NORMAL,
+    prefer: str | None = None,
+    lane: int | None = None,
+):
     return slots.Want(
         run_id=1,
         job_id="j",
@@ -30,6 +35,7 @@ def want(signature: dict[str, float], priority: int = NORMAL, prefer: str | None
         priority=priority,
         eligible=("s1", "s2", "s3"),
         prefer=prefer,
+        lane=lane,
         deadline=0.0,
         got=None,  # type: ignore[arg-type]  # the broker's; choose() never reads it
     )
@@ -44,10 +50,14 @@ def chosen(w: slots.Want, states: dict, wanted: dict, *, use_affinity: bool = Tr
 
 
 def test_a_job_queues_behind_its_own_models_before_taking_an_idle_server() -> None:
-    states = {"s1": state({}, 2), "s2": state(A, 1), "s3": state(B, 2)}
+    states = {"s2": state(A, 1), "s3": state(B, 2)}
     order = [name for name, _ in chosen(want(A2), states, {})]
-    assert order[0] == "s2"  # same checkpoint, other prompt: no switch
-    assert set(order) == {"s1", "s2", "s3"}
+    assert order == ["s2", "s3"]  # same checkpoint, other prompt: no switch
+
+
+def test_a_server_that_ran_nothing_yet_is_taken_first() -> None:
+    states = {"s1": state(A, 1), "s2": state({}, 2)}  # the start: spread, do not queue
+    assert [name for name, _ in chosen(want(A2), states, {})] == ["s2", "s1"]
 
 
 def test_a_busy_server_keeps_its_models_while_a_job_waits_for_them() -> None:
@@ -71,6 +81,11 @@ def test_a_higher_priority_job_switches_a_busy_server() -> None:
     states = {"s1": state(A, 1)}
     wanted = {queue_family(A): NORMAL}
     assert chosen(want(B, priority=HIGH), states, wanted) == [("s1", True)]
+
+
+def test_at_the_start_each_stream_takes_its_own_server() -> None:
+    states = {"s1": state({}, 2), "s2": state({}, 2), "s3": state({}, 2)}
+    assert chosen(want(B, lane=4), states, {})[0] == ("s2", False)  # 4 % 3 servers
 
 
 def test_full_servers_and_other_servers_are_not_offered() -> None:
