@@ -89,13 +89,14 @@ def choose(
     own = names[want.lane % len(names)] if want.lane is not None and names else None
 
     def best(choice: tuple[str, bool]) -> tuple[bool, float, bool, int]:
-        """A server that ran nothing yet first (at the start: spread, not queued behind),
-        then the most already loaded, then the job's own stream's server."""
+        """The job's own stream's server unless it would switch it, then the most already
+        loaded; among the rest a server that ran nothing yet before one with other models."""
         name = choice[0]
         state = states[name]
         fresh = not state.signature and state.free == state.slots
+        mine = name == own and (fresh or not affinity.switches(state.signature, want.signature))
         overlap = affinity.overlap(state.signature, want.signature)
-        return not fresh, -overlap, name != own, -state.free
+        return not mine, -overlap, not fresh, -state.free
 
     return sorted(ok, key=best)
 

@@ -55,9 +55,16 @@ def test_a_job_queues_behind_its_own_models_before_taking_an_idle_server() -> No
     assert order == ["s2", "s3"]  # same checkpoint, other prompt: no switch
 
 
-def test_a_server_that_ran_nothing_yet_is_taken_first() -> None:
-    states = {"s1": state(A, 1), "s2": state({}, 2)}  # the start: spread, do not queue
-    assert [name for name, _ in chosen(want(A2), states, {})] == ["s2", "s1"]
+def test_a_server_that_ran_nothing_yet_comes_before_one_with_other_models() -> None:
+    states = {"s1": state(B, 2), "s2": state({}, 2)}
+    assert [name for name, _ in chosen(want(A), states, {})] == ["s2", "s1"]
+
+
+def test_a_job_goes_to_its_own_stream_s_server_unless_that_would_switch_it() -> None:
+    states = {"s1": state(A, 1), "s2": state({}, 2), "s3": state(B, 1)}
+    assert chosen(want(A2, lane=1), states, {})[0][0] == "s2"  # its own, fresh
+    assert chosen(want(A2, lane=0), states, {})[0][0] == "s1"  # its own, same models
+    assert chosen(want(A2, lane=2), states, {})[0][0] == "s1"  # its own has other models
 
 
 def test_a_busy_server_keeps_its_models_while_a_job_waits_for_them() -> None:
