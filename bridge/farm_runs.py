@@ -133,6 +133,8 @@ class Runs:
     def finish_if_done(self, ctx: RunContext) -> bool:
         """Write the manifest and end the run once every job ended; exactly one worker
         does it (the run row is locked and must still be running)."""
+        if farm.any_unfinished(self.store.engine, ctx.run_id):  # one row, not the run's
+            return False
         states = farm.job_states(self.store.engine, ctx.run_id)
         if farm.unfinished(states):
             return False

@@ -127,18 +127,17 @@ async def defer_ready(
     holds yet; returns how many were queued. Safe to call from several workers at once: a
     queueing lock refuses a second copy while one waits, and the claim refuses one whose
     job another worker already holds."""
-    states = await asyncio.to_thread(farm.job_states, engine, run_id)
-    held = await asyncio.to_thread(_held, engine, run_id)
-    held |= await asyncio.to_thread(_queued, engine, run_id)
+    waiting, handed = await asyncio.to_thread(farm.undeferred, engine, run_id, TASK)
+    if not waiting:
+        return 0
+    needed = {d for j in waiting for d in plan.graph.predecessors(j)}
+    states = await asyncio.to_thread(farm.states_of, engine, run_id, sorted(needed))
     done = {JobState.SUCCEEDED, JobState.CACHED}
     ready = [
         plan.job(j)
         for j in plan.order
-        if states.get(j) is JobState.PENDING
-        and j not in held
-        and all(states.get(d) in done for d in plan.graph.predecessors(j))
+        if j in waiting and all(states.get(d) in done for d in plan.graph.predecessors(j))
     ]
-    handed = sum(1 for s in states.values() if s is not JobState.PENDING) + len(held)
     count = 0
     for rank, (lane, job) in enumerate(
         streams(ready, plan, group=group, lanes=lanes), start=handed
@@ -156,33 +155,6 @@ async def defer_ready(
             continue
         count += 1
     return count
-
-
-def _queued(engine: Engine, run_id: int) -> set[str]:
-    """The run's jobs waiting in the queue or being fetched: queueing them again would
-    only be refused by their queueing lock, one round trip each."""
-    with engine.connect() as conn:
-        rows = conn.execute(
-            text(
-                "SELECT args->>'job_id' AS job_id FROM procrastinate_jobs "
-                "WHERE task_name = :task AND status IN ('todo', 'doing') "
-                "AND args->>'run_id' = :run"
-            ),
-            {"task": TASK, "run": str(run_id)},
-        )
-        return {r.job_id for r in rows}
-
-
-def _held(engine: Engine, run_id: int) -> set[str]:
-    with engine.connect() as conn:
-        rows = conn.execute(
-            text(
-                "SELECT job_id FROM jobs WHERE run_id = :run AND worker_id IS NOT NULL "
-                "AND state = 'pending'"
-            ),
-            {"run": run_id},
-        )
-        return {r.job_id for r in rows}
 
 
 async def age(engine: Engine, aging: float) -> int:

@@ -163,13 +163,17 @@ class Slots:
     async def _round(self) -> None:
         """Hand this round's free slots to the waiters, highest priority first."""
         states = await self.farm.states()
+        healthy = self.farm.healthy()
+        if not any(states.get(n, _NONE).free for n in healthy) and all(
+            w.prefer is None and any(n in w.eligible for n in healthy) for w in self.waiting
+        ):
+            return  # every slot is held: nothing to hand out (and no need to ask who wants)
         wanted = await self.farm.wanted() if self.use_affinity else {}
         waiters = sorted(
             (w for w in self.waiting if not w.got.done()), key=lambda w: (-w.priority, w.ticket)
         )
         for w in waiters:
             wanted[w.family] = max(wanted.get(w.family, w.priority), w.priority)
-        healthy = self.farm.healthy()
         now = asyncio.get_running_loop().time()
         for w in waiters:
             up = [n for n in healthy if n in w.eligible]

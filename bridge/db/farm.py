@@ -154,6 +154,51 @@ def job_states(engine: Engine, run_id: int) -> dict[str, JobState]:
         return {r.job_id: JobState(r.state) for r in rows}
 
 
+def undeferred(engine: Engine, run_id: int, task: str) -> tuple[set[str], int]:
+    """The run's pending jobs that no worker holds and the queue does not have, and how many
+    of its jobs were handed out already (ended, held or queued): reads that return only what
+    may need queueing, not every job's row each time a job ends."""
+    with engine.connect() as conn:
+        waiting = {
+            r.job_id
+            for r in conn.execute(
+                text(
+                    "SELECT j.job_id FROM jobs j WHERE j.run_id = :run AND j.state = 'pending' "
+                    "AND j.worker_id IS NULL AND NOT EXISTS (SELECT 1 FROM procrastinate_jobs q "
+                    "WHERE q.task_name = :task AND q.status IN ('todo', 'doing') "
+                    "AND q.args->>'run_id' = :run_key AND q.args->>'job_id' = j.job_id)"
+                ),
+                {"run": run_id, "run_key": str(run_id), "task": task},
+            )
+        }
+        total = conn.execute(
+            text("SELECT count(*) FROM jobs WHERE run_id = :run"), {"run": run_id}
+        ).scalar_one()
+    return waiting, int(total) - len(waiting)
+
+
+def states_of(engine: Engine, run_id: int, job_ids: Sequence[str]) -> dict[str, JobState]:
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text("SELECT job_id, state FROM jobs WHERE run_id = :run AND job_id = ANY(:ids)"),
+            {"run": run_id, "ids": list(job_ids)},
+        )
+        return {r.job_id: JobState(r.state) for r in rows}
+
+
+def any_unfinished(engine: Engine, run_id: int) -> bool:
+    with engine.connect() as conn:
+        return bool(
+            conn.execute(
+                text(
+                    "SELECT EXISTS (SELECT 1 FROM jobs WHERE run_id = :run "
+                    "AND state IN ('pending', 'submitted', 'running'))"
+                ),
+                {"run": run_id},
+            ).scalar()
+        )
+
+
 def ensure_slots(engine: Engine, limits: Mapping[str, int]) -> None:
     """One row per slot of each server; a lowered limit drops the free slots above it."""
     with engine.begin() as conn:
