@@ -155,6 +155,8 @@ class Slots:
             except SQLAlchemyError as exc:
                 log.warning("slot claims wait for the database: %s", exc)
                 await self.farm.outage()
+            except Exception:  # the loop must outlive a bad round, or every waiter hangs
+                log.exception("slot claims failed; trying again")
             if not self.waiting:
                 return
             with contextlib.suppress(TimeoutError):
