@@ -30,6 +30,8 @@ from bridge.errors import TransientBackendError
 log = logging.getLogger(__name__)
 
 SLOT_POLL = (0.05, 0.15)  # seconds between looks at the servers while jobs wait (jittered)
+WANTED_FOR = 1.0  # seconds the queue's wanted families are reused: demand moves slowly, and
+# reading it scans the queue (it was most of PostgreSQL's CPU with three workers polling)
 
 
 @dataclass(eq=False)
@@ -128,6 +130,8 @@ class Slots:
         self._tickets = itertools.count()
         self._wake = asyncio.Event()
         self._loop: asyncio.Task[None] | None = None
+        self._wanted: dict[str, int] = {}
+        self._wanted_at = -WANTED_FOR
 
     async def claim(self, want: Want) -> farm.Slot:
         """A slot for `want` (with the signature its server had before)."""
@@ -162,6 +166,12 @@ class Slots:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), random.uniform(*SLOT_POLL))
 
+    async def _queue_wants(self) -> dict[str, int]:
+        now = asyncio.get_running_loop().time()
+        if now - self._wanted_at >= WANTED_FOR:
+            self._wanted, self._wanted_at = await self.farm.wanted(), now
+        return self._wanted
+
     async def _round(self) -> None:
         """Hand this round's free slots to the waiters, highest priority first."""
         states = await self.farm.states()
@@ -170,7 +180,7 @@ class Slots:
             w.prefer is None and any(n in w.eligible for n in healthy) for w in self.waiting
         ):
             return  # every slot is held: nothing to hand out (and no need to ask who wants)
-        wanted = await self.farm.wanted() if self.use_affinity else {}
+        wanted = dict(await self._queue_wants()) if self.use_affinity else {}
         waiters = sorted(
             (w for w in self.waiting if not w.got.done()), key=lambda w: (-w.priority, w.ticket)
         )
