@@ -38,6 +38,10 @@ WEIGHTS: Mapping[str, float] = {
 
 Signature = dict[str, float]  # node content hash -> weight
 
+# A node this costly or more is a model (or an image op) a server reloads: missing it is a
+# switch. Text encodes weigh less: every shot has its own prompt, and re-encoding it is cheap.
+HEAVY = 3.0
+
 
 def signature(workflow: Mapping[str, Any]) -> Signature:
     """The content hashes of the workflow's expensive nodes, with their weights."""
@@ -72,15 +76,22 @@ def overlap(a: Mapping[str, float], b: Mapping[str, float]) -> float:
     return sum(w for h, w in b.items() if h in a)
 
 
+def heavy(sig: Mapping[str, float]) -> Signature:
+    """The models and big image ops of a signature, without its text encodes."""
+    return {h: w for h, w in sig.items() if w >= HEAVY}
+
+
+def switches(last: Mapping[str, float], sig: Mapping[str, float]) -> bool:
+    """Whether a server that last ran `last` must reload a model for `sig`."""
+    return any(h not in last for h in heavy(sig))
+
+
 def family(sig: Mapping[str, float]) -> str:
-    """A stable key for grouping jobs that share their expensive nodes."""
-    return digest(sorted(sig))[:16]
-
-
-HEAVY = 3.0  # from this weight a node is what a switch reloads (models, LoRAs, big images)
+    """A stable key for grouping jobs that share their models (not their prompts)."""
+    return digest(sorted(heavy(sig)))[:16]
 
 
 def job_family(workflow: Mapping[str, Any]) -> str:
     """The family of a job's workflow: the heavy nodes it would find loaded after another
     of its family. Light ones (a text encoding) differ shot by shot and split no family."""
-    return family({h: w for h, w in signature(workflow).items() if w >= HEAVY})
+    return family(signature(workflow))

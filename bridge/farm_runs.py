@@ -63,11 +63,26 @@ class Runs:
         self.webhooks = webhooks
         self._known: dict[int, RunContext] = {}
         self._lock = threading.Lock()
+        self._compiling: dict[int, threading.Lock] = {}
 
     def get(self, run_id: int) -> RunContext:
+        """The run, compiled once: the jobs a worker takes at once wait for one compile
+        instead of each compiling the spec (at a run's start, all of them)."""
         with self._lock:
             if run_id in self._known:
                 return self._known[run_id]
+            compiling = self._compiling.setdefault(run_id, threading.Lock())
+        with compiling:
+            with self._lock:
+                if run_id in self._known:
+                    return self._known[run_id]
+            ctx = self._compile(run_id)
+            with self._lock:
+                self._known[run_id] = ctx
+                del self._compiling[run_id]
+            return ctx
+
+    def _compile(self, run_id: int) -> RunContext:
         from bridge.direct.merge import merge_direction
         from bridge.spec.load import load_bytes
         from bridge.spec.validate import validate
@@ -90,10 +105,7 @@ class Runs:
                 f"{run.settings[SPEC_PATH]} changed since run {run_id} was submitted; "
                 "submit it again"
             )
-        ctx = RunContext(run_id, spec, plan_for(spec, run.settings.get(SELECTION)), run.priority)
-        with self._lock:
-            self._known[run_id] = ctx
-        return ctx
+        return RunContext(run_id, spec, plan_for(spec, run.settings.get(SELECTION)), run.priority)
 
     def results(self, ctx: RunContext, job_ids: Iterable[str]) -> dict[str, JobResult]:
         """The outputs of finished jobs, from their rows and assets."""
@@ -121,6 +133,8 @@ class Runs:
     def finish_if_done(self, ctx: RunContext) -> bool:
         """Write the manifest and end the run once every job ended; exactly one worker
         does it (the run row is locked and must still be running)."""
+        if farm.any_unfinished(self.store.engine, ctx.run_id):  # one row, not the run's
+            return False
         states = farm.job_states(self.store.engine, ctx.run_id)
         if farm.unfinished(states):
             return False

@@ -30,7 +30,7 @@ from bridge import affinity
 from bridge.db import farm
 from bridge.errors import UsageError
 from bridge.plan import Job, Plan
-from bridge.states import UNFINISHED, JobState
+from bridge.states import JobState
 
 log = logging.getLogger(__name__)
 
@@ -70,20 +70,47 @@ def queue_priority(level: int, rank: int) -> int:
     return level * LEVEL + max(0, LEVEL // 2 - 1 - rank)
 
 
-def ordered(jobs: Sequence[Job], plan: Plan, *, group: bool) -> list[Job]:
-    """Ready jobs in the order they are handed out: plan order, or (`group`) jobs sharing
-    expensive nodes back to back, families in the order they first appear."""
+def ordered(jobs: Sequence[Job], plan: Plan, *, group: bool, lanes: int = 1) -> list[Job]:
+    """Ready jobs in the order they are handed out (see streams)."""
+    return [job for _, job in streams(jobs, plan, group=group, lanes=lanes)]
+
+
+def streams(
+    jobs: Sequence[Job], plan: Plan, *, group: bool, lanes: int = 1
+) -> list[tuple[int | None, Job]]:
+    """Ready jobs in the order they are handed out: plan order, or (`group`) one stream per
+    server (`lanes`) taken in turns, each stream a stretch of jobs sharing models; each job
+    with its stream's number when there is a stream for every server.
+
+    Families back to back would have every server load the first family, then every server
+    switch to the next; cut into one stretch per server instead, the jobs in hand at any time
+    are what each server needs next, so a server keeps its family until its stretch ends."""
     index = {j: i for i, j in enumerate(plan.order)}
     jobs = sorted(jobs, key=lambda j: index[j.id])
     if not group:
-        return jobs
+        return [(None, job) for job in jobs]
     first: dict[str, int] = {}
     keyed = []
     for job in jobs:
-        fam = affinity.family(affinity.signature(job.workflow)) if job.kind.remote else ""
+        fam = family(job)
         first.setdefault(fam, len(first))
         keyed.append((first[fam], index[job.id], job))
-    return [job for _, _, job in sorted(keyed, key=lambda k: (k[0], k[1]))]
+    grouped = [job for _, _, job in sorted(keyed, key=lambda k: (k[0], k[1]))]
+    n, k = len(grouped), max(1, min(lanes, len(grouped)))
+    stretches = [grouped[i * n // k : (i + 1) * n // k] for i in range(k)]
+    longest = max(len(s) for s in stretches)
+    numbered = k > 1 and k == lanes
+    return [
+        (i if numbered else None, s[r])
+        for r in range(longest)
+        for i, s in enumerate(stretches)
+        if r < len(s)
+    ]
+
+
+def family(job: Job) -> str:
+    """The job's model family; local jobs load nothing on a server."""
+    return affinity.family(affinity.signature(job.workflow)) if job.kind.remote else ""
 
 
 async def defer_ready(
@@ -94,6 +121,7 @@ async def defer_ready(
     level: int,
     *,
     group: bool,
+    lanes: int = 1,
     lease: float,
 ) -> int:
     """Queue every unfinished job of the run whose dependencies all finished well, that is
@@ -102,46 +130,34 @@ async def defer_ready(
     died after the queue let go of it) is queued again here, and a take-over re-attaches
     to its prompt. Safe to call from several workers at once: a queueing lock refuses a
     second copy while one waits, and the claim refuses one a live worker holds."""
-    states = await asyncio.to_thread(farm.job_states, engine, run_id)
-    held = await asyncio.to_thread(farm.held, engine, run_id, lease)
-    held |= await asyncio.to_thread(_queued, engine, run_id)
+    waiting, handed = await asyncio.to_thread(farm.undeferred, engine, run_id, TASK, lease)
+    if not waiting:
+        return 0
+    needed = {d for j in waiting for d in plan.graph.predecessors(j)}
+    states = await asyncio.to_thread(farm.states_of, engine, run_id, sorted(needed))
     done = {JobState.SUCCEEDED, JobState.CACHED}
     ready = [
         plan.job(j)
         for j in plan.order
-        if states.get(j) in UNFINISHED
-        and j not in held
-        and all(states.get(d) in done for d in plan.graph.predecessors(j))
+        if j in waiting and all(states.get(d) in done for d in plan.graph.predecessors(j))
     ]
-    handed = sum(1 for s in states.values() if s is not JobState.PENDING) + len(held)
     count = 0
-    for rank, job in enumerate(ordered(ready, plan, group=group), start=handed):
+    for rank, (lane, job) in enumerate(
+        streams(ready, plan, group=group, lanes=lanes), start=handed
+    ):
         deferrer = app.configure_task(
             TASK,
             priority=queue_priority(level, rank),
             queueing_lock=f"{run_id}/{job.id}",
         )
         try:
-            await deferrer.defer_async(run_id=run_id, job_id=job.id, aged_at=time.time())
+            await deferrer.defer_async(
+                run_id=run_id, job_id=job.id, family=family(job), lane=lane, aged_at=time.time()
+            )
         except AlreadyEnqueued:
             continue
         count += 1
     return count
-
-
-def _queued(engine: Engine, run_id: int) -> set[str]:
-    """The run's jobs waiting in the queue or being fetched: queueing them again would
-    only be refused by their queueing lock, one round trip each."""
-    with engine.connect() as conn:
-        rows = conn.execute(
-            text(
-                "SELECT args->>'job_id' AS job_id FROM procrastinate_jobs "
-                "WHERE task_name = :task AND status IN ('todo', 'doing') "
-                "AND args->>'run_id' = :run"
-            ),
-            {"task": TASK, "run": str(run_id)},
-        )
-        return {r.job_id for r in rows}
 
 
 async def age(engine: Engine, aging: float) -> int:

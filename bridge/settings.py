@@ -58,7 +58,7 @@ DEFAULT_WEBHOOK_RETRY = 1.0
 BACKENDS = ("auto", "comfyui", "preview")
 DEFAULT_LLM_CONCURRENCY = 4
 DEFAULT_LLM_TIMEOUT = 120.0
-DEFAULT_WORKER_JOBS = 4
+WORKER_JOBS_MAX = 64
 DEFAULT_LEASE_SECONDS = 30.0
 DEFAULT_AGING_SECONDS = 300.0
 
@@ -82,7 +82,7 @@ class Settings:
     llm_timeout: float = DEFAULT_LLM_TIMEOUT
     echo_brain_url: str = ""  # the old system's agent service
     workers: bool = False  # submit to `bridge worker`s over PostgreSQL instead of running
-    worker_jobs: int = DEFAULT_WORKER_JOBS  # jobs one worker process holds at once
+    worker_jobs: int = 0  # jobs one worker process holds at once; 0: see jobs_in_hand
     lease_seconds: float = DEFAULT_LEASE_SECONDS  # a silent worker's jobs are taken over after
     affinity: bool = True  # group and route jobs by what the servers have loaded
     aging_seconds: float = DEFAULT_AGING_SECONDS  # a waiting job rises a priority level per
@@ -90,6 +90,13 @@ class Settings:
     max_jobs_per_spec: int = DEFAULT_MAX_JOBS_PER_SPEC  # serve: larger plans get a 422
     webhook_drain: float = DEFAULT_WEBHOOK_DRAIN  # at exit: how long deliveries may still take
     webhook_retry: float = DEFAULT_WEBHOOK_RETRY  # first retry delay, doubled per try
+
+    @property
+    def jobs_in_hand(self) -> int:
+        """BRIDGE_WORKER_JOBS, else twice the farm's slots: one worker alone keeps every
+        slot filled with a job waiting behind each, while finished jobs are checked and
+        recorded, and has jobs of several families in hand to match to the servers."""
+        return self.worker_jobs or min(WORKER_JOBS_MAX, max(4, 2 * self.max_concurrent_jobs))
 
     @property
     def database(self) -> str:
@@ -112,7 +119,7 @@ class Settings:
             "llm_timeout": self.llm_timeout,
             "echo_brain_url": mask_url(self.echo_brain_url),
             "workers": self.workers,
-            "worker_jobs": self.worker_jobs,
+            "worker_jobs": self.jobs_in_hand,
             "lease_seconds": self.lease_seconds,
             "affinity": self.affinity,
             "aging_seconds": self.aging_seconds,
@@ -282,8 +289,8 @@ def _coerce(name: str, raw: Any, source: str) -> Any:
             return url
         if name == "llm_concurrency":
             value = int(str(raw))
-            if not 1 <= value <= 64:
-                raise bad("a whole number from 1 to 64")
+            if not 1 <= value <= WORKER_JOBS_MAX:
+                raise bad(f"a whole number from 1 to {WORKER_JOBS_MAX}")
             return value
         if name == "llm_timeout":
             seconds = float(str(raw))
@@ -308,8 +315,8 @@ def _coerce(name: str, raw: Any, source: str) -> Any:
             return flag in ("1", "true", "yes", "on", "workers")
         if name == "worker_jobs":
             value = int(str(raw))
-            if not 1 <= value <= 64:
-                raise bad("a whole number from 1 to 64")
+            if not 1 <= value <= WORKER_JOBS_MAX:
+                raise bad(f"a whole number from 1 to {WORKER_JOBS_MAX}")
             return value
         if name in ("lease_seconds", "aging_seconds"):
             seconds = float(str(raw))

@@ -61,6 +61,7 @@ async def submit(
     await asyncio.to_thread(farm.set_priority, store.engine, run_id, priority)
     async with app.open_async():
         await queue.ensure_schema(app, store.engine)
+        lanes = len(await asyncio.to_thread(farm.server_counts, store.engine))
         await queue.defer_ready(
             app,
             store.engine,
@@ -68,6 +69,7 @@ async def submit(
             plan,
             priority,
             group=settings.affinity,
+            lanes=lanes,
             lease=settings.lease_seconds,
         )
     ctx = farm_runs.RunContext(run_id, spec, plan, priority)

@@ -2,7 +2,7 @@
 submitted to the shared PostgreSQL.
 
 The queue (bridge.queue, procrastinate) hands this process one ready job at a time, up to
-`worker_jobs` at once. Each is run by the same Scheduler and Executor as `bridge run` — on
+`jobs_in_hand` at once. Each is run by the same Scheduler and Executor as `bridge run` — on
 a one-job plan whose dependencies are given as already finished, their outputs read from
 the asset rows — so quality retries, transient retries, timeouts, resume and records are
 exactly those of a single-process run. What is particular to workers is here: the job row
@@ -16,14 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import heapq
-import itertools
 import logging
 import os
-import random
 import socket
 import tempfile
 from collections.abc import AsyncIterator, Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -35,7 +33,7 @@ from procrastinate.exceptions import ConnectorException
 from procrastinate.worker import Worker as QueueWorker
 from sqlalchemy.exc import SQLAlchemyError
 
-from bridge import affinity, farm_runs, preflight, queue
+from bridge import affinity, farm_runs, preflight, queue, slots
 from bridge.backends.base import Backend
 from bridge.backends.pool import ServerPool
 from bridge.db import farm
@@ -61,7 +59,7 @@ from bridge.webhooks import Notifier, hooks_from_spec
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-SLOT_POLL = (0.05, 0.25)  # seconds between tries for a busy server's slot (jittered)
+THREADS = 12
 _DATABASE = (OSError, SQLAlchemyError, psycopg.Error, ConnectorException)
 
 
@@ -94,7 +92,8 @@ class Worker:
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
         self.store = Store(settings.database)
         self.engine = self.store.engine
-        self.app = queue.app_for(settings.database, connections=settings.worker_jobs + 3)
+        # the queue's pool: LISTEN, the heartbeat, and fetches and status updates (brief)
+        self.app = queue.app_for(settings.database, connections=min(settings.jobs_in_hand, 8) + 3)
         self.webhooks = Notifier()
         self.runs = farm_runs.Runs(self.store, settings.output_path, self.environ, self.webhooks)
         self.servers: dict[str, _Ran] = {}
@@ -103,12 +102,17 @@ class Worker:
         self._eligible: dict[str, tuple[str, ...]] = {}
         # jobs this process is running now, and when each ends
         self._in_hand: dict[tuple[int, str], asyncio.Event] = {}
-        self.waiting: list[tuple[int, int]] = []  # (-priority, arrival) of jobs wanting a slot
-        self.tickets = itertools.count()
+        self.slots: slots.Slots | None = None
 
     async def run(self) -> None:
         """Serve jobs until cancelled (SIGTERM/SIGINT stop it after the jobs in hand)."""
         check_output_path(self.settings.output_path)
+        # Jobs wait on threads (probes, records, slot claims): more than the default cores + 4,
+        # fewer than the database pool's 15 connections, so a write made on the loop itself
+        # never waits for a connection the threads hold (the heartbeat would stall with it).
+        asyncio.get_running_loop().set_default_executor(
+            ThreadPoolExecutor(THREADS, "bridge-worker")
+        )
         runner = Runner(self.settings, store=self.store, notify=log.warning, detach=True)
         self.pool = await runner.backend()
         for backend in self.pool.backends:  # one down at start is preflighted by its server
@@ -117,6 +121,7 @@ class Worker:
         await asyncio.to_thread(
             farm.ensure_slots, self.engine, {b.name: b.slots for b in self.pool.backends}
         )
+        self.slots = slots.Slots(_SlotRows(self), use_affinity=self.settings.affinity)
         retry = Retry(self.settings.lease_seconds)
         self.app.task(name=queue.TASK, pass_context=True, retry=retry)(self._task)
         try:
@@ -142,7 +147,7 @@ class Worker:
             self.queue_worker = QueueWorker(
                 app=self.app,
                 name=self.name,
-                concurrency=s.worker_jobs,
+                concurrency=s.jobs_in_hand,
                 install_signal_handlers=False,
                 update_heartbeat_interval=max(0.2, s.lease_seconds / 4),
                 stalled_worker_timeout=s.lease_seconds,
@@ -232,14 +237,21 @@ class Worker:
                     {"worker": self.name, "took_over": claim.took_over},
                 )
                 priority = context.job.priority or 0
-                await self._run_one(ctx, ctx.plan.job(job_id), worker_id, priority)
+                lane = context.job.task_kwargs.get("lane")  # the server stream it was queued in
+                lane = lane if isinstance(lane, int) else None
+                await self._run_one(ctx, ctx.plan.job(job_id), worker_id, priority, lane)
         finally:
             del self._in_hand[key]
             ended.set()
         await self._advance(run_id)
 
     async def _run_one(
-        self, ctx: farm_runs.RunContext, job: Job, worker_id: int, priority: int
+        self,
+        ctx: farm_runs.RunContext,
+        job: Job,
+        worker_id: int,
+        priority: int,
+        lane: int | None = None,
     ) -> None:
         plan, store = ctx.plan, self.store
         deps = tuple(plan.graph.predecessors(job.id))
@@ -262,7 +274,7 @@ class Worker:
         resumable = await asyncio.to_thread(store.resumable, plan.project, [job.hash])
         executor = Executor(
             sub,
-            JobLeases(self, ctx.run_id, job, worker_id, priority),
+            JobLeases(self, ctx.run_id, job, worker_id, priority, lane),
             recorder,
             root=self.settings.output_path,
             quality_threshold=self.settings.quality_threshold,
@@ -313,6 +325,7 @@ class Worker:
             ctx.plan,
             ctx.priority,
             group=s.affinity,
+            lanes=len(self.servers),
             lease=s.lease_seconds,
         )
         await asyncio.to_thread(self.runs.finish_if_done, ctx)
@@ -378,6 +391,7 @@ class ClaimedRecorder(Recorder):
     worker_id = 0
     lost = False
     reattach: dict[str, Resumable]  # the executor's: prompts its next attempt asks for first
+    _loop: asyncio.AbstractEventLoop
     _posted: Resumable | None = None
 
     def submitting(self, job: Job, prompt_id: str, server: str, attempt: int) -> None:
@@ -399,17 +413,27 @@ class ClaimedRecorder(Recorder):
         self._posted = Resumable(prompt_id, server)
 
     async def __call__(self, event: Event) -> None:
+        """Written on a thread: the loop serves every job of the worker meanwhile."""
+        self._loop = asyncio.get_running_loop()
         while not self.lost:
             try:
                 if isinstance(event, JobStarted):
-                    self._start(event)
+                    await asyncio.to_thread(self._start, event)
                 else:
-                    await super().__call__(event)
+                    await asyncio.to_thread(self._write, event)
             except SQLAlchemyError as exc:
                 log.warning("recording %s waits for the database: %s", event, _first_line(exc))
                 await self.store.wait_available()
             else:
                 return
+
+    def _write(self, event: Event) -> None:
+        with self._writing():
+            self._record(event)
+
+    def _notify(self, event: str, payload: dict[str, Any]) -> None:
+        """Webhooks are sent from the loop (the records are written on a thread)."""
+        self._loop.call_soon_threadsafe(super()._notify, event, payload)
 
     def _start(self, event: JobStarted) -> None:
         """The attempt starts only on a row still this worker's and unfinished."""
@@ -436,13 +460,20 @@ class JobLeases:
     """The Executor's pool for one job: a backend whose global slot this worker holds."""
 
     def __init__(
-        self, worker: Worker, run_id: int, job: Job, worker_id: int, priority: int
+        self,
+        worker: Worker,
+        run_id: int,
+        job: Job,
+        worker_id: int,
+        priority: int,
+        lane: int | None = None,
     ) -> None:
         self.worker = worker
         self.run_id = run_id
         self.job = job
         self.worker_id = worker_id
         self.priority = priority  # the queue's: this process's waiters ask in its order
+        self.lane = lane  # the server stream it was queued in (bridge.queue.streams)
 
     def rendered(self) -> None:
         """The slot is held until the outputs are downloaded: nothing to do earlier."""
@@ -450,76 +481,88 @@ class JobLeases:
     @contextlib.asynccontextmanager
     async def lease(self, prefer: str | None = None, priority: int = 0) -> AsyncIterator[Backend]:
         """A slot on the server the job's prompt already went to (`prefer`, a take-over),
-        else on the eligible server that has the most of the job already cached. The
-        order among waiters is the queue's priority (with aging), not the run's `priority`."""
-        w = self.worker
-        engine = w.engine
-        signature = affinity.signature(self.job.workflow) if self.job.kind.remote else {}
-        ticket = (-self.priority, next(w.tickets))
-        heapq.heappush(w.waiting, ticket)
-        try:
-            slot = await self._claim(ticket, signature, prefer)
-        finally:
-            w.waiting.remove(ticket)
-            heapq.heapify(w.waiting)
-        try:
-            last = await self._outliving(farm.signatures, engine)
-            had = affinity.overlap(last.get(slot.server, {}), signature)
-            switched = bool(signature) and had < sum(signature.values())
-            await self._outliving(farm.ran, engine, slot.server, signature, switched)
-            yield w.servers[slot.server].backend
-        finally:
-            await asyncio.shield(self._outliving(farm.release_slot, engine, slot, self.worker_id))
-
-    async def _outliving(self, call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """A farm table call that waits out a database outage instead of failing the job
-        (a worker outlives outages; a slot left claimed would block its server)."""
-        while True:
-            try:
-                return await asyncio.to_thread(call, *args, **kwargs)
-            except SQLAlchemyError as exc:
-                log.warning("slot bookkeeping waits for the database: %s", _first_line(exc))
-                await self.worker.store.wait_available()
-
-    async def _claim(
-        self, ticket: tuple[int, int], signature: affinity.Signature, prefer: str | None
-    ) -> farm.Slot:
-        """Poll for a slot; of this process's waiters only the first by priority asks, so a
-        high job that arrives behind many waiting normal ones is next here."""
+        else as the process's slot broker decides (bridge.slots). The order among waiters
+        is the queue's priority (with aging), not the run's `priority`."""
         w = self.worker
         assert w.pool is not None
-        engine, settings = w.engine, w.settings
-        eligible = w.eligible(self.job)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + w.pool.grace
-        while True:
-            healthy = [b.name for b in w.pool.healthy() if b.name in eligible]
-            if healthy:
-                deadline = loop.time() + w.pool.grace
-            elif loop.time() > deadline:  # as in one process: transient, retried, then failed
-                raise TransientBackendError("no server is answering: " + ", ".join(eligible))
-            if healthy and w.waiting[0][0] >= ticket[0]:  # none here waits with a higher one
-                if prefer in healthy:
-                    order = [prefer]
-                elif settings.affinity:
-                    last = await self._outliving(farm.signatures, engine)
-                    order = sorted(
-                        healthy, key=lambda n: -affinity.overlap(last.get(n, {}), signature)
-                    )
-                else:
-                    order = random.sample(healthy, len(healthy))
-                slot = await self._outliving(
-                    farm.claim_slot,
-                    engine,
-                    order,
-                    worker_id=self.worker_id,
-                    run_id=self.run_id,
-                    job_id=self.job.id,
-                    lease=settings.lease_seconds,
-                )
-                if slot is not None:
-                    return slot
-            await asyncio.sleep(random.uniform(*SLOT_POLL))
+        assert w.slots is not None
+        engine, store = w.engine, w.store
+        signature = affinity.signature(self.job.workflow) if self.job.kind.remote else {}
+        want = slots.Want(
+            run_id=self.run_id,
+            job_id=self.job.id,
+            worker_id=self.worker_id,
+            signature=signature,
+            priority=self.priority,
+            eligible=w.eligible(self.job),
+            prefer=prefer,
+            lane=self.lane,
+            deadline=asyncio.get_running_loop().time() + w.pool.grace,
+        )
+        slot = await w.slots.claim(want)
+        try:
+            switched = affinity.switches(slot.loaded, signature)
+            await _outliving(store, farm.ran, engine, slot.server, signature, switched)
+            yield w.servers[slot.server].backend
+        finally:
+            await asyncio.shield(_outliving(store, farm.release_slot, engine, slot, self.worker_id))
+            w.slots.changed()
+
+
+async def _outliving(store: Store, call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """A farm table call that waits out a database outage instead of failing the job
+    (a worker outlives outages; a slot left claimed would block its server)."""
+    while True:
+        try:
+            return await asyncio.to_thread(call, *args, **kwargs)
+        except SQLAlchemyError as exc:
+            log.warning("slot bookkeeping waits for the database: %s", _first_line(exc))
+            await store.wait_available()
+
+
+class _SlotRows:
+    """bridge.slots.Farm on the shared tables, for one worker process."""
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+
+    async def states(self) -> dict[str, farm.ServerState]:
+        w = self.worker
+        return await asyncio.to_thread(farm.server_states, w.engine, w.settings.lease_seconds)
+
+    async def wanted(self) -> dict[str, int]:
+        return await asyncio.to_thread(farm.wanted_families, self.worker.engine, queue.TASK)
+
+    async def claim(
+        self, want: slots.Want, order: list[str], may_switch: dict[str, dict[str, float]]
+    ) -> farm.Slot | None:
+        w = self.worker
+        return await asyncio.to_thread(
+            farm.claim_slot,
+            w.engine,
+            order,
+            worker_id=want.worker_id,
+            run_id=want.run_id,
+            job_id=want.job_id,
+            lease=w.settings.lease_seconds,
+            signature=want.signature if w.settings.affinity else None,
+            may_switch=may_switch,
+        )
+
+    async def release(self, slot: farm.Slot, worker_id: int) -> None:
+        w = self.worker
+        await _outliving(w.store, farm.release_slot, w.engine, slot, worker_id)
+
+    async def outage(self) -> None:
+        await self.worker.store.wait_available()
+
+    def healthy(self) -> list[str]:
+        assert self.worker.pool is not None
+        return [b.name for b in self.worker.pool.healthy()]
+
+    def grace(self) -> float:
+        assert self.worker.pool is not None
+        return self.worker.pool.grace
 
 
 async def serve(settings: Settings, environ: Mapping[str, str], name: str = "") -> None:

@@ -9,12 +9,14 @@ worker that is no longer alive can be taken over; nothing here writes a heartbea
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy import bindparam, text
 from sqlalchemy.engine import Engine
 
+from bridge import affinity
 from bridge.db.store import WORKERS_BACKEND
 from bridge.states import JobState
 
@@ -38,6 +40,7 @@ class Claim:
 class Slot:
     server: str
     slot: int
+    loaded: dict[str, float] = field(default_factory=dict, compare=False)  # before the claim
 
 
 @dataclass(frozen=True)
@@ -126,19 +129,6 @@ def mark_running(engine: Engine, run_id: int, job_id: str, worker_id: int, attem
         return bool(done.rowcount)
 
 
-def held(engine: Engine, run_id: int, lease: float) -> set[str]:
-    """The run's unfinished jobs that a live worker holds."""
-    with engine.connect() as conn:
-        rows = conn.execute(
-            text(
-                "SELECT job_id FROM jobs WHERE run_id = :run AND state IN :unfinished "
-                "AND worker_id IN (" + _LIVE + ")"
-            ).bindparams(bindparam("unfinished", expanding=True)),
-            {"run": run_id, "unfinished": list(_UNFINISHED), "lease": lease},
-        )
-        return {r.job_id for r in rows}
-
-
 def running_runs(engine: Engine) -> list[int]:
     """The submitted runs not yet ended, oldest first."""
     with engine.connect() as conn:
@@ -186,6 +176,54 @@ def job_states(engine: Engine, run_id: int) -> dict[str, JobState]:
         return {r.job_id: JobState(r.state) for r in rows}
 
 
+def undeferred(engine: Engine, run_id: int, task: str, lease: float) -> tuple[set[str], int]:
+    """The run's unfinished jobs that no live worker holds and the queue does not have (a
+    job whose entry was lost is among them: the tables are the record), and how many of its
+    jobs were handed out already (ended, held or queued): reads that return only what may
+    need queueing, not every job's row each time a job ends."""
+    with engine.connect() as conn:
+        waiting = {
+            r.job_id
+            for r in conn.execute(
+                text(
+                    "SELECT j.job_id FROM jobs j WHERE j.run_id = :run "
+                    "AND j.state IN ('pending', 'submitted', 'running') "
+                    "AND (j.worker_id IS NULL OR j.worker_id NOT IN (" + _LIVE + ")) "
+                    "AND NOT EXISTS (SELECT 1 FROM procrastinate_jobs q "
+                    "WHERE q.task_name = :task AND q.status IN ('todo', 'doing') "
+                    "AND q.args->>'run_id' = :run_key AND q.args->>'job_id' = j.job_id)"
+                ),
+                {"run": run_id, "run_key": str(run_id), "task": task, "lease": lease},
+            )
+        }
+        total = conn.execute(
+            text("SELECT count(*) FROM jobs WHERE run_id = :run"), {"run": run_id}
+        ).scalar_one()
+    return waiting, int(total) - len(waiting)
+
+
+def states_of(engine: Engine, run_id: int, job_ids: Sequence[str]) -> dict[str, JobState]:
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text("SELECT job_id, state FROM jobs WHERE run_id = :run AND job_id = ANY(:ids)"),
+            {"run": run_id, "ids": list(job_ids)},
+        )
+        return {r.job_id: JobState(r.state) for r in rows}
+
+
+def any_unfinished(engine: Engine, run_id: int) -> bool:
+    with engine.connect() as conn:
+        return bool(
+            conn.execute(
+                text(
+                    "SELECT EXISTS (SELECT 1 FROM jobs WHERE run_id = :run "
+                    "AND state IN ('pending', 'submitted', 'running'))"
+                ),
+                {"run": run_id},
+            ).scalar()
+        )
+
+
 def ensure_slots(engine: Engine, limits: Mapping[str, int]) -> None:
     """One row per slot of each server; a lowered limit drops the free slots above it."""
     with engine.begin() as conn:
@@ -211,6 +249,13 @@ def ensure_slots(engine: Engine, limits: Mapping[str, int]) -> None:
             )
 
 
+_FREE = (
+    "(s.worker_id IS NULL OR (s.worker_id NOT IN (" + _LIVE + ") AND NOT EXISTS ("
+    "SELECT 1 FROM jobs j WHERE j.run_id = s.run_id AND j.job_id = s.job_id "
+    "AND j.state IN ('submitted', 'running'))))"
+)
+
+
 def claim_slot(
     engine: Engine,
     servers: Sequence[str],
@@ -219,6 +264,8 @@ def claim_slot(
     run_id: int,
     job_id: str,
     lease: float,
+    signature: Mapping[str, float] | None = None,
+    may_switch: Mapping[str, Mapping[str, float]] | None = None,
 ) -> Slot | None:
     """A free slot on the first of `servers` that has one, or None.
 
@@ -226,25 +273,48 @@ def claim_slot(
     A slot a dead worker held for a job still submitted or running stays that job's, for
     whichever worker takes the job over: its prompt may still be on the server, and the
     server must never hold more of bridge's prompts than its slots.
+
+    With the job's cache `signature` (affinity), a server busy with other models is taken
+    only if `may_switch` names it with the signature it still has; the servers are locked
+    while their signatures are read and the job's written, so two workers never load two
+    families on one server at once.
     """
     if not servers:
         return None
+    guard = signature is not None
+    heavy = sorted(affinity.heavy(signature or {}))
     with engine.begin() as conn:
+        if guard:
+            conn.execute(
+                text("SELECT 1 FROM servers WHERE name = ANY(:servers) ORDER BY name FOR UPDATE"),
+                {"servers": list(servers)},
+            )
         row = conn.execute(
             text(
-                "SELECT s.server, s.slot FROM server_slots s "
+                "SELECT s.server, s.slot, v.signature FROM server_slots s "
+                "LEFT JOIN servers v ON v.name = s.server "
                 "WHERE s.server = ANY(:servers) AND ("
-                "  (s.run_id = :run AND s.job_id = :job)"
-                "  OR s.worker_id IS NULL"
-                "  OR (s.worker_id NOT IN (" + _LIVE + ") AND NOT EXISTS ("
-                "    SELECT 1 FROM jobs j WHERE j.run_id = s.run_id AND j.job_id = s.job_id"
-                "    AND j.state IN ('submitted', 'running')))"
+                "  (s.run_id = :run AND s.job_id = :job) OR (" + _FREE + " AND ("
+                "    NOT :guard"
+                "    OR COALESCE(v.signature::jsonb = CAST(:seen AS jsonb) -> s.server, false)"
+                "    OR COALESCE(jsonb_exists_all(v.signature::jsonb, CAST(:heavy AS text[])),"
+                "      false)"
+                "    OR NOT EXISTS (SELECT 1 FROM server_slots o"
+                "      WHERE o.server = s.server AND o.worker_id IS NOT NULL)))"
                 ") ORDER BY (s.run_id IS NOT DISTINCT FROM :run "
                 "AND s.job_id IS NOT DISTINCT FROM :job) DESC, "
                 "array_position(:servers, s.server), s.slot "
-                "FOR UPDATE SKIP LOCKED LIMIT 1"
+                "FOR UPDATE OF s SKIP LOCKED LIMIT 1"
             ),
-            {"servers": list(servers), "run": run_id, "job": job_id, "lease": lease},
+            {
+                "servers": list(servers),
+                "seen": json.dumps({k: dict(v) for k, v in (may_switch or {}).items()}),
+                "guard": guard,
+                "heavy": heavy,
+                "run": run_id,
+                "job": job_id,
+                "lease": lease,
+            },
         ).one_or_none()
         if row is None:
             return None
@@ -255,7 +325,56 @@ def claim_slot(
             ),
             {"me": worker_id, "run": run_id, "job": job_id, "s": row.server, "n": row.slot},
         )
-        return Slot(row.server, row.slot)
+        if guard:
+            conn.execute(
+                text("UPDATE servers SET signature = CAST(:sig AS JSON) WHERE name = :s"),
+                {"sig": json.dumps(dict(signature or {})), "s": row.server},
+            )
+        return Slot(row.server, row.slot, dict(row.signature or {}))
+
+
+@dataclass(frozen=True)
+class ServerState:
+    """A server as slot claims see it: what it ran last, its free and total slots."""
+
+    signature: dict[str, float]
+    free: int
+    slots: int
+
+
+def server_states(engine: Engine, lease: float) -> dict[str, ServerState]:
+    """Every server's last signature and slots, in one read (the free count is claim_slot's
+    test, less the slot a taken-over job already holds)."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT v.name, v.signature, "
+                "(SELECT count(*) FROM server_slots s WHERE s.server = v.name AND " + _FREE + ")"
+                " AS free, (SELECT count(*) FROM server_slots s WHERE s.server = v.name) AS slots"
+                " FROM servers v"
+            ),
+            {"lease": lease},
+        )
+        return {r.name: ServerState(dict(r.signature or {}), r.free, r.slots) for r in rows}
+
+
+def wanted_families(engine: Engine, task: str) -> dict[str, int]:
+    """The model families of the jobs waiting for a server, each with its highest queue
+    priority: those in the queue, and those a worker holds that have no prompt yet. A
+    server whose family is still wanted is not switched while it is busy."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT q.args->>'family' AS family, max(q.priority) AS priority "
+                "FROM procrastinate_jobs q WHERE q.task_name = :task "
+                "AND q.args->>'family' IS NOT NULL AND (q.status = 'todo' OR "
+                "(q.status = 'doing' AND EXISTS (SELECT 1 FROM jobs j "
+                "WHERE j.run_id = (q.args->>'run_id')::int AND j.job_id = q.args->>'job_id' "
+                "AND j.prompt_id IS NULL AND j.state IN ('pending', 'running')))) GROUP BY 1"
+            ),
+            {"task": task},
+        )
+        return {r.family: int(r.priority) for r in rows}
 
 
 def release_slot(engine: Engine, slot: Slot, worker_id: int) -> None:
@@ -280,8 +399,6 @@ def signatures(engine: Engine) -> dict[str, dict[str, float]]:
 def ran(engine: Engine, server: str, signature: Mapping[str, float], switched: bool) -> None:
     """`server` was given a job with `signature`; `switched` when it shares too little
     with the job before it (its models are reloaded)."""
-    import json
-
     with engine.begin() as conn:
         conn.execute(
             text(
