@@ -768,6 +768,39 @@ _REAL_SIZE = (320, 240)
 _MAKE_DATABASE = "import sys; from bridge.db.store import Store; Store(sys.argv[1]).close()"
 
 
+def _current_output(folder: Path) -> Path:
+    """One output folder for every round, its database made beforehand: a user's runs after
+    the first open a current database, and that is the start-up measured."""
+    output = folder / "out"
+    output.mkdir()
+    subprocess.run(
+        [sys.executable, "-c", _MAKE_DATABASE, f"sqlite:///{output / 'bridge.db'}"], check=True
+    )
+    return output
+
+
+def _real_env(url: str, output: Path, **extra: str) -> dict[str, str]:
+    """`bridge run`'s environment against the real server."""
+    return {
+        **os.environ,
+        "COMFYUI_URL": url,
+        "BRIDGE_BACKEND": "comfyui",
+        "OUTPUT_PATH": str(output),
+        **extra,
+    }
+
+
+def _medians(name: str, results: list[dict[str, float]], keys: list[str]) -> dict[str, str]:
+    """Each figure's median over the rounds, with every round's value."""
+    out = {}
+    for key in keys:
+        values = [res[key] for res in results]
+        out[f"{name} {key}"] = (
+            f"{statistics.median(values):.3f} ({', '.join(f'{v:.3f}' for v in values)})"
+        )
+    return out
+
+
 def _real_workflow(color: int) -> dict[str, object]:
     """EmptyImage 320x240 x 120 -> CreateVideo 24 fps -> SaveVideo h264: bridge's core-smoke
     template as `bridge run` binds it for the bench's spec."""
@@ -954,26 +987,14 @@ def bench_comfyui(args: argparse.Namespace) -> dict[str, object]:
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        # One output folder for every round, its database made beforehand: a user's runs
-        # after the first open a current database, and that is the start-up measured.
-        output = folder / "out"
-        output.mkdir()
-        subprocess.run(
-            [sys.executable, "-c", _MAKE_DATABASE, f"sqlite:///{output / 'bridge.db'}"], check=True
-        )
+        output = _current_output(folder)
         for r in range(args.real_repeat):
             for name in _turn(list(rounds), r):  # who goes first rotates: load drifts
                 salt = random.randrange(2**24)  # distinct colours: nothing is cached
                 since = time.time() * 1000
                 if name == "bridge":
                     project = f"real{r}x{salt}"
-                    env = {
-                        **os.environ,
-                        "COMFYUI_URL": url,
-                        "BRIDGE_BACKEND": "comfyui",
-                        "MAX_CONCURRENT_JOBS": "3",
-                        "OUTPUT_PATH": str(output),
-                    }
+                    env = _real_env(url, output, MAX_CONCURRENT_JOBS="3")
                     cpu = _bridge_run(_real_spec(folder, project), env)
                 else:
                     in_flight = 3 if name == "3 in flight" else None
@@ -990,11 +1011,7 @@ def bench_comfyui(args: argparse.Namespace) -> dict[str, object]:
         "load average before/after": f"{load_before[0]:.2f} / {os.getloadavg()[0]:.2f}",
     }
     for name, results in rounds.items():
-        for key in results[0]:
-            values = [res[key] for res in results]
-            figures[f"{name} {key}"] = (
-                f"{statistics.median(values):.3f} ({', '.join(f'{v:.3f}' for v in values)})"
-            )
+        figures.update(_medians(name, results, list(results[0])))
     med = {
         n: {k: statistics.median(x[k] for x in res) for k in res[0]} for n, res in rounds.items()
     }
@@ -1285,24 +1302,14 @@ def bench_comfyui_affinity(args: argparse.Namespace) -> dict[str, object]:
         if farm is not None:
             stack.callback(farm.close)
         folder = Path(tmp)
-        output = folder / "out"
-        output.mkdir()
-        subprocess.run(
-            [sys.executable, "-c", _MAKE_DATABASE, f"sqlite:///{output / 'bridge.db'}"], check=True
-        )
+        output = _current_output(folder)
         for r in range(args.real_repeat):
             for name in _turn(list(rounds), r):  # who goes first rotates: load drifts
                 salt = random.randrange(2**24 - 4)  # new colours: nothing is cached
                 spec = _family_real_spec(folder, f"fam{r}x{salt}", salt)
                 since = time.time() * 1000
                 if name == "bridge":
-                    env = {
-                        **os.environ,
-                        "COMFYUI_URL": url,
-                        "BRIDGE_BACKEND": "comfyui",
-                        "OUTPUT_PATH": str(output),
-                    }
-                    cpu = _bridge_run(spec, env)
+                    cpu = _bridge_run(spec, _real_env(url, output))
                 elif name == "1 worker":
                     assert farm is not None
                     run_id = farm.submit(spec)
@@ -1325,14 +1332,9 @@ def bench_comfyui_affinity(args: argparse.Namespace) -> dict[str, object]:
         "server": url,
         "load average before/after": f"{load_before[0]:.2f} / {os.getloadavg()[0]:.2f}",
     }
+    keys = ("makespan", "busy", "startup", "tail", "CPU s (with children)")
     for name, results in rounds.items():
-        for key in ("makespan", "busy", "startup", "tail", "CPU s (with children)"):
-            if key not in results[0]:
-                continue
-            values = [res[key] for res in results]
-            figures[f"{name} {key}"] = (
-                f"{statistics.median(values):.3f} ({', '.join(f'{v:.3f}' for v in values)})"
-            )
+        figures.update(_medians(name, results, [k for k in keys if k in results[0]]))
     if farm is None:
         figures["1 worker"] = "skipped: no PostgreSQL at 127.0.0.1:5432"
     else:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
+import subprocess
+import sys
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -124,3 +127,36 @@ def process_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     }
     env.update(OUTPUT_PATH=str(tmp_path / "out"), PYTHONPATH=str(ROOT), **extra)
     return env
+
+
+def start_listening(*args: str) -> tuple[subprocess.Popen[str], str]:
+    """`python -m ARGS` from the repository, and the URL its "listening on" line gives."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", *args], cwd=ROOT, stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline().strip()
+    assert line.startswith("listening on "), line
+    return proc, line.removeprefix("listening on ")
+
+
+@contextlib.contextmanager
+def simulator(*args: str) -> Iterator[str]:
+    """A ComfyUI simulator process on a free loopback port; it must stop cleanly."""
+    proc, url = start_listening("tests.sim.comfyui", "--port", "0", *args)
+    try:
+        yield url
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+
+
+def smoke_spec(project: str, shots: int) -> str:
+    """A spec of `shots` one-second core-smoke shots in one scene: the stock-node workload
+    the process tests render."""
+    lines = "\n".join(f"      - {{id: s{i:02d}, action: shot {i}}}" for i in range(shots))
+    return (
+        f"version: 1\nproject: {{id: {project}}}\n"
+        "defaults: {preset: draft, fps: 12, motion: core-smoke, duration: 1s}\n"
+        f"scenes:\n  - id: a\n    shots:\n{lines}\n"
+    )

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import process_env
+from tests.conftest import process_env, smoke_spec
 from tests.test_daemons import free_port
 from tests.test_front_doors import ROOT, call, outcome, start, wait_for
 
@@ -149,13 +149,8 @@ def test_watch_run_outlives_the_database_going_away_mid_run(
     comfy = f"http://127.0.0.1:{port}"
     url = f"postgresql://postgres@127.0.0.1:{pg_proxy.port}/{pg_name}"
     env = process_env(tmp_path, COMFYUI_URL=comfy, DATABASE_URL=url, MAX_CONCURRENT_JOBS="1")
-    shots = "\n".join(f"      - {{id: s{i:02d}, action: shot {i}}}" for i in range(6))
     spec = tmp_path / "six.yaml"
-    spec.write_text(
-        "version: 1\nproject: {id: six}\n"
-        "defaults: {preset: draft, fps: 12, motion: core-smoke, duration: 1s}\n"
-        f"scenes:\n  - id: a\n    shots:\n{shots}\n"
-    )
+    spec.write_text(smoke_spec("six", 6))
     drop = tmp_path / "drop"
     drop.mkdir()
     pg_proxy.up()
@@ -223,12 +218,7 @@ def test_serve_run_outlives_the_database_and_the_old_handler_hears_its_id(
     try:
         assert proc.stdout is not None
         api = proc.stdout.readline().strip().removeprefix("listening on ")
-        shots = "\n".join(f"      - {{id: s{i:02d}, action: shot {i}}}" for i in range(6))
-        spec = (
-            "version: 1\nproject: {id: six}\n"
-            "defaults: {preset: draft, fps: 12, motion: core-smoke, duration: 1s}\n"
-            f"scenes:\n  - id: a\n    shots:\n{shots}\n"
-        )
+        spec = smoke_spec("six", 6)
         hook = urllib.parse.quote(receiver.url, safe="")
         status, body = call(
             f"{api}/api/specs?notify_webhook={hook}", "POST", spec.encode(), token=None

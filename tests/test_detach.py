@@ -11,7 +11,7 @@ import pytest
 
 from bridge.db.store import Store
 from bridge.states import UNFINISHED, JobState, RunState
-from tests.conftest import process_env
+from tests.conftest import process_env, smoke_spec
 from tests.test_daemons import start_sim, stop_sim
 from tests.test_front_doors import outcome, start, stop, wait_for
 from tests.test_processes import sim_state
@@ -27,13 +27,8 @@ def test_watch_sigterm_detaches_then_the_next_start_resumes(tmp_path: Path) -> N
     url = f"http://127.0.0.1:{port}"
     drop = tmp_path / "drop"
     drop.mkdir()
-    shots = "\n".join(f"      - {{id: s{i:02d}, action: shot {i}}}" for i in range(6))
     spec = tmp_path / "six.yaml"
-    spec.write_text(
-        "version: 1\nproject: {id: six}\n"
-        "defaults: {preset: draft, fps: 12, motion: core-smoke, duration: 1s}\n"
-        f"scenes:\n  - id: a\n    shots:\n{shots}\n"
-    )
+    spec.write_text(smoke_spec("six", 6))
     env = process_env(tmp_path, COMFYUI_URL=url, MAX_CONCURRENT_JOBS="2")
     try:
         proc, _ = start(["watch", str(drop), "--settle", "0.2"], env)

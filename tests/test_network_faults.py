@@ -17,7 +17,7 @@ import pytest
 
 from bridge.backends.comfyui import ComfyUIBackend
 from bridge.errors import TransientBackendError
-from tests.conftest import process_env
+from tests.conftest import process_env, simulator, smoke_spec, start_listening
 from tests.sim.comfyui import Simulator
 from tests.sim.proxy import Faults, Proxy
 
@@ -26,22 +26,10 @@ pytestmark = pytest.mark.slow
 SHOTS = 10
 
 
-def _start(*args: str) -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", *args], cwd=ROOT, stdout=subprocess.PIPE, text=True
-    )
-    assert proc.stdout is not None
-    line = proc.stdout.readline().strip()
-    assert line.startswith("listening on "), line
-    return proc, line.removeprefix("listening on ")
-
-
 @pytest.fixture
 def sim() -> Iterator[str]:
-    proc, url = _start("tests.sim.comfyui", "--port", "0", "--job-seconds", "0.2")
-    yield url
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=10) == 0
+    with simulator("--job-seconds", "0.2") as url:
+        yield url
 
 
 def _get(url: str) -> bytes:
@@ -90,7 +78,7 @@ FAULTS = {
 def test_resets_and_stalls_render_each_job_once_with_intact_outputs(
     sim: str, tmp_path: Path, faults: str, seed: int
 ) -> None:
-    proxy, url = _start(
+    proxy, url = start_listening(
         "tests.sim.proxy",
         "--target",
         sim,
@@ -102,13 +90,8 @@ def test_resets_and_stalls_render_each_job_once_with_intact_outputs(
         "12",
         *FAULTS[faults],
     )
-    shots = "\n".join(f"      - {{id: s{i:02d}, action: shot {i}}}" for i in range(SHOTS))
     spec = tmp_path / "net.yaml"
-    spec.write_text(
-        "version: 1\nproject: {id: net}\n"
-        "defaults: {preset: draft, fps: 12, motion: core-smoke, duration: 1s}\n"
-        f"scenes:\n  - id: a\n    shots:\n{shots}\n"
-    )
+    spec.write_text(smoke_spec("net", SHOTS))
     env = process_env(tmp_path, COMFYUI_URL=url, MAX_CONCURRENT_JOBS="3", LOG_LEVEL="INFO")
     run = subprocess.run(
         [sys.executable, "-m", "bridge", "run", str(spec)],

@@ -14,26 +14,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import process_env
+from tests.conftest import process_env, simulator, smoke_spec
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
-def sim_process(tmp_path: Path) -> Iterator[str]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.sim.comfyui", "--port", "0", "--job-seconds", "0.4"],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdout is not None
-    line = proc.stdout.readline().strip()
-    assert line.startswith("listening on "), line
-    yield line.removeprefix("listening on ")
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=10) == 0
+def sim_process() -> Iterator[str]:
+    with simulator("--job-seconds", "0.4") as url:
+        yield url
 
 
 def sim_state(url: str) -> dict:
@@ -86,13 +76,8 @@ def test_unreachable_configured_server_is_a_clear_error(tmp_path: Path) -> None:
 def test_sigkill_mid_run_then_restart_submits_nothing_twice(
     sim_process: str, tmp_path: Path
 ) -> None:
-    shots = "\n".join(f"      - {{id: s{i:02d}, action: shot {i}}}" for i in range(8))
     spec = tmp_path / "eight.yaml"
-    spec.write_text(
-        "version: 1\nproject: {id: eight}\n"
-        "defaults: {preset: draft, fps: 12, motion: core-smoke, duration: 1s}\n"
-        f"scenes:\n  - id: a\n    shots:\n{shots}\n"
-    )
+    spec.write_text(smoke_spec("eight", 8))
     env = process_env(tmp_path, COMFYUI_URL=sim_process, MAX_CONCURRENT_JOBS="3")
     first = bridge("run", str(spec), env=env)
     deadline = time.monotonic() + 60

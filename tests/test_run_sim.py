@@ -22,6 +22,7 @@ from bridge.runner import Runner, RunReport, Selection
 from bridge.scheduler import JobState, Policy
 from bridge.settings import Settings
 from bridge.spec.validate import load_spec
+from tests.conftest import smoke_spec
 from tests.sim.comfyui import Simulator
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -132,12 +133,9 @@ async def test_preflight_asks_only_for_the_node_classes_the_plan_uses(
 async def test_three_servers_share_the_work(tmp_path: Path) -> None:
     sims = [Simulator(job_seconds=0.1) for _ in range(3)]
     urls = [await s.start() for s in sims]
-    shots = "\n".join(f"      - {{id: s{i:02d}, action: shot {i}}}" for i in range(9))
     path = spec_file(
         tmp_path,
-        "version: 1\nproject: {id: wide}\n"
-        "defaults: {preset: draft, fps: 12, motion: core-smoke, duration: 1s}\n"
-        f"scenes:\n  - id: a\n    shots:\n{shots}\n",
+        smoke_spec("wide", 9),
     )
     try:
         report = await run(settings_for(tmp_path, *urls), path, policy=Policy(max_remote=6))

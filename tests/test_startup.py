@@ -4,7 +4,6 @@ waits until it is used. Speed itself is `make bench startup`'s; this guards the 
 
 from __future__ import annotations
 
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -13,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from bridge.db.store import Store
-from tests.conftest import process_env
+from tests.conftest import process_env, simulator
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
@@ -57,18 +56,8 @@ LATER = (
 
 @pytest.fixture
 def sim_url() -> Iterator[str]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.sim.comfyui", "--port", "0", "--job-seconds", "0.05"],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdout is not None
-    line = proc.stdout.readline().strip()
-    assert line.startswith("listening on "), line
-    yield line.removeprefix("listening on ")
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=10) == 0
+    with simulator("--job-seconds", "0.05") as url:
+        yield url
 
 
 def test_run_posts_its_first_prompt_before_importing_later_stages(

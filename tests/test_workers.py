@@ -3,6 +3,7 @@ servers, `bridge submit` to hand them runs. Short jobs and a 2 s lease keep them
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import signal
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import PG_ADMIN, process_env
+from tests.conftest import PG_ADMIN, process_env, simulator
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.timeout(300)]
@@ -23,39 +24,13 @@ pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.timeout(300)]
 
 @pytest.fixture
 def sims() -> Iterator[Callable[..., list[str]]]:
-    procs: list[subprocess.Popen[str]] = []
+    with contextlib.ExitStack() as stack:
 
-    def start(count: int, job_seconds: float = 0.2, switch_seconds: float = 0.0) -> list[str]:
-        urls = []
-        for _ in range(count):
-            proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "tests.sim.comfyui",
-                    "--port",
-                    "0",
-                    "--job-seconds",
-                    str(job_seconds),
-                    "--switch-seconds",
-                    str(switch_seconds),
-                ],
-                cwd=ROOT,
-                stdout=subprocess.PIPE,
-                text=True,
-            )
-            procs.append(proc)
-            assert proc.stdout is not None
-            line = proc.stdout.readline().strip()
-            assert line.startswith("listening on "), line
-            urls.append(line.removeprefix("listening on "))
-        return urls
+        def start(count: int, job_seconds: float = 0.2, switch_seconds: float = 0.0) -> list[str]:
+            args = ("--job-seconds", str(job_seconds), "--switch-seconds", str(switch_seconds))
+            return [stack.enter_context(simulator(*args)) for _ in range(count)]
 
-    yield start
-    for proc in procs:
-        proc.send_signal(signal.SIGTERM)
-    for proc in procs:
-        proc.wait(timeout=10)
+        yield start
 
 
 class Farm:
@@ -89,6 +64,12 @@ class Farm:
                 proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 proc.kill()
+
+    def submit(self, spec: Path, *extra: str) -> int:
+        """`bridge submit`: the run id it printed."""
+        done = self.bridge("submit", str(spec), *extra)
+        assert done.returncode == 0, done.stdout + done.stderr
+        return int(done.stdout)
 
     def bridge(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -150,6 +131,12 @@ def wait_run(url: str, run_id: int, timeout: float) -> str:
         run_id,
     )
     raise AssertionError(f"run {run_id} still running after {timeout} s: {stuck}")
+
+
+def wait_first_success(url: str, run_id: int) -> None:
+    """Until one of the run's jobs succeeded: the farm is busy with it."""
+    while not db_rows(url, "SELECT 1 FROM jobs WHERE run_id = %s AND state = 'succeeded'", run_id):
+        time.sleep(0.2)
 
 
 def start_png(tmp_path: Path) -> None:
@@ -218,9 +205,7 @@ def test_kill_9_workers_at_random_loses_and_duplicates_nothing(
     for name in names:
         farm.start(name)
     spec = chain_spec(tmp_path)
-    done = farm.bridge("submit", str(spec))
-    assert done.returncode == 0, done.stderr
-    run_id = int(done.stdout.strip())
+    run_id = farm.submit(spec)
     rng = random.Random(13)
     for _ in range(5):
         time.sleep(rng.uniform(0.5, 2.5))
@@ -269,16 +254,9 @@ def test_a_high_run_overtakes_a_long_normal_run(
     farm = farm_factory(urls, BRIDGE_WORKER_JOBS="2", MAX_CONCURRENT_JOBS="2")
     for name in ("w1", "w2"):
         farm.start(name)
-    normal = farm.bridge("submit", str(flat_spec(tmp_path, 200, "long")))
-    assert normal.returncode == 0, normal.stderr
-    normal_id = int(normal.stdout)
-    while not db_rows(
-        pg_url, "SELECT 1 FROM jobs WHERE run_id = %s AND state = 'succeeded'", normal_id
-    ):
-        time.sleep(0.2)
-    high = farm.bridge("submit", str(flat_spec(tmp_path, 3, "urgent")), "--priority", "high")
-    assert high.returncode == 0, high.stderr
-    high_id = int(high.stdout)
+    normal_id = farm.submit(flat_spec(tmp_path, 200, "long"))
+    wait_first_success(pg_url, normal_id)
+    high_id = farm.submit(flat_spec(tmp_path, 3, "urgent"), "--priority", "high")
     submitted = db_rows(pg_url, "SELECT started_at FROM runs WHERE id = %s", high_id)[0][0]
     assert wait_run(pg_url, high_id, timeout=60) == "succeeded"
     first = db_rows(pg_url, "SELECT min(started_at) FROM jobs WHERE run_id = %s", high_id)[0][0]
@@ -307,7 +285,7 @@ def test_a_job_held_by_a_live_worker_waits_for_it_instead_of_being_dropped(
     urls = sims(1, job_seconds=0.1)
     farm = farm_factory(urls)
     farm.env["BRIDGE_LEASE_SECONDS"] = "5"  # room for a loaded machine's late heartbeats
-    run_id = int(farm.bridge("submit", str(flat_spec(tmp_path, 2, "held"))).stdout)
+    run_id = farm.submit(flat_spec(tmp_path, 2, "held"))
     with psycopg.connect(pg_url, autocommit=True) as conn:
         ghost = conn.execute(
             "INSERT INTO procrastinate_workers DEFAULT VALUES RETURNING id"
@@ -343,7 +321,7 @@ def test_a_worker_stopped_mid_job_finishes_it_first(
     farm = farm_factory(urls, BRIDGE_WORKER_JOBS="1", MAX_CONCURRENT_JOBS="2")
     farm.start("w1")
     farm.start("w2")
-    run_id = int(farm.bridge("submit", str(flat_spec(tmp_path, 4, "stopped"))).stdout)
+    run_id = farm.submit(flat_spec(tmp_path, 4, "stopped"))
     query = "SELECT count(*) FROM jobs WHERE run_id = %s AND state IN ('submitted', 'running')"
     while db_rows(pg_url, query, run_id)[0][0] < 2:
         time.sleep(0.05)
@@ -367,7 +345,7 @@ def test_a_run_whose_spec_changed_after_submit_fails_with_the_reason(
     farm = farm_factory([], BRIDGE_BACKEND="preview")
     farm.env.pop("COMFYUI_URL")
     spec = flat_spec(tmp_path, 2, "edited")
-    run_id = int(farm.bridge("submit", str(spec)).stdout)
+    run_id = farm.submit(spec)
     spec.write_text(spec.read_text().replace("shot 1", "shot one"))
     farm.start("w1")
     assert wait_run(pg_url, run_id, timeout=60) == "failed"
@@ -386,13 +364,8 @@ def test_workers_that_lose_the_database_carry_on_when_it_is_back(
     farm = farm_factory(urls, BRIDGE_WORKER_JOBS="2", MAX_CONCURRENT_JOBS="2")
     for name in ("w1", "w2"):
         farm.start(name)
-    done = farm.bridge("submit", str(flat_spec(tmp_path, 30, "outage")))
-    assert done.returncode == 0, done.stderr
-    run_id = int(done.stdout)
-    while not db_rows(
-        pg_url, "SELECT 1 FROM jobs WHERE run_id = %s AND state = 'succeeded'", run_id
-    ):
-        time.sleep(0.2)
+    run_id = farm.submit(flat_spec(tmp_path, 30, "outage"))
+    wait_first_success(pg_url, run_id)
     name = pg_url.rsplit("/", 1)[1]
     for _ in range(2):  # every connection of every worker is cut, twice
         db_rows(
@@ -492,8 +465,8 @@ def test_runs_of_equal_priority_take_turns(
 ) -> None:
     urls = sims(2, job_seconds=0.1)
     farm = farm_factory(urls, BRIDGE_WORKER_JOBS="2", MAX_CONCURRENT_JOBS="2")
-    first = int(farm.bridge("submit", str(flat_spec(tmp_path, 20, "first"))).stdout)
-    second = int(farm.bridge("submit", str(flat_spec(tmp_path, 20, "second"))).stdout)
+    first = farm.submit(flat_spec(tmp_path, 20, "first"))
+    second = farm.submit(flat_spec(tmp_path, 20, "second"))
     farm.start("w1")  # both runs wait in the queue before anyone takes a job
     for run_id in (first, second):
         assert wait_run(pg_url, run_id, timeout=120) == "succeeded"
