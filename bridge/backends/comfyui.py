@@ -242,11 +242,15 @@ class ComfyUIBackend:
         try:
             entry = None
             posted: Mapping[str, Any] | None = None
-            if attempt.resume:
+            if attempt.resume and not await self.queued(prompt_id):
+                # The queue first, then the history: ComfyUI writes a prompt's history before
+                # it leaves the queue, so one gone from the queue is in the history or was
+                # never there. Asked the other way round, a prompt ending between the two
+                # asks looked unknown and was posted a second time.
                 entry = await self.history(prompt_id)
-                if entry is None and not await self.queued(prompt_id):
+                if entry is None:
                     posted = await self._submit(attempt)
-            else:
+            elif not attempt.resume:
                 posted = await self._submit(attempt)
             submitted = posted is not None
             ran_nodes = False
