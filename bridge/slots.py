@@ -5,9 +5,17 @@ slots to the process's waiting jobs, highest priority first; a slot this process
 wakes it at once. (Each job polling on its own cost two queries a job every poll, and let
 only the first waiter ask.)
 
-Affinity: a job takes the free slot on the server that has the most of it loaded. A server
-busy with other models is switched only when nothing waiting at the job's priority level or
-above still wants those models; an idle server is anyone's, since it would otherwise idle.
+Affinity: a job takes the free slot on the server that has the most of it loaded. Ready
+jobs are queued as one stream per server (queue.streams), each a stretch of jobs sharing
+models, so a server that keeps to its own stream switches models only where its stretch
+does. A server busy with other models is switched only when nothing waiting at the job's
+priority level or above still wants those models. Any other switch (an idle server, or a
+stream that ran out) is made only when it pays: the server's own stream has nothing
+waiting, and the job's family has more jobs waiting than SWITCH_ROUNDS fills of the slots
+of the servers that have its models. Fewer, and those servers finish them about as soon
+as a switched one would have loaded the models (a load costs a few jobs' time); the
+waiting counts are a second old, so a looser rule sends every idle server after the same
+last few jobs. A server idle for IDLE_GRACE is anyone's, whatever its stream says.
 """
 
 from __future__ import annotations
@@ -17,7 +25,7 @@ import contextlib
 import itertools
 import logging
 import random
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
@@ -30,8 +38,11 @@ from bridge.errors import TransientBackendError
 log = logging.getLogger(__name__)
 
 SLOT_POLL = (0.05, 0.15)  # seconds between looks at the servers while jobs wait (jittered)
-WANTED_FOR = 1.0  # seconds the queue's wanted families are reused: demand moves slowly, and
+WANTED_FOR = 1.0  # seconds the queue's waiting counts are reused: demand moves slowly, and
 # reading it scans the queue (it was most of PostgreSQL's CPU with three workers polling)
+IDLE_GRACE = 3.0  # seconds an idle server keeps its models for its own stream's jobs
+SWITCH_ROUNDS = 2  # a family's waiting jobs are worth another server's switch beyond this
+# many fills of its loaded servers' slots
 
 
 @dataclass(eq=False)
@@ -57,38 +68,97 @@ class Want:
         return affinity.family(self.signature)
 
 
+@dataclass(frozen=True)
+class Demand:
+    """The jobs waiting for a server, across every worker (the queue's counts, and this
+    process's own waiters, which the counts may not show yet)."""
+
+    families: dict[str, int] = field(default_factory=dict)  # family -> highest priority
+    lanes: dict[int, int] = field(default_factory=dict)  # stream -> highest priority
+    counts: dict[tuple[str, int], int] = field(default_factory=dict)  # (family, level) -> n
+
+    @classmethod
+    def of(cls, rows: Iterable[farm.Waiting], waiters: Iterable[Want] = ()) -> Demand:
+        demand = cls()
+        for row in rows:
+            demand._add(row.family, row.lane, row.priority, row.count)
+        mine: dict[tuple[str, int], int] = {}
+        for w in waiters:
+            key = (w.family, w.priority // queue.LEVEL)
+            mine[key] = mine.get(key, 0) + 1
+            demand._add(w.family, w.lane, w.priority, 0)
+        for key, n in mine.items():
+            demand.counts[key] = max(demand.counts.get(key, 0), n)
+        return demand
+
+    def _add(self, family: str, lane: int | None, priority: int, count: int) -> None:
+        self.families[family] = max(self.families.get(family, priority), priority)
+        if lane is not None:
+            self.lanes[lane] = max(self.lanes.get(lane, priority), priority)
+        key = (family, priority // queue.LEVEL)
+        self.counts[key] = self.counts.get(key, 0) + count
+
+    def wants(self, family: str, level: int) -> bool:
+        """Whether a job of `family` waits at priority `level` or above."""
+        top = self.families.get(family)
+        return top is not None and top // queue.LEVEL >= level
+
+    def stream_waits(self, index: int, streams: int, level: int) -> bool:
+        """Whether a job of the `index`-th server's stream waits at `level` or above."""
+        return any(
+            lane % streams == index and top // queue.LEVEL >= level
+            for lane, top in self.lanes.items()
+        )
+
+    def count(self, family: str, level: int) -> int:
+        return sum(n for (f, lv), n in self.counts.items() if f == family and lv >= level)
+
+
 def choose(
     want: Want,
     healthy: Iterable[str],
     states: Mapping[str, farm.ServerState],
-    wanted: Mapping[str, int],
+    demand: Demand,
     *,
     use_affinity: bool,
+    idle_long: Collection[str] = (),
 ) -> list[tuple[str, bool]]:
     """The servers to try for `want`, best first, each with whether it may be switched to
-    the job's models while busy. With affinity, a server whose loaded models a job waiting
-    at `want`'s priority level or above still wants is switched only when it would
-    otherwise idle (claim_slot checks that, and the models, again as it claims)."""
+    the job's models while busy (claim_slot checks that, and the models, again as it
+    claims); `idle_long`: the servers idle for IDLE_GRACE."""
     if want.prefer is not None and want.prefer in healthy:
         return [(want.prefer, True)]
     free = [n for n in healthy if n in want.eligible and states.get(n, _NONE).free > 0]
     if not use_affinity:
         return [(n, True) for n in random.sample(free, len(free))]
     level = want.priority // queue.LEVEL
+    names = sorted(states)
+    own = names[want.lane % len(names)] if want.lane is not None and names else None
+    loaded = sum(
+        s.slots
+        for s in states.values()
+        if s.signature and not affinity.switches(s.signature, want.signature)
+    )
+
+    def pays(name: str) -> bool:
+        """Whether switching `name` to the job's models is worth a model load."""
+        if want.lane is None or name == own or name in idle_long:
+            return True
+        if demand.stream_waits(names.index(name), len(names), level):
+            return False  # its own stream's jobs come next
+        return demand.count(want.family, level) > SWITCH_ROUNDS * loaded
+
     ok = []
     for name in free:
         state = states[name]
-        other = wanted.get(affinity.family(state.signature))
-        busy_switch = bool(state.signature) and (other is None or other // queue.LEVEL < level)
-        if (
-            busy_switch
-            or state.free == state.slots
-            or not affinity.switches(state.signature, want.signature)
-        ):
-            ok.append((name, busy_switch))
-
-    names = sorted(states)
-    own = names[want.lane % len(names)] if want.lane is not None and names else None
+        if state.signature and not affinity.switches(state.signature, want.signature):
+            ok.append((name, False))
+            continue
+        # a server that ran nothing yet loads the job's models too: into another stream's
+        # server, that is a switch more when its own stretch starts
+        held = bool(state.signature) and demand.wants(affinity.family(state.signature), level)
+        if (not held or state.free == state.slots) and pays(name):
+            ok.append((name, bool(state.signature) and not held))
 
     def best(choice: tuple[str, bool]) -> tuple[bool, float, bool, int]:
         """The job's own stream's server unless it would switch it, then the most already
@@ -110,7 +180,7 @@ class Farm(Protocol):
     """The shared slot rows and the servers, as the broker uses them."""
 
     async def states(self) -> dict[str, farm.ServerState]: ...
-    async def wanted(self) -> dict[str, int]: ...
+    async def waiting(self) -> list[farm.Waiting]: ...
     async def claim(
         self, want: Want, order: list[str], may_switch: dict[str, dict[str, float]]
     ) -> farm.Slot | None: ...
@@ -130,8 +200,9 @@ class Slots:
         self._tickets = itertools.count()
         self._wake = asyncio.Event()
         self._loop: asyncio.Task[None] | None = None
-        self._wanted: dict[str, int] = {}
-        self._wanted_at = -WANTED_FOR
+        self._waiting: list[farm.Waiting] = []
+        self._waiting_at = -WANTED_FOR
+        self._idle_since: dict[str, float] = {}
 
     async def claim(self, want: Want) -> farm.Slot:
         """A slot for `want` (with the signature its server had before)."""
@@ -166,27 +237,35 @@ class Slots:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), random.uniform(*SLOT_POLL))
 
-    async def _queue_wants(self) -> dict[str, int]:
+    async def _queue_waiting(self) -> list[farm.Waiting]:
         now = asyncio.get_running_loop().time()
-        if now - self._wanted_at >= WANTED_FOR:
-            self._wanted, self._wanted_at = await self.farm.wanted(), now
-        return self._wanted
+        if now - self._waiting_at >= WANTED_FOR:
+            self._waiting, self._waiting_at = await self.farm.waiting(), now
+        return self._waiting
+
+    def _idle_long(self, states: Mapping[str, farm.ServerState], now: float) -> set[str]:
+        for name, state in states.items():
+            if state.free == state.slots:
+                self._idle_since.setdefault(name, now)
+            else:
+                self._idle_since.pop(name, None)
+        return {n for n, since in self._idle_since.items() if now - since >= IDLE_GRACE}
 
     async def _round(self) -> None:
         """Hand this round's free slots to the waiters, highest priority first."""
         states = await self.farm.states()
         healthy = self.farm.healthy()
+        now = asyncio.get_running_loop().time()
+        idle_long = self._idle_long(states, now)
         if not any(states.get(n, _NONE).free for n in healthy) and all(
             w.prefer is None and any(n in w.eligible for n in healthy) for w in self.waiting
         ):
             return  # every slot is held: nothing to hand out (and no need to ask who wants)
-        wanted = dict(await self._queue_wants()) if self.use_affinity else {}
         waiters = sorted(
             (w for w in self.waiting if not w.got.done()), key=lambda w: (-w.priority, w.ticket)
         )
-        for w in waiters:
-            wanted[w.family] = max(wanted.get(w.family, w.priority), w.priority)
-        now = asyncio.get_running_loop().time()
+        rows = await self._queue_waiting() if self.use_affinity else []
+        demand = Demand.of(rows, waiters)
         for w in waiters:
             up = [n for n in healthy if n in w.eligible]
             if up:
@@ -196,7 +275,9 @@ class Slots:
                     TransientBackendError("no server is answering: " + ", ".join(w.eligible))
                 )
                 continue
-            chosen = choose(w, up, states, wanted, use_affinity=self.use_affinity)
+            chosen = choose(
+                w, up, states, demand, use_affinity=self.use_affinity, idle_long=idle_long
+            )
             if not chosen:
                 continue
             order = [name for name, _ in chosen]

@@ -530,8 +530,8 @@ class _SlotRows:
         w = self.worker
         return await asyncio.to_thread(farm.server_states, w.engine, w.settings.lease_seconds)
 
-    async def wanted(self) -> dict[str, int]:
-        return await asyncio.to_thread(farm.wanted_families, self.worker.engine, queue.TASK)
+    async def waiting(self) -> list[farm.Waiting]:
+        return await asyncio.to_thread(farm.waiting, self.worker.engine, queue.TASK, queue.LEVEL)
 
     async def claim(
         self, want: slots.Want, order: list[str], may_switch: dict[str, dict[str, float]]

@@ -4,6 +4,7 @@ claim's own check under its lock (PostgreSQL)."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Iterator
 
 import pytest
@@ -17,6 +18,7 @@ from bridge.db.store import Store
 A = {"ckpt-a": 10.0, "text-1": 1.0}
 A2 = {"ckpt-a": 10.0, "text-2": 1.0}  # the same models, another prompt
 B = {"ckpt-b": 10.0, "text-3": 1.0}
+C = {"ckpt-c": 10.0, "text-4": 1.0}
 NORMAL = queue.queue_priority(0, 10)
 HIGH = queue.queue_priority(10, 10)
 
@@ -45,8 +47,20 @@ def state(signature: dict[str, float], free: int, slots_: int = 2) -> farm.Serve
     return farm.ServerState(signature, free, slots_)
 
 
-def chosen(w: slots.Want, states: dict, wanted: dict, *, use_affinity: bool = True) -> list:
-    return slots.choose(w, list(states), states, wanted, use_affinity=use_affinity)
+def chosen(
+    w: slots.Want,
+    states: dict,
+    wanted: dict,
+    *,
+    use_affinity: bool = True,
+    demand: slots.Demand | None = None,
+    idle_long: tuple[str, ...] = (),
+) -> list:
+    """`wanted`: family -> the highest priority waiting (demand: the whole picture)."""
+    demand = demand or slots.Demand(families=wanted)
+    return slots.choose(
+        w, list(states), states, demand, use_affinity=use_affinity, idle_long=idle_long
+    )
 
 
 def test_a_job_queues_behind_its_own_models_before_taking_an_idle_server() -> None:
@@ -111,6 +125,57 @@ def test_without_affinity_any_free_server_will_do() -> None:
     assert sorted(got) == [("s1", True), ("s3", True)]
 
 
+def waiting(signature: dict, lane: int | None, count: int = 1, priority: int = NORMAL):
+    return farm.Waiting(affinity.family(signature), lane, priority, count)
+
+
+def test_an_idle_server_keeps_its_models_while_its_own_stream_has_jobs_waiting() -> None:
+    states = {"s1": state(A, 2), "s2": state(B, 0), "s3": state({}, 0)}
+    demand = slots.Demand.of([waiting(A, lane=0), waiting(B, lane=1, count=20)])
+    assert chosen(want(B, lane=1), states, {}, demand=demand) == []
+    # its own stream's jobs come first: they are its to switch
+    assert chosen(want(C, lane=0), states, {}, demand=demand) == [("s1", False)]
+
+
+def test_a_server_whose_stream_ran_out_switches_only_for_enough_waiting_jobs() -> None:
+    states = {"s1": state(A, 2), "s2": state(B, 0), "s3": state(B, 1)}
+    few = slots.Demand.of([waiting(B, lane=1, count=8)])  # s2 and s3 hold 4 of B at once
+    assert chosen(want(B, lane=1), states, {}, demand=few) == [("s3", False)]
+    many = slots.Demand.of([waiting(B, lane=1, count=9)])
+    assert chosen(want(B, lane=1), states, {}, demand=many) == [("s3", False), ("s1", True)]
+
+
+def test_a_higher_level_job_is_not_held_back_by_a_lower_stream() -> None:
+    states = {"s1": state(A, 2), "s2": state(B, 0)}
+    demand = slots.Demand.of([waiting(A, lane=0), waiting(B, lane=1, count=5, priority=HIGH)])
+    assert chosen(want(B, lane=1, priority=HIGH), states, {}, demand=demand) == [("s1", True)]
+
+
+def test_a_server_that_ran_nothing_yet_waits_for_its_own_stream() -> None:
+    states = {"s1": state(B, 0), "s2": state({}, 2)}
+    demand = slots.Demand.of([waiting(B, lane=0, count=9), waiting(A, lane=1)])
+    assert chosen(want(B, lane=0), states, {}, demand=demand) == []
+    assert chosen(want(A, lane=1), states, {}, demand=demand) == [("s2", False)]
+
+
+def test_a_server_idle_for_the_grace_is_anyone_s() -> None:
+    states = {"s1": state(A, 2), "s2": state(B, 0)}
+    demand = slots.Demand.of([waiting(A, lane=0), waiting(B, lane=1)])
+    assert chosen(want(B, lane=1), states, {}, demand=demand) == []
+    got = chosen(want(B, lane=1), states, {}, demand=demand, idle_long=("s1",))
+    assert got == [("s1", False)]
+
+
+def test_demand_counts_the_jobs_in_hand_the_queue_does_not_show_yet() -> None:
+    mine = [want(B, lane=1), want(B, lane=1)]
+    demand = slots.Demand.of([waiting(B, lane=1, count=1)], mine)
+    assert demand.count(queue_family(B), 0) == 2
+    assert demand.stream_waits(1, 3, 0)
+    assert not demand.stream_waits(0, 3, 0)
+    assert demand.wants(queue_family(B), 0)
+    assert not demand.wants(queue_family(B), 10)
+
+
 def queue_family(signature: dict[str, float]) -> str:
     return affinity.family(signature)
 
@@ -165,3 +230,32 @@ def test_a_claim_switches_a_busy_server_only_as_the_broker_last_saw_it(engine: E
     assert claim(engine, me, "c1", {"ckpt-c": 10.0}, may_switch=stale) is None
     seen = {"s1": A}
     assert claim(engine, me, "c1", {"ckpt-c": 10.0}, may_switch=seen) is not None
+
+
+def queued(engine: Engine, family: str, lane: int | None, priority: int) -> None:
+    args = {"run_id": 1, "job_id": f"j{priority}{lane}", "family": family, "lane": lane}
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO procrastinate_jobs (queue_name, task_name, priority, args) "
+                "VALUES ('default', :task, :p, CAST(:args AS jsonb))"
+            ),
+            {"task": queue.TASK, "p": priority, "args": json.dumps(args)},
+        )
+
+
+def test_the_queue_s_waiting_jobs_by_family_stream_and_level(engine: Engine) -> None:
+    queued(engine, "fa", 0, NORMAL)
+    queued(engine, "fa", 0, NORMAL - 1)
+    queued(engine, "fa", 0, HIGH)
+    queued(engine, "fb", None, NORMAL)
+    got = farm.waiting(engine, queue.TASK, queue.LEVEL)
+    assert sorted(got, key=lambda w: (w.priority, w.family)) == [
+        farm.Waiting("fa", 0, NORMAL, 2),
+        farm.Waiting("fb", None, NORMAL, 1),
+        farm.Waiting("fa", 0, HIGH, 1),
+    ]
+    demand = slots.Demand.of(got)
+    assert demand.count("fa", 0) == 3
+    assert demand.count("fa", 10) == 1
+    assert demand.stream_waits(0, 2, 10)

@@ -358,23 +358,35 @@ def server_states(engine: Engine, lease: float) -> dict[str, ServerState]:
         return {r.name: ServerState(dict(r.signature or {}), r.free, r.slots) for r in rows}
 
 
-def wanted_families(engine: Engine, task: str) -> dict[str, int]:
-    """The model families of the jobs waiting for a server, each with its highest queue
-    priority: those in the queue, and those a worker holds that have no prompt yet. A
-    server whose family is still wanted is not switched while it is busy."""
+@dataclass(frozen=True)
+class Waiting:
+    """Jobs waiting for a server, of one model family in one server stream (queue.streams)
+    at one priority level: those in the queue, and those a worker holds that have no
+    prompt yet."""
+
+    family: str
+    lane: int | None
+    priority: int  # the highest among them
+    count: int
+
+
+def waiting(engine: Engine, task: str, level: int) -> list[Waiting]:
+    """Every family's and stream's waiting jobs, by priority level (`level` apart)."""
     with engine.connect() as conn:
         rows = conn.execute(
             text(
-                "SELECT q.args->>'family' AS family, max(q.priority) AS priority "
+                "SELECT q.args->>'family' AS family, (q.args->>'lane')::int AS lane, "
+                "max(q.priority) AS priority, count(*) AS n "
                 "FROM procrastinate_jobs q WHERE q.task_name = :task "
                 "AND q.args->>'family' IS NOT NULL AND (q.status = 'todo' OR "
                 "(q.status = 'doing' AND EXISTS (SELECT 1 FROM jobs j "
                 "WHERE j.run_id = (q.args->>'run_id')::int AND j.job_id = q.args->>'job_id' "
-                "AND j.prompt_id IS NULL AND j.state IN ('pending', 'running')))) GROUP BY 1"
+                "AND j.prompt_id IS NULL AND j.state IN ('pending', 'running')))) "
+                "GROUP BY 1, 2, floor(q.priority::float / :level)"
             ),
-            {"task": task},
+            {"task": task, "level": level},
         )
-        return {r.family: int(r.priority) for r in rows}
+        return [Waiting(r.family, r.lane, int(r.priority), int(r.n)) for r in rows]
 
 
 def release_slot(engine: Engine, slot: Slot, worker_id: int) -> None:
