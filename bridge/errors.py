@@ -117,6 +117,11 @@ class SpecErrors(BridgeError):
         return "\n".join(str(e) for e in self.errors)
 
 
+class SpecUnreadable(BridgeError):
+    """Raised when a submitted run's spec cannot be read for a passing reason (a network
+    file system away): the run waits for it instead of failing."""
+
+
 class PreflightError(BridgeError):
     """Raised before anything is queued when servers lack what the plan needs."""
 

@@ -18,7 +18,7 @@ from bridge import manifest
 from bridge.compile import compile_plan
 from bridge.db import farm
 from bridge.db.store import Store
-from bridge.errors import BridgeError
+from bridge.errors import BridgeError, SpecUnreadable
 from bridge.manifest import JobResult
 from bridge.plan import Plan
 from bridge.record import Recorder, RunReport, recorded_file
@@ -29,6 +29,10 @@ from bridge.webhooks import Hook, Notifier, hooks_from_spec
 SPEC_PATH = "spec_path"  # keys of a submitted run's settings column
 SPEC_FOLDER = "spec_folder"  # where its relative paths resolve (a watch folder, say)
 SELECTION = "selection"
+
+
+# a spec that is not there (moved, or a path other hosts lack) rather than unreadable now
+_GONE = (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
 
 
 @dataclass(frozen=True)
@@ -94,10 +98,14 @@ class Runs:
         base = Path(run.settings.get(SPEC_FOLDER) or path.parent)
         try:
             raw = path.read_bytes()
-        except OSError as exc:
+        except _GONE as exc:
             raise BridgeError(
                 f"run {run_id}: cannot read its spec {path} ({exc.strerror}); workers need "
                 "the spec on the shared OUTPUT_PATH or the same path on every host"
+            ) from None
+        except OSError as exc:  # EIO, ESTALE, a timeout: the file system comes back
+            raise SpecUnreadable(
+                f"run {run_id}: cannot read its spec {path} now ({exc.strerror or exc})"
             ) from None
         spec = validate(merge_direction(load_bytes(raw, str(path), base=base), path))
         if spec.revision != run.revision:

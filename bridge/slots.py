@@ -8,14 +8,18 @@ only the first waiter ask.)
 Affinity: a job takes the free slot on the server that has the most of it loaded. Ready
 jobs are queued as one stream per server (queue.streams), each a stretch of jobs sharing
 models, so a server that keeps to its own stream switches models only where its stretch
-does. A server busy with other models is switched only when nothing waiting at the job's
+does. It serves another stream's jobs of its family only once its own stream has no other
+family waiting (else it stays on, and starts its next stretch late).
+
+A server busy with other models is switched only when nothing waiting at the job's
 priority level or above still wants those models. Any other switch (an idle server, or a
 stream that ran out) is made only when it pays: the server's own stream has nothing
 waiting, and the job's family has more jobs waiting than SWITCH_ROUNDS fills of the slots
 of the servers that have its models. Fewer, and those servers finish them about as soon
 as a switched one would have loaded the models (a load costs a few jobs' time); the
 waiting counts are a second old, so a looser rule sends every idle server after the same
-last few jobs. A server idle for IDLE_GRACE is anyone's, whatever its stream says.
+last few jobs. A server idle for IDLE_GRACE no longer waits for its own stream (whose jobs
+may all need models it lacks).
 """
 
 from __future__ import annotations
@@ -68,13 +72,13 @@ class Want:
         return affinity.family(self.signature)
 
 
-@dataclass(frozen=True)
+@dataclass
 class Demand:
     """The jobs waiting for a server, across every worker (the queue's counts, and this
-    process's own waiters, which the counts may not show yet)."""
+    process's own waiters, which the counts may not show yet); built once a round."""
 
     families: dict[str, int] = field(default_factory=dict)  # family -> highest priority
-    lanes: dict[int, int] = field(default_factory=dict)  # stream -> highest priority
+    lanes: dict[int, dict[str, int]] = field(default_factory=dict)  # stream -> families'
     counts: dict[tuple[str, int], int] = field(default_factory=dict)  # (family, level) -> n
 
     @classmethod
@@ -94,7 +98,8 @@ class Demand:
     def _add(self, family: str, lane: int | None, priority: int, count: int) -> None:
         self.families[family] = max(self.families.get(family, priority), priority)
         if lane is not None:
-            self.lanes[lane] = max(self.lanes.get(lane, priority), priority)
+            stream = self.lanes.setdefault(lane, {})
+            stream[family] = max(stream.get(family, priority), priority)
         key = (family, priority // queue.LEVEL)
         self.counts[key] = self.counts.get(key, 0) + count
 
@@ -103,11 +108,14 @@ class Demand:
         top = self.families.get(family)
         return top is not None and top // queue.LEVEL >= level
 
-    def stream_waits(self, index: int, streams: int, level: int) -> bool:
-        """Whether a job of the `index`-th server's stream waits at `level` or above."""
+    def stream_waits(self, index: int, streams: int, level: int, besides: str = "") -> bool:
+        """Whether a job of the `index`-th server's stream (of another family than
+        `besides`) waits at `level` or above."""
         return any(
-            lane % streams == index and top // queue.LEVEL >= level
-            for lane, top in self.lanes.items()
+            family != besides and top // queue.LEVEL >= level
+            for lane, families in self.lanes.items()
+            if lane % streams == index
+            for family, top in families.items()
         )
 
     def count(self, family: str, level: int) -> int:
@@ -134,25 +142,35 @@ def choose(
     level = want.priority // queue.LEVEL
     names = sorted(states)
     own = names[want.lane % len(names)] if want.lane is not None and names else None
+    up = [n for n in healthy if n in want.eligible and n in states]
     loaded = sum(
-        s.slots
-        for s in states.values()
-        if s.signature and not affinity.switches(s.signature, want.signature)
+        states[n].slots
+        for n in up
+        if states[n].signature and not affinity.switches(states[n].signature, want.signature)
     )
 
     def pays(name: str) -> bool:
         """Whether switching `name` to the job's models is worth a model load."""
-        if want.lane is None or name == own or name in idle_long:
+        if want.lane is None or name == own:
             return True
-        if demand.stream_waits(names.index(name), len(names), level):
+        if name not in idle_long and demand.stream_waits(names.index(name), len(names), level):
             return False  # its own stream's jobs come next
         return demand.count(want.family, level) > SWITCH_ROUNDS * loaded
+
+    def mine_or_done(name: str, family: str) -> bool:
+        """Whether `name` may take the job without a switch: its own stream's, or the
+        server's own stream has no other family waiting (else it stays on the job's
+        family serving others, and its stream's next family waits for it)."""
+        if want.lane is None or name == own:
+            return True
+        return not demand.stream_waits(names.index(name), len(names), level, besides=family)
 
     ok = []
     for name in free:
         state = states[name]
         if state.signature and not affinity.switches(state.signature, want.signature):
-            ok.append((name, False))
+            if mine_or_done(name, affinity.family(state.signature)):
+                ok.append((name, False))
             continue
         # a server that ran nothing yet loads the job's models too: into another stream's
         # server, that is a switch more when its own stretch starts

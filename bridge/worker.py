@@ -43,6 +43,7 @@ from bridge.errors import (
     ConfigError,
     PreflightError,
     SpecErrors,
+    SpecUnreadable,
     TransientBackendError,
 )
 from bridge.events import Event, JobStarted
@@ -90,7 +91,7 @@ class Worker:
         self.settings = settings
         self.environ = dict(environ)
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
-        self.store = Store(settings.database)
+        self.store = Store(settings.database, connect=False)  # a worker may start first
         self.engine = self.store.engine
         # the queue's pool: LISTEN, the heartbeat, and fetches and status updates (brief)
         self.app = queue.app_for(settings.database, connections=min(settings.jobs_in_hand, 8) + 3)
@@ -107,12 +108,18 @@ class Worker:
     async def run(self) -> None:
         """Serve jobs until cancelled (SIGTERM/SIGINT stop it after the jobs in hand)."""
         check_output_path(self.settings.output_path)
+        queue_log = logging.getLogger("procrastinate.worker")
+        if _QUIET_HELD not in queue_log.filters:
+            queue_log.addFilter(_QUIET_HELD)
         # Jobs wait on threads (probes, records, slot claims): more than the default cores + 4,
         # fewer than the database pool's 15 connections, so a write made on the loop itself
         # never waits for a connection the threads hold (the heartbeat would stall with it).
         asyncio.get_running_loop().set_default_executor(
             ThreadPoolExecutor(THREADS, "bridge-worker")
         )
+        if not await asyncio.to_thread(self.store.check):
+            log.warning("waiting for the database before taking jobs")
+            await self.store.wait_available()
         runner = Runner(self.settings, store=self.store, notify=log.warning, detach=True)
         self.pool = await runner.backend()
         for backend in self.pool.backends:  # one down at start is preflighted by its server
@@ -302,9 +309,13 @@ class Worker:
 
     async def _context(self, run_id: int) -> farm_runs.RunContext | None:
         """The run as submitted; None once it is failed because its spec cannot be read
-        as it was (moved, edited): a defined end instead of a run that never ends."""
+        as it was (moved, edited): a defined end instead of a run that never ends. A spec
+        unreadable for now raises SpecUnreadable: the job's task is tried again later."""
         try:
             return await asyncio.to_thread(self.runs.get, run_id)
+        except SpecUnreadable as exc:
+            log.warning("%s; trying again", exc.message)
+            raise
         except BridgeError as exc:
             reason = f"{exc.message}:\n{exc}" if isinstance(exc, SpecErrors) else exc.message
             log.error("run %d: %s", run_id, reason)
@@ -355,11 +366,24 @@ class Held(Exception):
     """Another live worker holds the job (its own try may yet fail): look again later."""
 
 
+class QuietHeld(logging.Filter):
+    """A held job's retry is routine: the queue's one line, without a traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, Held):
+            record.msg, record.exc_info, record.exc_text = f"{record.msg} ({exc})", None, None
+        return True
+
+
+_QUIET_HELD = QuietHeld()
+
+
 class Retry(procrastinate.BaseRetryStrategy):
     """When the queue runs a job's task again. Its entry is the only thing that brings the
     job back, so a job is never given up for a database outage (the retry re-attaches to
-    its prompt like a take-over) nor for being held: after a lease its holder has either
-    finished it, or died and can be taken over."""
+    its prompt like a take-over), for being held (after a lease its holder has either
+    finished it, or died and can be taken over), nor for a spec unreadable for now."""
 
     def __init__(self, lease: float) -> None:
         self.lease = lease
@@ -367,7 +391,7 @@ class Retry(procrastinate.BaseRetryStrategy):
     def get_retry_decision(
         self, *, exception: BaseException, job: procrastinate.jobs.Job
     ) -> procrastinate.RetryDecision | None:
-        if isinstance(exception, Held):
+        if isinstance(exception, (Held, SpecUnreadable)):
             return procrastinate.RetryDecision(retry_in={"milliseconds": int(self.lease * 1000)})
         if isinstance(exception, _DATABASE):
             return procrastinate.RetryDecision(retry_in={"seconds": min(10, 1 + job.attempts)})

@@ -145,6 +145,14 @@ def test_a_server_whose_stream_ran_out_switches_only_for_enough_waiting_jobs() -
     assert chosen(want(B, lane=1), states, {}, demand=many) == [("s3", False), ("s1", True)]
 
 
+def test_a_server_serves_another_stream_only_once_its_own_has_no_other_family() -> None:
+    states = {"s1": state(A, 2), "s2": state(A, 1)}
+    ahead = slots.Demand.of([waiting(A, lane=0), waiting(B, lane=1)])  # s2's stretch: A, B
+    assert chosen(want(A2, lane=0), states, {}, demand=ahead) == [("s1", False)]
+    done = slots.Demand.of([waiting(A, lane=0), waiting(A, lane=1)])
+    assert chosen(want(A2, lane=0), states, {}, demand=done) == [("s1", False), ("s2", False)]
+
+
 def test_a_higher_level_job_is_not_held_back_by_a_lower_stream() -> None:
     states = {"s1": state(A, 2), "s2": state(B, 0)}
     demand = slots.Demand.of([waiting(A, lane=0), waiting(B, lane=1, count=5, priority=HIGH)])
@@ -158,12 +166,14 @@ def test_a_server_that_ran_nothing_yet_waits_for_its_own_stream() -> None:
     assert chosen(want(A, lane=1), states, {}, demand=demand) == [("s2", False)]
 
 
-def test_a_server_idle_for_the_grace_is_anyone_s() -> None:
+def test_a_server_idle_for_the_grace_no_longer_waits_for_its_own_stream() -> None:
     states = {"s1": state(A, 2), "s2": state(B, 0)}
-    demand = slots.Demand.of([waiting(A, lane=0), waiting(B, lane=1)])
+    demand = slots.Demand.of([waiting(A, lane=0), waiting(B, lane=1, count=5)])
     assert chosen(want(B, lane=1), states, {}, demand=demand) == []
     got = chosen(want(B, lane=1), states, {}, demand=demand, idle_long=("s1",))
     assert got == [("s1", False)]
+    few = slots.Demand.of([waiting(A, lane=0), waiting(B, lane=1, count=4)])
+    assert chosen(want(B, lane=1), states, {}, demand=few, idle_long=("s1",)) == []
 
 
 def test_demand_counts_the_jobs_in_hand_the_queue_does_not_show_yet() -> None:

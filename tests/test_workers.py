@@ -11,12 +11,13 @@ import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import PG_ADMIN, process_env, simulator
+from tests.conftest import PG_ADMIN, postgres_admin, postgres_url, process_env, simulator
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.timeout(300)]
@@ -385,6 +386,53 @@ def test_workers_that_lose_the_database_carry_on_when_it_is_back(
     assert all(p.poll() is None for p in farm.procs.values()), "a worker exited"
     posted = [p for url in urls for p in sim_state(url)["posted"]]
     assert len(posted) == len(set(posted)) == 30
+
+
+def test_a_worker_started_before_its_database_waits_for_it(
+    tmp_path: Path, sims: Callable[..., list[str]]
+) -> None:
+    name = f"bridge_test_{uuid.uuid4().hex[:12]}"  # not created yet
+    url = postgres_url(name)
+    env = process_env(
+        tmp_path,
+        DATABASE_URL=url,
+        COMFYUI_URL=sims(1)[0],
+        BRIDGE_LEASE_SECONDS="2",
+        LOG_LEVEL="INFO",
+    )
+    farm = Farm(tmp_path, env)
+    farm.start("early")
+    with postgres_admin() as admin:
+        try:
+            time.sleep(3)
+            assert farm.procs["early"].poll() is None, (tmp_path / "early.log").read_text()
+            log = (tmp_path / "early.log").read_text()
+            assert "waiting for the database before taking jobs" in log
+            assert f"database postgresql://***@127.0.0.1:5432/{name} is unavailable" in log
+            admin.execute(f'CREATE DATABASE "{name}"')
+            run_id = farm.submit(flat_spec(tmp_path, 3, "early"))
+            assert wait_run(url, run_id, timeout=60) == "succeeded"
+        finally:
+            farm.stop()
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_a_run_waits_while_its_spec_cannot_be_read(
+    tmp_path: Path, sims: Callable[..., list[str]], farm_factory: Callable[..., Farm], pg_url: str
+) -> None:
+    farm = farm_factory(sims(1))
+    spec = flat_spec(tmp_path, 3, "nfs")
+    run_id = farm.submit(spec)
+    kept = spec.read_bytes()
+    spec.unlink()
+    spec.symlink_to("/proc/self/mem")  # reads fail with EIO, as on a soft NFS mount that is away
+    farm.start("w1")
+    time.sleep(4)
+    assert db_rows(pg_url, "SELECT status FROM runs WHERE id = %s", run_id) == [("running",)]
+    assert "cannot read its spec" in (tmp_path / "w1.log").read_text()
+    spec.unlink()
+    spec.write_bytes(kept)
+    assert wait_run(pg_url, run_id, timeout=60) == "succeeded"
 
 
 def test_watch_folder_and_api_submit_to_the_workers(
