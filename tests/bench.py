@@ -486,8 +486,9 @@ def _postgres_answers() -> bool:
 def bench_workers(args: argparse.Namespace) -> dict[str, object]:
     """`bridge worker`s on PostgreSQL, 6 simulated servers (2 slots each), jobs in 4 model
     families written interleaved; job and switch times scaled by --scale (1.0: 1 s jobs,
-    2 s switches). Utilisation = sum of job time / (makespan x servers), switch time not
-    counted as work; switches as counted by the servers."""
+    2 s switches); medians of --farm-repeat rounds. Utilisation = sum of job time /
+    (makespan x servers), switch time not counted as work; switches as counted by the
+    servers."""
     servers, families, jobs = 6, 4, args.jobs
     job_s, switch_s = 1.0 * args.scale, 2.0 * args.scale
     figures: dict[str, object] = {"servers": servers, "jobs": jobs, "job s": job_s}
@@ -497,19 +498,27 @@ def bench_workers(args: argparse.Namespace) -> dict[str, object]:
         ("3 workers, no affinity", 3, "0"),
         ("1 worker, affinity", 1, "1"),
     ]
-    for label, workers, affinity in cases:
-        farm = _Farm(servers, workers, job_s, switch_s, BRIDGE_AFFINITY=affinity)
-        try:
-            time.sleep(3)  # the workers start
-            since = int(time.time() * 1000)
-            run_id = farm.submit(_family_spec(farm.folder, jobs, families, "fam"))
-            makespan = farm.wait(run_id)
-            busy = _busy_seconds(farm.urls, since)
-            figures[f"{label}: makespan s"] = round(makespan, 1)
-            figures[f"{label}: utilisation"] = round(busy / (servers * makespan), 3)
-            figures[f"{label}: switches"] = sum(farm.sim("switches"))
-        finally:
-            farm.close()
+    rounds: dict[str, list[dict[str, float]]] = {label: [] for label, _, _ in cases}
+    for r in range(args.farm_repeat):
+        for label, workers, affinity in cases[r % len(cases) :] + cases[: r % len(cases)]:
+            farm = _Farm(servers, workers, job_s, switch_s, BRIDGE_AFFINITY=affinity)
+            try:
+                time.sleep(3)  # the workers start
+                since = int(time.time() * 1000)
+                run_id = farm.submit(_family_spec(farm.folder, jobs, families, "fam"))
+                makespan = farm.wait(run_id)
+                busy = _busy_seconds(farm.urls, since)
+                rounds[label].append(
+                    {
+                        "makespan s": makespan,
+                        "utilisation": busy / (servers * makespan),
+                        "switches": sum(farm.sim("switches")),
+                    }
+                )
+            finally:
+                farm.close()
+    for label, results in rounds.items():
+        figures.update(_medians(f"{label}:", results, list(results[0])))
     farm = _Farm(servers, 3, job_s, switch_s)
     try:
         time.sleep(3)
@@ -1360,6 +1369,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rerun-shots", type=int, default=1000)
     parser.add_argument("--scale", type=float, default=1.0, help="workers: job/switch times")
     parser.add_argument("--real-repeat", type=int, default=3)
+    parser.add_argument("--farm-repeat", type=int, default=1, help="workers: rounds per case")
     args = parser.parse_args(argv)
     default = [n for n in BENCHES if not n.startswith("comfyui") or os.environ.get(COMFYUI_URL_ENV)]
     for name in args.which or default:
