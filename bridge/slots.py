@@ -8,8 +8,8 @@ only the first waiter ask.)
 Affinity: a job takes the free slot on the server that has the most of it loaded. Ready
 jobs are queued as one stream per server (queue.streams), each a stretch of jobs sharing
 models, so a server that keeps to its own stream switches models only where its stretch
-does. It serves another stream's jobs of its family only once its own stream has no other
-family waiting (else it stays on, and starts its next stretch late).
+does. It serves another stream's jobs only once its own stream has nothing waiting (else
+each theft delays its own stretch, and its next family starts late).
 
 A server busy with other models is switched only when nothing waiting at the job's
 priority level or above still wants those models. Any other switch (an idle server, or a
@@ -108,14 +108,13 @@ class Demand:
         top = self.families.get(family)
         return top is not None and top // queue.LEVEL >= level
 
-    def stream_waits(self, index: int, streams: int, level: int, besides: str = "") -> bool:
-        """Whether a job of the `index`-th server's stream (of another family than
-        `besides`) waits at `level` or above."""
+    def stream_waits(self, index: int, streams: int, level: int) -> bool:
+        """Whether a job of the `index`-th server's stream waits at `level` or above."""
         return any(
-            family != besides and top // queue.LEVEL >= level
+            top // queue.LEVEL >= level
             for lane, families in self.lanes.items()
             if lane % streams == index
-            for family, top in families.items()
+            for top in families.values()
         )
 
     def count(self, family: str, level: int) -> int:
@@ -157,19 +156,19 @@ def choose(
             return False  # its own stream's jobs come next
         return demand.count(want.family, level) > SWITCH_ROUNDS * loaded
 
-    def mine_or_done(name: str, family: str) -> bool:
+    def mine_or_done(name: str) -> bool:
         """Whether `name` may take the job without a switch: its own stream's, or the
-        server's own stream has no other family waiting (else it stays on the job's
-        family serving others, and its stream's next family waits for it)."""
-        if want.lane is None or name == own:
+        server's own stream has nothing waiting (work stealing: else each theft leaves
+        the server's own stretch, and its next family, late)."""
+        if want.lane is None or name == own or name in idle_long:
             return True
-        return not demand.stream_waits(names.index(name), len(names), level, besides=family)
+        return not demand.stream_waits(names.index(name), len(names), level)
 
     ok = []
     for name in free:
         state = states[name]
         if state.signature and not affinity.switches(state.signature, want.signature):
-            if mine_or_done(name, affinity.family(state.signature)):
+            if mine_or_done(name):
                 ok.append((name, False))
             continue
         # a server that ran nothing yet loads the job's models too: into another stream's

@@ -145,12 +145,14 @@ def test_a_server_whose_stream_ran_out_switches_only_for_enough_waiting_jobs() -
     assert chosen(want(B, lane=1), states, {}, demand=many) == [("s3", False), ("s1", True)]
 
 
-def test_a_server_serves_another_stream_only_once_its_own_has_no_other_family() -> None:
+def test_a_server_serves_another_stream_only_once_its_own_has_nothing_waiting() -> None:
     states = {"s1": state(A, 2), "s2": state(A, 1)}
-    ahead = slots.Demand.of([waiting(A, lane=0), waiting(B, lane=1)])  # s2's stretch: A, B
+    ahead = slots.Demand.of([waiting(A, lane=0), waiting(A, lane=1)])  # s2's own stream
     assert chosen(want(A2, lane=0), states, {}, demand=ahead) == [("s1", False)]
-    done = slots.Demand.of([waiting(A, lane=0), waiting(A, lane=1)])
+    done = slots.Demand.of([waiting(A, lane=0)])
     assert chosen(want(A2, lane=0), states, {}, demand=done) == [("s1", False), ("s2", False)]
+    late = chosen(want(A2, lane=0), states, {}, demand=ahead, idle_long=("s2",))
+    assert late == [("s1", False), ("s2", False)]
 
 
 def test_a_higher_level_job_is_not_held_back_by_a_lower_stream() -> None:
