@@ -435,17 +435,33 @@ def test_a_run_waits_while_its_spec_cannot_be_read(
     assert wait_run(pg_url, run_id, timeout=60) == "succeeded"
 
 
+def preview_farm_watching(tmp_path: Path, farm_factory: Callable[..., Farm]) -> tuple[Farm, Path]:
+    """BRIDGE_WORKERS=1 on the preview backend: one worker started, and an inbox folder."""
+    farm = farm_factory([], BRIDGE_BACKEND="preview", BRIDGE_WORKERS="1")
+    farm.env.pop("COMFYUI_URL")
+    farm.start("w1")
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    return farm, inbox
+
+
+def filed_run(inbox: Path, name: str) -> int:
+    """The run id the watch folder filed `name` under in done/, once it has."""
+    note = inbox / "done" / f"{name}.manifest.txt"
+    deadline = time.monotonic() + 90
+    while not note.exists():
+        assert time.monotonic() < deadline, sorted(p.name for p in inbox.rglob("*"))
+        time.sleep(0.2)
+    return int(note.read_text().split("run ")[1])
+
+
 def test_watch_folder_and_api_submit_to_the_workers(
     tmp_path: Path, farm_factory: Callable[..., Farm], pg_url: str
 ) -> None:
     """BRIDGE_WORKERS=1: neither front door renders; the worker does (preview backend)."""
     from tests.test_front_doors import call, start, stop
 
-    farm = farm_factory([], BRIDGE_BACKEND="preview", BRIDGE_WORKERS="1")
-    farm.env.pop("COMFYUI_URL")
-    farm.start("w1")
-    inbox = tmp_path / "inbox"
-    inbox.mkdir()
+    farm, inbox = preview_farm_watching(tmp_path, farm_factory)
     watch, _ = start(["watch", str(inbox)], farm.env)
     serve, listening = start(["serve", "--port", "0"], farm.env)
     try:
@@ -456,12 +472,7 @@ def test_watch_folder_and_api_submit_to_the_workers(
         assert status == 202, body
         posted = body["run_id"]  # type: ignore[index]
         (inbox / "dropped.yaml").write_bytes(flat_spec(tmp_path, 2, "dropped").read_bytes())
-        deadline = time.monotonic() + 90
-        while not (inbox / "done" / "dropped.yaml.manifest.txt").exists():
-            assert time.monotonic() < deadline, "the watch folder never filed the spec"
-            time.sleep(0.2)
-        note = (inbox / "done" / "dropped.yaml.manifest.txt").read_text()
-        dropped = int(note.split("run ")[1])
+        dropped = filed_run(inbox, "dropped.yaml")
         for run_id in (posted, dropped):
             assert wait_run(pg_url, run_id, timeout=90) == "succeeded"
         priority = db_rows(pg_url, "SELECT priority FROM runs WHERE id = %s", posted)[0][0]
@@ -483,20 +494,11 @@ def test_a_directed_spec_dropped_in_the_watch_folder_renders_on_the_workers(
     read the kept copy, and the direction it was submitted with travels with it."""
     from tests.test_front_doors import start, stop
 
-    farm = farm_factory([], BRIDGE_BACKEND="preview", BRIDGE_WORKERS="1")
-    farm.env.pop("COMFYUI_URL")
-    farm.start("w1")
-    inbox = tmp_path / "inbox"
-    inbox.mkdir()
+    farm, inbox = preview_farm_watching(tmp_path, farm_factory)
     watch, _ = start(["watch", str(inbox)], farm.env)
     try:
         (inbox / "auto.yaml").write_bytes((ROOT / "specs" / "autonomous.yaml").read_bytes())
-        note = inbox / "done" / "auto.yaml.manifest.txt"
-        deadline = time.monotonic() + 90
-        while not note.exists():
-            assert time.monotonic() < deadline, sorted(p.name for p in inbox.rglob("*"))
-            time.sleep(0.2)
-        run_id = int(note.read_text().split("run ")[1])
+        run_id = filed_run(inbox, "auto.yaml")
         assert wait_run(pg_url, run_id, timeout=90) == "succeeded"
         renders = db_rows(
             pg_url,
