@@ -65,7 +65,11 @@ schemas:
 wheel-check: system-deps
 	PYTHON=$(PYTHON) .ci/wheel-check
 
+# Bytecode first: where PYTHONDONTWRITEBYTECODE is set (CI containers, this project's own
+# machines) Python would compile bridge's modules again at every start, and the start-up
+# figures would measure that instead of bridge.
 bench: install
+	$(BIN)/python -m compileall -q bridge
 	$(BIN)/python -m tests.bench $(BENCH_ARGS)
 
 clean:

@@ -7,7 +7,6 @@ so a crash never leaves a half file where a finished one is expected.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
 import tempfile
@@ -16,30 +15,19 @@ from pathlib import Path
 
 import ffmpeg
 
+from bridge import background
 from bridge.errors import ProbeError
-from bridge.probe import afacts, background
+from bridge.probe import afacts
 
 
 async def run(stream: ffmpeg.nodes.OutputStream | list[str], what: str) -> None:
     """Run ffmpeg at a lower CPU priority than the user's ComfyUI, errors only."""
     args = stream if isinstance(stream, list) else ffmpeg.compile(stream, overwrite_output=True)
-    proc = await asyncio.create_subprocess_exec(
-        *background([args[0]]),
-        "-hide_banner",
-        "-loglevel",
-        "error",
-        *args[1:],
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
+    status, err = await background.stderr_of(
+        [args[0], "-hide_banner", "-loglevel", "error", *args[1:]]
     )
-    try:
-        _, err = await proc.communicate()
-    except asyncio.CancelledError:
-        proc.kill()
-        await proc.wait()
-        raise
-    if proc.returncode != 0:
-        tail = " ".join(err.decode(errors="replace").strip().splitlines()[-2:])
+    if status != 0:
+        tail = " ".join(err.strip().splitlines()[-2:])
         raise ProbeError(f"ffmpeg could not {what}: {tail}")
 
 

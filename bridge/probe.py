@@ -11,13 +11,12 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import shutil
-import subprocess
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+from bridge import background
 from bridge.errors import ProbeError
 from bridge.plan import Media
 
@@ -134,7 +133,7 @@ def _int(value: Any) -> int | None:
 def _ffprobe(path: Path, *extra: str) -> dict[str, Any]:
     """ffprobe's JSON for the first video stream and the container, at low CPU priority."""
     command = [
-        *background(["ffprobe"]),
+        "ffprobe",
         "-v",
         "error",
         "-select_streams",
@@ -146,7 +145,7 @@ def _ffprobe(path: Path, *extra: str) -> dict[str, Any]:
         "json",
         str(path),
     ]
-    done = subprocess.run(command, capture_output=True, check=False)
+    done = background.run(command)
     if done.returncode != 0:
         tail = done.stderr.decode(errors="replace").strip().splitlines()[-1:]
         raise ProbeError(f"{path.name}: not a readable video or image: {' '.join(tail)}")
@@ -155,16 +154,6 @@ def _ffprobe(path: Path, *extra: str) -> dict[str, Any]:
     except ValueError:
         raise ProbeError(f"{path.name}: ffprobe gave no readable answer") from None
     return info
-
-
-# ffmpeg work on outputs runs at the lowest CPU priority: the user's ComfyUI (often on this
-# machine) comes first, and nothing waits on it meanwhile (the server's slot is already free).
-_NICE = ("nice", "-n", "19") if shutil.which("nice") else ()
-
-
-def background(command: list[str]) -> list[str]:
-    """`command` run at a lower CPU priority than the renders it checks."""
-    return [*_NICE, *command]
 
 
 async def afacts(path: Path) -> Facts:
@@ -242,24 +231,22 @@ async def soft_checks(
         filters.append("freezedetect=n=0.001:d=0.5")
     if not filters or seconds <= 0:
         return []
-    proc = await asyncio.create_subprocess_exec(
-        *background(["ffmpeg"]),
-        "-hide_banner",
-        "-nostats",
-        "-i",
-        str(path),
-        "-vf",
-        ",".join(filters),
-        "-an",
-        "-f",
-        "null",
-        "-",
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
+    status, text = await background.stderr_of(
+        [
+            "ffmpeg",
+            "-hide_banner",
+            "-nostats",
+            "-i",
+            str(path),
+            "-vf",
+            ",".join(filters),
+            "-an",
+            "-f",
+            "null",
+            "-",
+        ]
     )
-    _, err = await proc.communicate()
-    text = err.decode(errors="replace")
-    if proc.returncode != 0:
+    if status != 0:
         raise ProbeError(f"{path.name}: decoding failed: {text.strip().splitlines()[-1:]}")
     checks = []
     if black:

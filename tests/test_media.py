@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import os
 import subprocess
 import uuid
 from pathlib import Path
 
 import pytest
 
-from bridge import media, probe
+from bridge import background, media, probe
 from bridge.backends.base import Attempt
 from bridge.backends.preview import PreviewBackend
 from bridge.compile import compile_plan
@@ -168,3 +171,43 @@ async def test_thumbnails_come_from_one_pass_and_are_kept_while_fresh(tmp_path: 
     again = await media.thumbnails(short, tmp_path / "thumbs", count=4)
     assert [p.stat().st_mtime_ns for p in again] == stamps
     assert not [p for p in (tmp_path / "thumbs").iterdir() if p.name.startswith(".")]
+
+
+def _session_and_nice(out: bytes) -> tuple[int, int]:
+    fields = out.decode().split()
+    return int(fields[0]), int(fields[1])
+
+
+def test_checks_run_in_a_session_of_their_own_at_the_lowest_priority() -> None:
+    """Linux shares the CPU between sessions first, so a niced check in bridge's session
+    would still take an equal share from a ComfyUI in another one."""
+    done = background.run(
+        ["sh", "-c", "cut -d' ' -f6,19 /proc/self/stat; cat /proc/self/autogroup"]
+    )
+    assert done.returncode == 0, done.stderr
+    first, *rest = done.stdout.splitlines()
+    session, nice = _session_and_nice(first)
+    assert session != os.getsid(0)
+    assert nice == 19
+    if Path("/proc/self/autogroup").exists():
+        assert [line.split()[-2:] for line in rest] == [[b"nice", b"19"]]
+
+
+async def test_a_cancelled_check_kills_its_command() -> None:
+    """The command no longer hears the terminal's Ctrl-C; the cancelled caller stops it."""
+    marker = f"30.{uuid.uuid4().int % 10**9:09d}"  # this test's own sleep
+    task = asyncio.create_task(background.stderr_of(["sleep", marker]))
+    await asyncio.sleep(0.5)
+    assert _running(marker)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert not _running(marker)
+
+
+def _running(marker: str) -> bool:
+    found = False
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        with contextlib.suppress(OSError):
+            found = found or cmdline.read_bytes() == b"sleep\0" + marker.encode() + b"\0"
+    return found
