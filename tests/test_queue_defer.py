@@ -1,0 +1,68 @@
+"""Queueing a run's ready jobs on PostgreSQL: the whole run in one statement, and one by
+one where another worker queued some of them first."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy import text
+
+from bridge import queue, settings
+from bridge.compile import compile_plan
+from bridge.db.store import Store
+from bridge.runner import Selection
+from bridge.spec.validate import load_spec
+from bridge.submit import submit
+from tests.conftest import smoke_spec
+
+
+def _queued(store: Store, run_id: int) -> list[tuple[str, int, str]]:
+    with store.engine.connect() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT args->>'job_id', priority, queueing_lock FROM procrastinate_jobs "
+                "WHERE task_name = :task AND (args->>'run_id')::int = :run ORDER BY id"
+            ),
+            {"task": queue.TASK, "run": run_id},
+        )
+        return [(r[0], r[1], r[2]) for r in rows]
+
+
+async def test_a_runs_ready_jobs_are_queued_in_order_and_another_workers_copy_is_kept(
+    pg_url: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "q.yaml"
+    path.write_text(smoke_spec("q", 5))
+    config = settings.resolve(
+        environ={"DATABASE_URL": pg_url, "OUTPUT_PATH": str(tmp_path / "out")}
+    )
+    spec = load_spec(path)
+    plan = compile_plan(spec)
+    store = Store(pg_url)
+    try:
+        run_id = await submit(config, store, spec, plan, Selection(), priority=0)
+        first = _queued(store, run_id)
+        renders = [j for j in plan.order if j.startswith("render:")]
+        assert [job for job, _, _ in first] == renders
+        assert [lock for _, _, lock in first] == [f"{run_id}/{j}" for j in renders]
+        assert [p for _, p, _ in first] == sorted((p for _, p, _ in first), reverse=True)
+
+        # Another worker queued s02 a moment ago: the batch meets its lock, the others are
+        # queued one by one, and its copy is the only one.
+        with store.engine.begin() as conn:
+            conn.execute(text("DELETE FROM procrastinate_jobs"))
+        app = queue.app_for(pg_url)
+        async with app.open_async():
+            await app.configure_task(
+                queue.TASK, queueing_lock=f"{run_id}/{renders[2]}"
+            ).defer_async(run_id=run_id, job_id="elsewhere")
+            count = await queue.defer_ready(
+                app, store.engine, run_id, plan, 0, group=True, lease=30
+            )
+        again = _queued(store, run_id)
+        assert count == len(renders) - 1
+        assert sorted(job for job, _, _ in again) == sorted(
+            ["elsewhere", *renders[:2], *renders[3:]]
+        )
+    finally:
+        store.close()
