@@ -1,4 +1,4 @@
-"""Child processes (ffprobe, ffmpeg) that take only the CPU a co-located ComfyUI leaves.
+"""Child processes (ffprobe, ffmpeg) at a lower CPU priority than a co-located ComfyUI.
 
 Linux shares the CPU between sessions before it looks at nice values (autogroups, on where
 /proc/sys/kernel/sched_autogroup_enabled is 1, the default of most distributions): a
