@@ -11,6 +11,7 @@ per 0.1 s, hence the retries; where there are no autogroups, `nice` alone does t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import subprocess
 from collections.abc import Sequence
 
@@ -56,7 +57,8 @@ async def stderr_of(argv: Sequence[str]) -> tuple[int, str]:
     try:
         _, err = await proc.communicate()
     except asyncio.CancelledError:
-        proc.kill()
+        with contextlib.suppress(ProcessLookupError):  # it ended meanwhile
+            proc.kill()
         await proc.wait()
         raise
     return proc.returncode or 0, err.decode(errors="replace")
