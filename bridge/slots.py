@@ -72,7 +72,7 @@ class Want:
         return affinity.family(self.signature)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Demand:
     """The jobs waiting for a server, across every worker (the queue's counts, and this
     process's own waiters, which the counts may not show yet); built once a round."""
@@ -148,27 +148,25 @@ def choose(
         if states[n].signature and not affinity.switches(states[n].signature, want.signature)
     )
 
+    def free_for_it(name: str) -> bool:
+        """Whether `name` may serve the job: its own stream's server, or one whose own
+        stream has nothing waiting (work stealing: else each theft leaves the server's own
+        stretch, and its next family, late) or that idled for IDLE_GRACE."""
+        if want.lane is None or name == own or name in idle_long:
+            return True
+        return not demand.stream_waits(names.index(name), len(names), level)
+
     def pays(name: str) -> bool:
         """Whether switching `name` to the job's models is worth a model load."""
         if want.lane is None or name == own:
             return True
-        if name not in idle_long and demand.stream_waits(names.index(name), len(names), level):
-            return False  # its own stream's jobs come next
-        return demand.count(want.family, level) > SWITCH_ROUNDS * loaded
-
-    def mine_or_done(name: str) -> bool:
-        """Whether `name` may take the job without a switch: its own stream's, or the
-        server's own stream has nothing waiting (work stealing: else each theft leaves
-        the server's own stretch, and its next family, late)."""
-        if want.lane is None or name == own or name in idle_long:
-            return True
-        return not demand.stream_waits(names.index(name), len(names), level)
+        return free_for_it(name) and demand.count(want.family, level) > SWITCH_ROUNDS * loaded
 
     ok = []
     for name in free:
         state = states[name]
         if state.signature and not affinity.switches(state.signature, want.signature):
-            if mine_or_done(name):
+            if free_for_it(name):
                 ok.append((name, False))
             continue
         # a server that ran nothing yet loads the job's models too: into another stream's
