@@ -39,16 +39,20 @@ LEVEL = 1000  # queue priority per priority level; ranks within a level use less
 SCHEMA_LOCK = int.from_bytes(b"bridgeq\x01")
 
 
-def app_for(database_url: str, connections: int = 4) -> procrastinate.App:
-    """The queue on bridge's PostgreSQL database; `connections` bounds its pool (a worker
-    needs one for LISTEN, one for its heartbeat and about one per job it holds)."""
+def conninfo(database_url: str) -> str:
+    """libpq's form of DATABASE_URL, for psycopg; only PostgreSQL can share work."""
     if not database_url.startswith(("postgresql://", "postgresql+psycopg://")):
         raise UsageError(
             "workers share their jobs through PostgreSQL: set DATABASE_URL=postgresql://..."
         )
-    conninfo = "postgresql://" + database_url.split("://", 1)[1]
+    return "postgresql://" + database_url.split("://", 1)[1]
+
+
+def app_for(database_url: str, connections: int = 4) -> procrastinate.App:
+    """The queue on bridge's PostgreSQL database; `connections` bounds its pool (a worker
+    needs one for LISTEN, one for its heartbeat and about one per job it holds)."""
     connector = procrastinate.PsycopgConnector(
-        conninfo=conninfo, min_size=1, max_size=max(4, connections)
+        conninfo=conninfo(database_url), min_size=1, max_size=max(4, connections)
     )
     return procrastinate.App(connector=connector)
 

@@ -1,9 +1,10 @@
 """Which of a worker's waiting jobs gets which free server slot.
 
 One loop per worker process reads every server's state in one query and hands the free
-slots to the process's waiting jobs, highest priority first; a slot this process frees
-wakes it at once. (Each job polling on its own cost two queries a job every poll, and let
-only the first waiter ask.)
+slots to the process's waiting jobs, highest priority first. A slot freed by any worker
+wakes it at once (a NOTIFY); while every slot is held it waits for that instead of polling
+the servers' state ten times a second. (Each job polling on its own cost two queries a job
+every poll, and let only the first waiter ask.)
 
 Affinity: a job takes the free slot on the server that has the most of it loaded. Ready
 jobs are queued as one stream per server (queue.streams), each a stretch of jobs sharing
@@ -42,6 +43,8 @@ from bridge.errors import TransientBackendError
 log = logging.getLogger(__name__)
 
 SLOT_POLL = (0.05, 0.15)  # seconds between looks at the servers while jobs wait (jittered)
+SLOT_BACKSTOP = 1.0  # seconds between looks while every slot is held and a freed one wakes
+# the broker (farm.SLOTS_FREED): leases that ran out free slots without a word
 WANTED_FOR = 1.0  # seconds the queue's waiting counts are reused: demand moves slowly, and
 # reading it scans the queue (it was most of PostgreSQL's CPU with three workers polling)
 IDLE_GRACE = 3.0  # seconds an idle server keeps its models for its own stream's jobs
@@ -199,8 +202,13 @@ class Farm(Protocol):
     async def claim(
         self, want: Want, order: list[str], may_switch: dict[str, dict[str, float]]
     ) -> farm.Slot | None: ...
-    async def release(self, slot: farm.Slot, worker_id: int) -> None: ...
+    async def release(self, slot: farm.Slot, worker_id: int) -> bool: ...
+    async def announce(self, server: str) -> None: ...
     async def outage(self) -> None: ...
+    def woken(self) -> bool:
+        """Whether a slot freed by any process calls the broker's changed() now."""
+        ...
+
     def healthy(self) -> list[str]: ...
     def grace(self) -> float: ...
 
@@ -218,6 +226,7 @@ class Slots:
         self._waiting: list[farm.Waiting] = []
         self._waiting_at = -WANTED_FOR
         self._idle_since: dict[str, float] = {}
+        self._freed: set[str] = set()  # servers with a slot we freed and nobody was told of
 
     async def claim(self, want: Want) -> farm.Slot:
         """A slot for `want` (with the signature its server had before)."""
@@ -237,20 +246,46 @@ class Slots:
         """A slot was freed or a job started waiting: look again now."""
         self._wake.set()
 
+    async def give_back(self, slot: farm.Slot, worker_id: int) -> None:
+        """Free `slot`. This process's waiters may take it first; the other workers are
+        told only if none does, else every worker would race for every freed slot."""
+        if not await self.farm.release(slot, worker_id):
+            return
+        if self.waiting and self._loop is not None and not self._loop.done():
+            self._freed.add(slot.server)
+            self.changed()
+        else:
+            await self.farm.announce(slot.server)
+
     async def _run(self) -> None:
-        while self.waiting:
-            self._wake.clear()
-            try:
-                await self._round()
-            except SQLAlchemyError as exc:
-                log.warning("slot claims wait for the database: %s", exc)
-                await self.farm.outage()
-            except Exception:  # the loop must outlive a bad round, or every waiter hangs
-                log.exception("slot claims failed; trying again")
-            if not self.waiting:
-                return
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), random.uniform(*SLOT_POLL))
+        try:
+            while self.waiting:
+                self._wake.clear()
+                freed, self._freed = self._freed, set()
+                held = False
+                try:
+                    held = await self._round(freed)
+                except SQLAlchemyError as exc:
+                    log.warning("slot claims wait for the database: %s", exc)
+                    await self.farm.outage()
+                except Exception:  # the loop must outlive a bad round, or every waiter hangs
+                    log.exception("slot claims failed; trying again")
+                finally:
+                    await self._announce(freed)
+                if not self.waiting:
+                    return
+                # while every slot is held, a freed one wakes us; the backstop sees the rest
+                # (a lease run out, a server back up)
+                pause = SLOT_BACKSTOP if held and self.farm.woken() else random.uniform(*SLOT_POLL)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), pause)
+        finally:
+            await self._announce(self._freed)
+
+    async def _announce(self, servers: set[str]) -> None:
+        """Tell the other workers of the slots we freed and did not take again."""
+        while servers:
+            await self.farm.announce(servers.pop())
 
     async def _queue_waiting(self) -> list[farm.Waiting]:
         now = asyncio.get_running_loop().time()
@@ -266,8 +301,11 @@ class Slots:
                 self._idle_since.pop(name, None)
         return {n for n, since in self._idle_since.items() if now - since >= IDLE_GRACE}
 
-    async def _round(self) -> None:
-        """Hand this round's free slots to the waiters, highest priority first."""
+    async def _round(self, freed: set[str]) -> bool:
+        """Hand this round's free slots to the waiters, highest priority first; True when
+        every slot they could take was held (only a freed slot changes that). `freed`: the
+        servers whose freed slots the other workers have not been told of, less those
+        taken here."""
         states = await self.farm.states()
         healthy = self.farm.healthy()
         now = asyncio.get_running_loop().time()
@@ -275,7 +313,7 @@ class Slots:
         if not any(states.get(n, _NONE).free for n in healthy) and all(
             w.prefer is None and any(n in w.eligible for n in healthy) for w in self.waiting
         ):
-            return  # every slot is held: nothing to hand out (and no need to ask who wants)
+            return True  # every slot is held: nothing to hand out (nor to ask who wants)
         waiters = sorted(
             (w for w in self.waiting if not w.got.done()), key=lambda w: (-w.priority, w.ticket)
         )
@@ -304,7 +342,10 @@ class Slots:
                 continue
             before = states.get(slot.server, _NONE)
             states[slot.server] = replace(before, free=before.free - 1, signature=w.signature)
+            freed.discard(slot.server)
             if w.got.done():  # its job was cancelled meanwhile
-                await self.farm.release(slot, w.worker_id)
+                if await self.farm.release(slot, w.worker_id):
+                    freed.add(slot.server)
             else:
                 w.got.set_result(slot)
+        return False

@@ -61,6 +61,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 THREADS = 12
+LISTEN_CHECK = 30.0  # seconds without a notification before the listener checks its line
 _DATABASE = (OSError, SQLAlchemyError, psycopg.Error, ConnectorException)
 
 
@@ -104,6 +105,7 @@ class Worker:
         # jobs this process is running now, and when each ends
         self._in_hand: dict[tuple[int, str], asyncio.Event] = {}
         self.slots: slots.Slots | None = None
+        self.listening = False  # LISTENing for freed slots (farm.SLOTS_FREED)
 
     async def run(self) -> None:
         """Serve jobs until cancelled (SIGTERM/SIGINT stop it after the jobs in hand)."""
@@ -161,17 +163,44 @@ class Worker:
                 fetch_job_polling_interval=max(0.2, min(5.0, s.lease_seconds / 2)),
                 delete_jobs="successful",
             )
-            sweeper = asyncio.create_task(self._sweep(), name="bridge sweeper")
+            helpers = [
+                asyncio.create_task(self._sweep(), name="bridge sweeper"),
+                asyncio.create_task(self._listen_for_slots(), name="bridge slot listener"),
+            ]
             try:
                 await self.queue_worker.run()  # type: ignore[no-untyped-call]
             finally:
-                sweeper.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await sweeper
+                for helper in helpers:
+                    helper.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await helper
                 worker_id = self.queue_worker.worker_id
                 if worker_id is not None:
                     with contextlib.suppress(SQLAlchemyError, OSError):
                         await asyncio.to_thread(farm.unregister_worker, self.engine, worker_id)
+
+    async def _listen_for_slots(self) -> None:
+        """Wake the slot broker whenever any worker frees a slot; while this is not
+        listening (the database away), the broker polls."""
+        assert self.slots is not None
+        broker = self.slots
+        while True:
+            try:
+                async with await psycopg.AsyncConnection.connect(
+                    queue.conninfo(self.settings.database), autocommit=True
+                ) as conn:
+                    await conn.execute(f"LISTEN {farm.SLOTS_FREED}")
+                    self.listening = True
+                    broker.changed()  # what was freed before we listened
+                    while True:
+                        async for _ in conn.notifies(timeout=LISTEN_CHECK):
+                            broker.changed()
+                        await conn.execute("SELECT 1")  # a connection gone quiet may be gone
+            except _DATABASE as exc:
+                log.debug("not listening for freed slots: %s", exc)
+            finally:
+                self.listening = False
+            await asyncio.sleep(1.0)
 
     async def _sweep(self) -> None:
         """Register this process, then hand stalled workers' jobs back, age the queue, and
@@ -529,8 +558,7 @@ class JobLeases:
             await _outliving(store, farm.ran, engine, slot.server, signature, switched)
             yield w.servers[slot.server].backend
         finally:
-            await asyncio.shield(_outliving(store, farm.release_slot, engine, slot, self.worker_id))
-            w.slots.changed()
+            await asyncio.shield(w.slots.give_back(slot, self.worker_id))
 
 
 async def _outliving(store: Store, call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -573,12 +601,23 @@ class _SlotRows:
             may_switch=may_switch,
         )
 
-    async def release(self, slot: farm.Slot, worker_id: int) -> None:
+    async def release(self, slot: farm.Slot, worker_id: int) -> bool:
         w = self.worker
-        await _outliving(w.store, farm.release_slot, w.engine, slot, worker_id)
+        return await _outliving(w.store, farm.release_slot, w.engine, slot, worker_id)
+
+    async def announce(self, server: str) -> None:
+        """A wake-up, not a record: one lost to an outage is made up by the brokers'
+        backstop look at the slots."""
+        try:
+            await asyncio.to_thread(farm.announce_freed, self.worker.engine, server)
+        except SQLAlchemyError as exc:
+            log.debug("could not announce a freed slot on %s: %s", server, _first_line(exc))
 
     async def outage(self) -> None:
         await self.worker.store.wait_available()
+
+    def woken(self) -> bool:
+        return self.worker.listening
 
     def healthy(self) -> list[str]:
         assert self.worker.pool is not None

@@ -417,6 +417,10 @@ class _Farm:
             for i in range(workers)
         ]
 
+    def workers_cpu(self) -> float:
+        """CPU seconds the worker processes and their ffprobes have used so far."""
+        return sum(_cpu_seconds(proc.pid, children=True) for proc in self.workers)
+
     def submit(self, spec: Path, *extra: str) -> int:
         out = subprocess.run(
             [sys.executable, "-m", "bridge", "submit", str(spec), *extra],
@@ -472,6 +476,30 @@ class _Farm:
 _PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
+def _cpu_seconds(pid: int, *, children: bool = False) -> float:
+    """User and system CPU of a live process, with its reaped children's if asked."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = sum(int(x) for x in fields[11 : 15 if children else 13])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _postgres_cpu() -> float:
+    """CPU seconds of the whole PostgreSQL cluster so far: the postmaster with its reaped
+    backends, and the backends alive now."""
+    import psycopg
+
+    with psycopg.connect(_PG_ADMIN) as conn:
+        backend = conn.execute("SELECT pg_backend_pid()").fetchone()[0]  # type: ignore[index]
+    master = int(Path(f"/proc/{backend}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    total = _cpu_seconds(master, children=True)
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == master:
+                total += _cpu_seconds(int(stat.parent.name))
+    return total
+
+
 def _postgres_answers() -> bool:
     import psycopg
 
@@ -505,14 +533,18 @@ def bench_workers(args: argparse.Namespace) -> dict[str, object]:
             try:
                 time.sleep(3)  # the workers start
                 since = int(time.time() * 1000)
+                cpu, database = farm.workers_cpu(), _postgres_cpu()
                 run_id = farm.submit(_family_spec(farm.folder, jobs, families, "fam"))
                 makespan = farm.wait(run_id)
+                cpu, database = farm.workers_cpu() - cpu, _postgres_cpu() - database
                 busy = _busy_seconds(farm.urls, since)
                 rounds[label].append(
                     {
                         "makespan s": makespan,
                         "utilisation": busy / (servers * makespan),
                         "switches": sum(farm.sim("switches")),
+                        "workers CPU s": cpu,
+                        "PostgreSQL CPU s": database,
                     }
                 )
             finally:

@@ -271,3 +271,136 @@ def test_the_queue_s_waiting_jobs_by_family_stream_and_level(engine: Engine) -> 
     assert demand.count("fa", 0) == 3
     assert demand.count("fa", 10) == 1
     assert demand.stream_waits(0, 2, 10)
+
+
+def test_freed_slots_are_announced_to_listening_workers_when_asked(
+    engine: Engine, pg_url: str
+) -> None:
+    """A release says nothing (the releasing broker may take the slot again itself);
+    announce_freed, and a worker leaving, wake every listening worker."""
+    import psycopg
+
+    me = live_worker(engine)
+    with psycopg.connect(queue.conninfo(pg_url), autocommit=True) as listener:
+        listener.execute(f"LISTEN {farm.SLOTS_FREED}")
+        slot = claim(engine, me, "a1", A)
+        assert slot is not None
+        assert farm.release_slot(engine, slot, me)
+        assert not farm.release_slot(engine, slot, me)  # no longer held
+        assert list(listener.notifies(timeout=0.2)) == []
+        farm.announce_freed(engine, "s1")
+        heard = list(listener.notifies(timeout=2.0, stop_after=1))
+        assert [(n.channel, n.payload) for n in heard] == [(farm.SLOTS_FREED, "s1")]
+        farm.unregister_worker(engine, me)
+        heard = list(listener.notifies(timeout=2.0, stop_after=1))
+        assert [(n.channel, n.payload) for n in heard] == [(farm.SLOTS_FREED, "")]
+
+
+# -- the broker's loop (no database) ----------------------------------------------------------
+
+
+class HeldFarm:
+    """One server whose two slots are both held until one is released; counts the reads
+    and what is announced."""
+
+    def __init__(self, woken: bool) -> None:
+        self._woken = woken
+        self.reads = 0
+        self.free_slots = 0
+        self.announced: list[str] = []
+
+    async def states(self) -> dict[str, farm.ServerState]:
+        self.reads += 1
+        return {"s1": state(A, self.free_slots)}
+
+    async def waiting(self) -> list[farm.Waiting]:
+        return []
+
+    async def claim(self, w: slots.Want, order: list[str], may_switch: dict) -> farm.Slot | None:
+        self.free_slots -= 1
+        return farm.Slot("s1", 0, {})
+
+    async def release(self, slot: farm.Slot, worker_id: int) -> bool:
+        self.free_slots += 1
+        return True
+
+    async def announce(self, server: str) -> None:
+        self.announced.append(server)
+
+    async def outage(self) -> None:
+        pass
+
+    def woken(self) -> bool:
+        return self._woken
+
+    def healthy(self) -> list[str]:
+        return ["s1"]
+
+    def grace(self) -> float:
+        return 60.0
+
+
+def waiter() -> slots.Want:
+    w = want(A)
+    w.got = asyncio.get_running_loop().create_future()
+    w.deadline = asyncio.get_running_loop().time() + 60
+    return w
+
+
+@pytest.mark.parametrize("woken", [True, False])
+def test_while_every_slot_is_held_the_broker_waits_for_one_to_be_freed(woken: bool) -> None:
+    """Told of every freed slot, it reads the slots again only when one is freed (or after
+    the backstop); not told, it keeps looking."""
+
+    async def scenario() -> tuple[int, farm.Slot]:
+        source = HeldFarm(woken)
+        broker = slots.Slots(source, use_affinity=True)
+        claimed = asyncio.create_task(broker.claim(waiter()))
+        await asyncio.sleep(3 * slots.SLOT_POLL[1])
+        reads = source.reads
+        source.free_slots = 1  # another worker freed one: it says so
+        broker.changed()
+        slot = await asyncio.wait_for(claimed, 1.0)
+        return reads, slot
+
+    reads, slot = asyncio.run(scenario())
+    assert slot.server == "s1"
+    assert 3 * slots.SLOT_POLL[1] < slots.SLOT_BACKSTOP
+    if woken:
+        assert reads == 1
+    else:
+        assert reads >= 3
+
+
+def test_a_slot_given_back_goes_to_the_process_s_own_waiter_before_others_hear_of_it() -> None:
+    async def scenario() -> list[str]:
+        source = HeldFarm(woken=True)
+        broker = slots.Slots(source, use_affinity=True)
+        claimed = asyncio.create_task(broker.claim(waiter()))
+        await asyncio.sleep(slots.SLOT_POLL[1])
+        await broker.give_back(farm.Slot("s1", 1, {}), worker_id=1)
+        assert (await asyncio.wait_for(claimed, 1.0)).server == "s1"
+        assert source.announced == []  # taken here: nobody else had to look
+        await broker.give_back(farm.Slot("s1", 0, {}), worker_id=1)  # nobody here waits
+        return source.announced
+
+    assert asyncio.run(scenario()) == ["s1"]
+
+
+def test_a_slot_given_back_that_no_waiter_here_may_take_is_announced() -> None:
+    async def scenario() -> list[str]:
+        source = HeldFarm(woken=True)
+        broker = slots.Slots(source, use_affinity=True)
+        elsewhere = waiter()
+        elsewhere.eligible = ("s2",)  # a server that is not up
+        claimed = asyncio.create_task(broker.claim(elsewhere))
+        await asyncio.sleep(slots.SLOT_POLL[1])
+        await broker.give_back(farm.Slot("s1", 1, {}), worker_id=1)
+        for _ in range(50):
+            if source.announced:
+                break
+            await asyncio.sleep(0.01)
+        claimed.cancel()
+        return source.announced
+
+    assert asyncio.run(scenario()) == ["s1"]

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from bridge.db.farm import SLOTS_FREED
 from tests.conftest import PG_ADMIN, postgres_admin, postgres_url, process_env, simulator
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -246,6 +247,13 @@ def test_server_limits_hold_across_four_workers(
     loads = [sim_state(url)["max_load"] for url in urls]
     assert max(loads) <= 2, loads
     assert sum(len(sim_state(url)["posted"]) for url in urls) == 24
+    # each waited for freed slots by LISTENing, not by polling the slots (bridge.slots)
+    listening = db_rows(
+        pg_url,
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND query = %s",
+        f"LISTEN {SLOTS_FREED}",
+    )
+    assert listening == [(4,)]
 
 
 def test_a_high_run_overtakes_a_long_normal_run(

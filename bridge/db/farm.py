@@ -14,7 +14,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from sqlalchemy import bindparam, text
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 from bridge import affinity
 from bridge.db.store import WORKERS_BACKEND
@@ -26,6 +26,10 @@ _LIVE = (
 )
 _UNFINISHED = ("pending", "submitted", "running")
 RUN_LOCK = 0x6272  # pg_advisory_lock(int, int) class key for finishing a run
+# NOTIFY channel: a slot is free (its server's name as payload, if one). Workers LISTEN on
+# it instead of polling the slots while every one is held; a slot freed by a lease running
+# out writes nothing, so the brokers still look now and then (slots.SLOT_BACKSTOP).
+SLOTS_FREED = "bridge_slots_freed"
 
 
 @dataclass(frozen=True)
@@ -389,16 +393,31 @@ def waiting(engine: Engine, task: str, level: int) -> list[Waiting]:
         return [Waiting(r.family, r.lane, int(r.priority), int(r.n)) for r in rows]
 
 
-def release_slot(engine: Engine, slot: Slot, worker_id: int) -> None:
-    """Free the slot if this worker still holds it (a take-over may have moved it on)."""
+def release_slot(engine: Engine, slot: Slot, worker_id: int) -> bool:
+    """Free the slot if this worker still holds it (a take-over may have moved it on);
+    whether it did. Other workers are not told: see announce_freed."""
     with engine.begin() as conn:
-        conn.execute(
+        freed = conn.execute(
             text(
                 "UPDATE server_slots SET worker_id = NULL, run_id = NULL, job_id = NULL, "
                 "claimed_at = NULL WHERE server = :s AND slot = :n AND worker_id = :me"
             ),
             {"s": slot.server, "n": slot.slot, "me": worker_id},
         )
+        return bool(freed.rowcount)
+
+
+def announce_freed(engine: Engine, server: str) -> None:
+    """Tell every worker that a slot on `server` is free."""
+    with engine.begin() as conn:
+        _slots_freed(conn, server)
+
+
+def _slots_freed(conn: Connection, server: str = "") -> None:
+    """Wake the workers' slot brokers when this transaction commits."""
+    conn.execute(
+        text("SELECT pg_notify(:channel, :server)"), {"channel": SLOTS_FREED, "server": server}
+    )
 
 
 def signatures(engine: Engine) -> dict[str, dict[str, float]]:
@@ -446,6 +465,7 @@ def unregister_worker(engine: Engine, worker_id: int) -> None:
         conn.execute(
             text("UPDATE jobs SET worker_id = NULL WHERE worker_id = :id"), {"id": worker_id}
         )
+        _slots_freed(conn)  # what it held is free, but for prompts still on their servers
 
 
 def worker_alive(engine: Engine, worker_id: int) -> bool:
@@ -460,9 +480,11 @@ def worker_alive(engine: Engine, worker_id: int) -> bool:
 def prune_workers(engine: Engine) -> None:
     """Forget the processes whose queue worker the queue itself has pruned."""
     with engine.begin() as conn:
-        conn.execute(
+        gone = conn.execute(
             text("DELETE FROM workers WHERE id NOT IN (SELECT id FROM procrastinate_workers)")
         )
+        if gone.rowcount:
+            _slots_freed(conn)
 
 
 def workers(engine: Engine) -> list[WorkerRow]:
