@@ -516,7 +516,8 @@ def bench_workers(args: argparse.Namespace) -> dict[str, object]:
     families written interleaved; job and switch times scaled by --scale (1.0: 1 s jobs,
     2 s switches); medians of --farm-repeat rounds. Utilisation = sum of job time /
     (makespan x servers), switch time not counted as work; switches as counted by the
-    servers."""
+    servers; CPU of the worker processes (their ffprobes included) and of PostgreSQL over
+    the run, which on one host is taken from the servers."""
     servers, families, jobs = 6, 4, args.jobs
     job_s, switch_s = 1.0 * args.scale, 2.0 * args.scale
     figures: dict[str, object] = {"servers": servers, "jobs": jobs, "job s": job_s}
