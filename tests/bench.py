@@ -240,19 +240,33 @@ def _start_sims(count: int, job_seconds: float) -> tuple[list[subprocess.Popen],
     return procs, urls
 
 
-def _busy_seconds(urls: list[str], since_ms: int) -> float:
-    """Sum over servers of execution time (execution_start to the end), from /history."""
+def _spans(url: str, since_ms: int) -> list[tuple[float, float]]:
+    """A server's executions since `since_ms` (start, end in seconds), from /history."""
     import urllib.request
 
-    total = 0.0
+    with urllib.request.urlopen(f"{url}/history?max_items=100000") as resp:
+        history = json.load(resp)
+    spans = []
+    for entry in history.values():
+        stamps = [m[1]["timestamp"] for m in entry["status"]["messages"] if "timestamp" in m[1]]
+        if stamps and min(stamps) >= since_ms:
+            spans.append((min(stamps) / 1000, max(stamps) / 1000))
+    return sorted(spans)
+
+
+def _busy_seconds(urls: list[str], since_ms: int) -> float:
+    """Sum over servers of execution time (execution_start to the end)."""
+    return sum(end - start for url in urls for start, end in _spans(url, since_ms))
+
+
+def _idle_seconds(urls: list[str], since_ms: int) -> list[float]:
+    """Each server's time between one execution's end and the next one's start: what the
+    scheduling left idle (a model switch's delay included), apart from the start and end."""
+    idle = []
     for url in urls:
-        with urllib.request.urlopen(f"{url}/history?max_items=100000") as resp:
-            history = json.load(resp)
-        for entry in history.values():
-            stamps = [m[1]["timestamp"] for m in entry["status"]["messages"] if "timestamp" in m[1]]
-            if stamps and min(stamps) >= since_ms:
-                total += (max(stamps) - min(stamps)) / 1000
-    return total
+        spans = _spans(url, since_ms)
+        idle.append(sum(max(0.0, b[0] - a[1]) for a, b in itertools.pairwise(spans)))
+    return idle
 
 
 def _small_spec(folder: Path, jobs: int, *, assemble: bool = False) -> Path:
@@ -516,8 +530,10 @@ def bench_workers(args: argparse.Namespace) -> dict[str, object]:
     families written interleaved; job and switch times scaled by --scale (1.0: 1 s jobs,
     2 s switches); medians of --farm-repeat rounds. Utilisation = sum of job time /
     (makespan x servers), switch time not counted as work; switches as counted by the
-    servers; CPU of the worker processes (their ffprobes included) and of PostgreSQL over
-    the run, which on one host is taken from the servers."""
+    servers; a job's mean execution time on the servers (1 s plus the simulator's ffmpeg,
+    which a busy host slows) and the most time a server spent idle between two prompts;
+    CPU of the worker processes (their ffprobes included) and of PostgreSQL over the run,
+    which on one host is taken from the servers."""
     servers, families, jobs = 6, 4, args.jobs
     job_s, switch_s = 1.0 * args.scale, 2.0 * args.scale
     figures: dict[str, object] = {"servers": servers, "jobs": jobs, "job s": job_s}
@@ -543,6 +559,10 @@ def bench_workers(args: argparse.Namespace) -> dict[str, object]:
                     {
                         "makespan s": makespan,
                         "utilisation": busy / (servers * makespan),
+                        "execution s per job": busy / jobs,
+                        "idle between prompts s, most of a server": max(
+                            _idle_seconds(farm.urls, since)
+                        ),
                         "switches": sum(farm.sim("switches")),
                         "workers CPU s": cpu,
                         "PostgreSQL CPU s": database,
