@@ -1,10 +1,11 @@
 """Which of a worker's waiting jobs gets which free server slot.
 
 One loop per worker process reads every server's state in one query and hands the free
-slots to the process's waiting jobs, highest priority first. A slot freed by any worker
-wakes it at once (a NOTIFY); while every slot is held it waits for that instead of polling
-the servers' state ten times a second. (Each job polling on its own cost two queries a job
-every poll, and let only the first waiter ask.)
+slots to the process's waiting jobs, highest priority first. A worker that frees a slot
+offers it to its own waiting jobs first and, if none takes it, announces it (a NOTIFY) to
+wake the other workers' loops; while every slot is held a loop waits for that instead of
+polling the servers' state ten times a second. (Each job polling on its own cost two
+queries a job every poll, and let only the first waiter ask.)
 
 Affinity: a job takes the free slot on the server that has the most of it loaded. Ready
 jobs are queued as one stream per server (queue.streams), each a stretch of jobs sharing
@@ -206,7 +207,7 @@ class Farm(Protocol):
     async def announce(self, server: str) -> None: ...
     async def outage(self) -> None: ...
     def woken(self) -> bool:
-        """Whether a slot freed by any process calls the broker's changed() now."""
+        """Whether a slot another process announces calls the broker's changed() now."""
         ...
 
     def healthy(self) -> list[str]: ...
