@@ -247,7 +247,8 @@ async def soft_checks(
         ]
     )
     if status != 0:
-        raise ProbeError(f"{path.name}: decoding failed: {text.strip().splitlines()[-1:]}")
+        tail = " ".join(text.strip().splitlines()[-1:])
+        raise ProbeError(f"{path.name}: decoding failed: {tail}")
     checks = []
     if black:
         dark = min(seconds, sum(float(x) for x in _BLACK.findall(text)))

@@ -211,3 +211,15 @@ def _running(marker: str) -> bool:
         with contextlib.suppress(OSError):
             found = found or cmdline.read_bytes() == b"sleep\0" + marker.encode() + b"\0"
     return found
+
+
+async def test_a_failed_decoding_pass_says_what_ffmpeg_said(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def failing(argv: list[str]) -> tuple[int, str]:
+        return 1, "frame=1\n[h264 @ 0x1] Invalid NAL unit size\n"
+
+    monkeypatch.setattr(background, "stderr_of", failing)
+    with pytest.raises(ProbeError) as caught:
+        await probe.soft_checks(tmp_path / "shot.mp4", 2.0)
+    assert caught.value.message == "shot.mp4: decoding failed: [h264 @ 0x1] Invalid NAL unit size"

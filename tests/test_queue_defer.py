@@ -47,7 +47,7 @@ async def test_a_runs_ready_jobs_are_queued_in_order_and_another_workers_copy_is
         assert [lock for _, _, lock in first] == [f"{run_id}/{j}" for j in renders]
         assert [p for _, p, _ in first] == sorted((p for _, p, _ in first), reverse=True)
 
-        # Another worker queued s02 a moment ago: the batch meets its lock, the others are
+        # Another worker queued the third render a moment ago: the batch meets its lock, the others are
         # queued one by one, and its copy is the only one.
         with store.engine.begin() as conn:
             conn.execute(text("DELETE FROM procrastinate_jobs"))
