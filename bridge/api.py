@@ -501,6 +501,8 @@ class Api:
         """Start the run and answer with its id; a project already rendering gets a 409
         naming the run under way (runs of one project never queue behind each other here).
         With BRIDGE_WORKERS the run is submitted to the workers instead (the same answer)."""
+        if not self.store.available:  # refused rather than accepted and not recorded
+            return _database_down()
         if self.runner.settings.workers:
             level = spec.priority if priority is None else priority
             run_id = await submit(
@@ -516,8 +518,6 @@ class Api:
                 run_id=running,
                 links={"status": f"/api/status/{running}"} if running else {},
             )
-        if not self.store.available:  # refused rather than accepted and not recorded
-            return _database_down()
         if self.runner.pool is None and not self.deps.get("comfyui", {}).get("up"):
             problem = self.deps.get("comfyui", {}).get("error", "no render server is up yet")
             return _problem(503, f"cannot render now: {problem}")

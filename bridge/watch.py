@@ -310,6 +310,7 @@ class WatchFolder:
             self.echo(f"rejected {name}: {exc}")
             return
         if self.runner.settings.workers:  # the workers wait for the servers themselves
+            await self._database_ready(claimed)
             await self._submit(claimed, spec, plan)
             return
         while True:

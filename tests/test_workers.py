@@ -495,6 +495,28 @@ def test_watch_folder_and_api_submit_to_the_workers(
         stop(watch)
 
 
+def test_the_watch_folder_submits_to_a_database_no_worker_has_opened_yet(
+    tmp_path: Path, farm_factory: Callable[..., Farm], pg_url: str
+) -> None:
+    """The watch folder brings the schema up itself before it submits, as a run would:
+    a worker starting beside it may not have made the tables yet."""
+    from tests.test_front_doors import start, stop
+
+    farm = farm_factory([], BRIDGE_BACKEND="preview", BRIDGE_WORKERS="1")
+    farm.env.pop("COMFYUI_URL")
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    watch, _ = start(["watch", str(inbox)], farm.env)
+    try:
+        (inbox / "early.yaml").write_bytes(flat_spec(tmp_path, 2, "early").read_bytes())
+        run_id = filed_run(inbox, "early.yaml")
+        assert db_rows(pg_url, "SELECT status FROM runs WHERE id = %s", run_id) == [("running",)]
+        farm.start("w1")
+        assert wait_run(pg_url, run_id, timeout=90) == "succeeded"
+    finally:
+        stop(watch)
+
+
 def test_a_directed_spec_dropped_in_the_watch_folder_renders_on_the_workers(
     tmp_path: Path, farm_factory: Callable[..., Farm], pg_url: str
 ) -> None:
