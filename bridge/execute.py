@@ -201,7 +201,8 @@ class Executor:
         workflow: Path | None = None,
         meta: dict[str, Any] | None = None,
     ) -> JobResult:
-        """Probe and check the main output, record the asset, and describe the result."""
+        """Probe and check the main output, and describe the result (its asset is recorded
+        with the job's success)."""
         from bridge import probe  # needed once an output exists, not before the first prompt
 
         main = files[0]
@@ -237,7 +238,6 @@ class Executor:
                     workflow=workflow if i == 0 else None,
                 )
             )
-        self.recorder.asset(job, records[0])
         result = JobResult(
             files=tuple(records),
             server=server,

@@ -17,7 +17,7 @@ from sqlalchemy.exc import DBAPIError
 
 from bridge import manifest, outputs
 from bridge.db.models import GeneratedAsset
-from bridge.db.store import Resumable, Store
+from bridge.db.store import Asset, Resumable, Store
 from bridge.events import Event, JobFailed, JobSkipped, JobStarted, JobSucceeded
 from bridge.freshness import Reason, as_text
 from bridge.manifest import JobResult, OutputFile
@@ -153,8 +153,10 @@ class Recorder:
             case JobStarted(job_id, attempt):
                 store.mark_running(run_id, job_id, attempt)
             case JobSucceeded(job_id, seconds, result):
-                store.mark_done(run_id, job_id, JobState.SUCCEEDED, seconds=seconds)
-                store.log(run_id, "job_succeeded", job_id, data={"seconds": round(seconds, 3)})
+                done = isinstance(result, JobResult) and result.files
+                asset = self._asset(result.files[0]) if done else None
+                job = self.plan.job(job_id)
+                store.succeeded(run_id, self.spec, job, seconds=seconds, asset=asset)
                 files = [str(f.path) for f in result.files] if result else []
                 self._notify(
                     "job_finished",
@@ -205,17 +207,14 @@ class Recorder:
             self.run_id, "quality_failed", job.id, data={"reason": reason, "reseed": reseed}
         )
 
-    def asset(self, job: Job, main: OutputFile) -> None:
+    def _asset(self, main: OutputFile) -> Asset:
         path = main.path
-        self.store.add_asset(
-            self.run_id,
-            self.spec,
-            job,
+        return Asset(
             path=path.relative_to(self.root).as_posix()
             if path.is_relative_to(self.root)
             else str(path),
             sha256=main.sha256,
-            size=main.bytes,
+            bytes=main.bytes,
             probe=main.probe,
             quality=main.quality,
         )

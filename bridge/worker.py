@@ -37,7 +37,7 @@ from bridge import affinity, farm_runs, preflight, queue, slots
 from bridge.backends.base import Backend
 from bridge.backends.pool import ServerPool
 from bridge.db import farm
-from bridge.db.store import Resumable, Store
+from bridge.db.store import Store
 from bridge.errors import (
     BridgeError,
     ConfigError,
@@ -48,7 +48,6 @@ from bridge.errors import (
 )
 from bridge.events import Event, JobStarted
 from bridge.execute import Executor
-from bridge.manifest import OutputFile
 from bridge.plan import Job
 from bridge.record import Recorder
 from bridge.runner import Runner
@@ -319,7 +318,6 @@ class Worker:
             notify=log.warning,
         )
         executor.results.update(results)
-        recorder.reattach = executor.resumable
         scheduler = Scheduler(
             sub,
             executor,
@@ -436,16 +434,14 @@ class ClaimedRecorder(Recorder):
     only if the claim still stands; once lost, nothing more is written for the job.
 
     A worker outlives database outages, so a write that fails for want of the database is
-    not the job's failure: an event's record waits for the database and is written then;
-    a failed commit before the POST or of the output's asset is a transient error, retried
-    (after the POST, by re-attaching to the prompt, never by posting it again).
+    not the job's failure: an event's record waits for the database and is written then
+    (a success with its output's asset too: the output is on disk, its facts in hand); a
+    failed commit before the POST is a transient error, retried (nothing was posted).
     """
 
     worker_id = 0
     lost = False
-    reattach: dict[str, Resumable]  # the executor's: prompts its next attempt asks for first
     _loop: asyncio.AbstractEventLoop
-    _posted: Resumable | None = None
 
     def submitting(self, job: Job, prompt_id: str, server: str, attempt: int) -> None:
         try:
@@ -463,7 +459,6 @@ class ClaimedRecorder(Recorder):
         if not mine:
             self.lost = True
             raise ClaimLost(job.id)
-        self._posted = Resumable(prompt_id, server)
 
     async def __call__(self, event: Event) -> None:
         """Written on a thread: the loop serves every job of the worker meanwhile."""
@@ -493,16 +488,6 @@ class ClaimedRecorder(Recorder):
         engine, run_id = self.store.engine, self.run_id
         if not farm.mark_running(engine, run_id, event.job_id, self.worker_id, event.attempt):
             self.lost = True
-
-    def asset(self, job: Job, main: OutputFile) -> None:
-        if self.lost:
-            return
-        try:
-            super().asset(job, main)
-        except SQLAlchemyError as exc:
-            if self._posted is not None:
-                self.reattach[job.hash] = self._posted
-            raise TransientBackendError(f"database unavailable: {_first_line(exc)}") from None
 
 
 def _first_line(exc: BaseException) -> str:

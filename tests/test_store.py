@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from sqlmodel import select
 
 from bridge.compile import compile_plan
-from bridge.db.models import Run
-from bridge.db.store import Resumable, Store
+from bridge.db.models import GeneratedAsset, Run
+from bridge.db.store import Asset, Resumable, Store
 from bridge.errors import ConfigError
 from bridge.spec.validate import load_spec
-from bridge.states import JobState, RunState
+from bridge.states import RunState
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -33,24 +35,28 @@ def test_spec_rows_runs_jobs_assets_and_resume(database_url: str) -> None:
         later = store.create_run(spec, "http://a", preview=False, settings={})
         store.take_over(later, render.hash)
         assert store.resumable("moonlit-garden", [render.hash]) == {}
-        store.mark_done(run_id, render.id, JobState.SUCCEEDED, seconds=1.5)
-        asset_id = store.add_asset(
-            run_id,
-            spec,
-            render,
+        asset = Asset(
             path="moonlit-garden/garden/s01/render.mp4",
             sha256="ab" * 32,
-            size=10,
+            bytes=10,
             probe={"width": 704},
             quality={"score": 1.0},
         )
-        assert asset_id > 0
+        store.succeeded(run_id, spec, render, seconds=1.5, asset=asset)
+        # a retry after a commit whose answer was lost: nothing is recorded twice
+        store.succeeded(run_id, spec, render, seconds=9.0, asset=asset)
+        with store.session() as s:
+            (asset_id,) = s.exec(select(GeneratedAsset.id).where(GeneratedAsset.run_id == run_id))
+        (succeeded,) = store.events(run_id)
+        assert (succeeded.kind, succeeded.data) == ("job_succeeded", {"seconds": 1.5})
+        with pytest.raises(LookupError):
+            store.succeeded(run_id, spec, replace(render, id="render:nope"), seconds=1, asset=None)
         found = store.find_assets("moonlit-garden", [render.hash, "nope"])
         assert list(found) == [render.hash]
         assert found[render.hash].probe == {"width": 704}
         assert store.latest_by_job("moonlit-garden")[render.id].id == asset_id
         store.log(run_id, "job_failed", render.id, data={"kind": "timeout", "final": True})
-        (event,) = store.events(run_id)
+        (_, event) = store.events(run_id)
         assert (event.kind, event.job_id) == ("job_failed", render.id)
         assert event.data == {"kind": "timeout", "final": True}
         counts = store.count_jobs(run_id)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event, func, or_, text
+from sqlalchemy import event, func, or_, text, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlmodel import Session, col, create_engine, select
@@ -43,6 +43,17 @@ from bridge.states import RESUMABLE, UNFINISHED, JobState, RunState
 
 logger = logging.getLogger(__name__)
 WORKERS_BACKEND = "workers"  # a run submitted to `bridge worker`s
+
+
+@dataclass(frozen=True)
+class Asset:
+    """A job's main output as it is recorded: path relative to OUTPUT_PATH where it can be."""
+
+    path: str
+    sha256: str
+    bytes: int
+    probe: Mapping[str, Any] | None
+    quality: Mapping[str, Any] | None
 
 
 @dataclass(frozen=True)
@@ -287,13 +298,16 @@ class Store:
             s.commit()
 
     def _update(self, run_id: int, job_id: str, **values: Any) -> None:
+        """One UPDATE of the job's row, without reading it first."""
         with self.session() as s:
-            row = s.exec(
-                select(JobRecord).where(JobRecord.run_id == run_id, JobRecord.job_id == job_id)
-            ).one()
-            for key, value in values.items():
-                setattr(row, key, value)
-            s.add(row)
+            done: Any = s.execute(
+                update(JobRecord)
+                .where(col(JobRecord.run_id) == run_id, col(JobRecord.job_id) == job_id)
+                .values(**values)
+                .execution_options(synchronize_session=False)
+            )
+            if done.rowcount != 1:
+                raise LookupError(f"job {job_id} of run {run_id} is not in the job store")
             s.commit()
 
     def mark_submitting(
@@ -412,48 +426,70 @@ class Store:
 
     # -- assets --------------------------------------------------------------------------
 
-    def add_asset(
-        self,
-        run_id: int,
-        spec: Spec,
-        job: Job,
-        *,
-        path: str,
-        sha256: str,
-        size: int,
-        probe: Mapping[str, Any] | None,
-        quality: Mapping[str, Any] | None,
-    ) -> int:
+    def succeeded(
+        self, run_id: int, spec: Spec, job: Job, *, seconds: float, asset: Asset | None
+    ) -> None:
+        """The job's success, its main output's asset and the event, in one transaction: an
+        asset is never recorded apart from the success it belongs to, and a job costs one
+        commit here, not three. A job recorded as succeeded already is left as it is, so a
+        write retried after a commit whose answer was lost adds nothing twice."""
         with self.session() as s:
-            asset = GeneratedAsset(
-                project_id=spec.project.id,
-                run_id=run_id,
-                job_id=job.id,
-                job_hash=job.hash,
-                kind=job.kind.value,
-                scene_id=job.scene,
-                shot_id=job.shot,
-                path=path,
-                sha256=sha256,
-                bytes=size,
-                probe=dict(probe) if probe else None,
-                quality=dict(quality) if quality else None,
-            )
-            s.add(asset)
-            s.flush()
-            assert asset.id is not None
-            s.add(
-                SsotTracking(
-                    asset_id=asset.id,
-                    project_id=spec.project.id,
-                    spec_file=spec.file,
-                    spec_revision=spec.revision,
-                    job_hash=job.hash,
-                    run_id=run_id,
+            done: Any = s.execute(
+                update(JobRecord)
+                .where(
+                    col(JobRecord.run_id) == run_id,
+                    col(JobRecord.job_id) == job.id,
+                    col(JobRecord.state) != JobState.SUCCEEDED.value,
                 )
+                .values(
+                    state=JobState.SUCCEEDED.value,
+                    finished_at=utcnow(),
+                    error=None,
+                    seconds=seconds,
+                )
+                .execution_options(synchronize_session=False)
             )
+            if done.rowcount != 1:
+                if self._state(s, run_id, job.id) is None:
+                    raise LookupError(f"job {job.id} of run {run_id} is not in the job store")
+                return
+            if asset is not None:
+                row = GeneratedAsset(
+                    project_id=spec.project.id,
+                    run_id=run_id,
+                    job_id=job.id,
+                    job_hash=job.hash,
+                    kind=job.kind.value,
+                    scene_id=job.scene,
+                    shot_id=job.shot,
+                    path=asset.path,
+                    sha256=asset.sha256,
+                    bytes=asset.bytes,
+                    probe=dict(asset.probe) if asset.probe else None,
+                    quality=dict(asset.quality) if asset.quality else None,
+                )
+                s.add(row)
+                s.flush()
+                assert row.id is not None
+                s.add(
+                    SsotTracking(
+                        asset_id=row.id,
+                        project_id=spec.project.id,
+                        spec_file=spec.file,
+                        spec_revision=spec.revision,
+                        job_hash=job.hash,
+                        run_id=run_id,
+                    )
+                )
+            data = {"seconds": round(seconds, 3)}
+            s.add(EventRecord(run_id=run_id, job_id=job.id, kind="job_succeeded", data=data))
             s.commit()
-            return asset.id
+
+    @staticmethod
+    def _state(s: Session, run_id: int, job_id: str) -> str | None:
+        return s.exec(
+            select(JobRecord.state).where(JobRecord.run_id == run_id, JobRecord.job_id == job_id)
+        ).first()
 
     def find_assets(self, project_id: str, hashes: Iterable[str]) -> dict[str, GeneratedAsset]:
         """The newest asset for each job hash (main output first), if any."""
