@@ -256,25 +256,19 @@ class Worker:
             return
         ended = self._in_hand[key] = asyncio.Event()  # set before any await: no race here
         try:
-            lease = self.settings.lease_seconds
-            claim = await asyncio.to_thread(
-                farm.claim_job, self.engine, run_id, job_id, worker_id, lease
-            )
-            if claim is None:
-                raise Held(f"{job_id} of run {run_id} is held by a live worker")
-            ctx = await self._context(run_id)
-            if ctx is not None and not claim.state.finished:
-                await asyncio.to_thread(
-                    self.store.log,
-                    run_id,
-                    "job_claimed",
-                    job_id,
-                    {"worker": self.name, "took_over": claim.took_over},
+            ctx = await self._context(run_id)  # None: the run ended, its spec unreadable
+            if ctx is not None:
+                lease = self.settings.lease_seconds
+                claim = await asyncio.to_thread(
+                    farm.claim_job, self.engine, run_id, job_id, worker_id, lease, self.name
                 )
-                priority = context.job.priority or 0
-                lane = context.job.task_kwargs.get("lane")  # the server stream it was queued in
-                lane = lane if isinstance(lane, int) else None
-                await self._run_one(ctx, ctx.plan.job(job_id), worker_id, priority, lane)
+                if claim is None:
+                    raise Held(f"{job_id} of run {run_id} is held by a live worker")
+                if not claim.state.finished:
+                    priority = context.job.priority or 0
+                    lane = context.job.task_kwargs.get("lane")  # its server stream, if any
+                    lane = lane if isinstance(lane, int) else None
+                    await self._run_one(ctx, ctx.plan.job(job_id), worker_id, priority, lane)
         finally:
             del self._in_hand[key]
             ended.set()
@@ -524,7 +518,6 @@ class JobLeases:
         w = self.worker
         assert w.pool is not None
         assert w.slots is not None
-        engine, store = w.engine, w.store
         signature = affinity.signature(self.job.workflow) if self.job.kind.remote else {}
         want = slots.Want(
             run_id=self.run_id,
@@ -539,8 +532,6 @@ class JobLeases:
         )
         slot = await w.slots.claim(want)
         try:
-            switched = affinity.switches(slot.loaded, signature)
-            await _outliving(store, farm.ran, engine, slot.server, signature, switched)
             yield w.servers[slot.server].backend
         finally:
             await asyncio.shield(w.slots.give_back(slot, self.worker_id))
@@ -582,7 +573,8 @@ class _SlotRows:
             run_id=want.run_id,
             job_id=want.job_id,
             lease=w.settings.lease_seconds,
-            signature=want.signature if w.settings.affinity else None,
+            signature=want.signature,
+            guard=w.settings.affinity,
             may_switch=may_switch,
         )
 

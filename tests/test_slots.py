@@ -213,9 +213,19 @@ def live_worker(engine: Engine) -> int:
         )
 
 
-def claim(engine: Engine, worker: int, job: str, signature: dict, **kw: object) -> farm.Slot | None:
+def claim(
+    engine: Engine, worker: int, job: str, signature: dict, guard: bool = True, **kw: object
+) -> farm.Slot | None:
     return farm.claim_slot(
-        engine, ["s1"], worker_id=worker, run_id=1, job_id=job, lease=30, signature=signature, **kw
+        engine,
+        ["s1"],
+        worker_id=worker,
+        run_id=1,
+        job_id=job,
+        lease=30,
+        signature=signature,
+        guard=guard,
+        **kw,
     )
 
 
@@ -242,6 +252,22 @@ def test_a_claim_switches_a_busy_server_only_as_the_broker_last_saw_it(engine: E
     assert claim(engine, me, "c1", {"ckpt-c": 10.0}, may_switch=stale) is None
     seen = {"s1": A}
     assert claim(engine, me, "c1", {"ckpt-c": 10.0}, may_switch=seen) is not None
+
+
+@pytest.mark.parametrize("guard", [True, False])
+def test_a_claim_counts_the_server_s_job_and_a_switch_when_its_models_differ(
+    engine: Engine, guard: bool
+) -> None:
+    """Counted in the claim's own transaction, with or without affinity routing."""
+    me = live_worker(engine)
+    counts = []
+    for job, signature in (("a1", A), ("a2", A2), ("b1", B)):
+        slot = claim(engine, me, job, signature, guard=guard)
+        assert slot is not None
+        farm.release_slot(engine, slot, me)
+        counts.append(farm.server_counts(engine)["s1"])
+    assert counts == [(1, 1), (2, 1), (3, 2)]  # (jobs, switches): A2 loads nothing new
+    assert farm.signatures(engine)["s1"] == B
 
 
 def queued(engine: Engine, family: str, lane: int | None, priority: int) -> None:

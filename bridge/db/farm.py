@@ -58,10 +58,11 @@ class WorkerRow:
 
 
 def claim_job(
-    engine: Engine, run_id: int, job_id: str, worker_id: int, lease: float
+    engine: Engine, run_id: int, job_id: str, worker_id: int, lease: float, worker: str
 ) -> Claim | None:
-    """Hold the job for `worker_id`: a finished row is returned as it is (its follow-ups may
-    still be due); None when another live worker holds it."""
+    """Hold the job for `worker_id` (named `worker` in the run's events, in the same
+    transaction): a finished row is returned as it is (its follow-ups may still be due);
+    None when another live worker holds it."""
     with engine.begin() as conn:
         row = conn.execute(
             text(
@@ -78,11 +79,23 @@ def claim_job(
         holder = row.worker_id
         if holder is not None and holder != worker_id and row.alive:
             return None
+        took_over = holder is not None and holder != worker_id
         conn.execute(
             text("UPDATE jobs SET worker_id = :me WHERE run_id = :run AND job_id = :job"),
             {"me": worker_id, "run": run_id, "job": job_id},
         )
-        return Claim(state, took_over=holder is not None and holder != worker_id)
+        conn.execute(
+            text(
+                "INSERT INTO events (run_id, job_id, at, kind, data) "
+                "VALUES (:run, :job, now(), 'job_claimed', CAST(:data AS JSON))"
+            ),
+            {
+                "run": run_id,
+                "job": job_id,
+                "data": json.dumps({"worker": worker, "took_over": took_over}),
+            },
+        )
+        return Claim(state, took_over=took_over)
 
 
 def mark_submitting(
@@ -268,7 +281,8 @@ def claim_slot(
     run_id: int,
     job_id: str,
     lease: float,
-    signature: Mapping[str, float] | None = None,
+    signature: Mapping[str, float],
+    guard: bool,
     may_switch: Mapping[str, Mapping[str, float]] | None = None,
 ) -> Slot | None:
     """A free slot on the first of `servers` that has one, or None.
@@ -278,15 +292,16 @@ def claim_slot(
     whichever worker takes the job over: its prompt may still be on the server, and the
     server must never hold more of bridge's prompts than its slots.
 
-    With the job's cache `signature` (affinity), a server busy with other models is taken
+    The claim is the server's next job: it writes the job's cache `signature` as the
+    server's and counts the job, and a model switch when the two share too little, in the
+    same transaction. With `guard` (affinity), a server busy with other models is taken
     only if `may_switch` names it with the signature it still has; the servers are locked
     while their signatures are read and the job's written, so two workers never load two
     families on one server at once.
     """
     if not servers:
         return None
-    guard = signature is not None
-    heavy = sorted(affinity.heavy(signature or {}))
+    heavy = sorted(affinity.heavy(signature)) if guard else []
     with engine.begin() as conn:
         if guard:
             conn.execute(
@@ -329,12 +344,19 @@ def claim_slot(
             ),
             {"me": worker_id, "run": run_id, "job": job_id, "s": row.server, "n": row.slot},
         )
-        if guard:
-            conn.execute(
-                text("UPDATE servers SET signature = CAST(:sig AS JSON) WHERE name = :s"),
-                {"sig": json.dumps(dict(signature or {})), "s": row.server},
-            )
-        return Slot(row.server, row.slot, dict(row.signature or {}))
+        loaded = dict(row.signature or {})
+        conn.execute(
+            text(
+                "UPDATE servers SET signature = CAST(:sig AS JSON), jobs = jobs + 1, "
+                "switches = switches + :sw WHERE name = :s"
+            ),
+            {
+                "sig": json.dumps(dict(signature)),
+                "sw": int(affinity.switches(loaded, signature)),
+                "s": row.server,
+            },
+        )
+        return Slot(row.server, row.slot, loaded)
 
 
 @dataclass(frozen=True)
@@ -425,19 +447,6 @@ def signatures(engine: Engine) -> dict[str, dict[str, float]]:
     with engine.connect() as conn:
         rows = conn.execute(text("SELECT name, signature FROM servers"))
         return {r.name: dict(r.signature or {}) for r in rows}
-
-
-def ran(engine: Engine, server: str, signature: Mapping[str, float], switched: bool) -> None:
-    """`server` was given a job with `signature`; `switched` when it shares too little
-    with the job before it (its models are reloaded)."""
-    with engine.begin() as conn:
-        conn.execute(
-            text(
-                "UPDATE servers SET signature = CAST(:sig AS JSON), jobs = jobs + 1, "
-                "switches = switches + :sw WHERE name = :s"
-            ),
-            {"sig": json.dumps(dict(signature)), "sw": int(switched), "s": server},
-        )
 
 
 def server_counts(engine: Engine) -> dict[str, tuple[int, int]]:
