@@ -466,6 +466,18 @@ class _Farm:
             time.sleep(0.5)
         raise TimeoutError(run_id)
 
+    def transactions(self) -> int:
+        """Transactions committed in the farm's database so far, as PostgreSQL counts them."""
+        import psycopg
+
+        time.sleep(1.5)  # a backend reports its counts at most once a second
+        with psycopg.connect(_PG_ADMIN) as conn:
+            conn.execute("SELECT pg_stat_clear_snapshot()")
+            row = conn.execute(
+                "SELECT xact_commit FROM pg_stat_database WHERE datname = %s", (self.db,)
+            ).fetchone()
+        return int(row[0]) if row else 0
+
     def sim(self, key: str) -> list:
         import urllib.request
 
@@ -533,7 +545,8 @@ def bench_workers(args: argparse.Namespace) -> dict[str, object]:
     servers; a job's mean execution time on the servers (1 s plus the simulator's ffmpeg,
     which a busy host slows) and the most time a server spent idle between two prompts;
     CPU of the worker processes (their ffprobes included) and of PostgreSQL over the run,
-    which on one host is taken from the servers."""
+    which on one host is taken from the servers; the transactions committed per job in the
+    farm's database (the queue's and read-only ones included: PostgreSQL's count)."""
     servers, families, jobs = 6, 4, args.jobs
     job_s, switch_s = 1.0 * args.scale, 2.0 * args.scale
     figures: dict[str, object] = {"servers": servers, "jobs": jobs, "job s": job_s}
@@ -550,10 +563,11 @@ def bench_workers(args: argparse.Namespace) -> dict[str, object]:
             try:
                 time.sleep(3)  # the workers start
                 since = int(time.time() * 1000)
-                cpu, database = farm.workers_cpu(), _postgres_cpu()
+                cpu, database, commits = farm.workers_cpu(), _postgres_cpu(), farm.transactions()
                 run_id = farm.submit(_family_spec(farm.folder, jobs, families, "fam"))
                 makespan = farm.wait(run_id)
                 cpu, database = farm.workers_cpu() - cpu, _postgres_cpu() - database
+                commits = farm.transactions() - commits
                 busy = _busy_seconds(farm.urls, since)
                 rounds[label].append(
                     {
@@ -566,6 +580,7 @@ def bench_workers(args: argparse.Namespace) -> dict[str, object]:
                         "switches": sum(farm.sim("switches")),
                         "workers CPU s": cpu,
                         "PostgreSQL CPU s": database,
+                        "transactions per job": commits / jobs,
                     }
                 )
             finally:
