@@ -223,6 +223,8 @@ def test_kill_9_workers_at_random_loses_and_duplicates_nothing(
     assert len(posted) == len(set(posted)), "a prompt_id was posted twice"
     renders = {p for job, _, p in jobs if job.startswith("render:")}
     assert set(posted) == renders  # every render's final prompt, and nothing else
+    assets = db_rows(pg_url, "SELECT job_id FROM generated_assets WHERE run_id = %s", run_id)
+    assert sorted(job for (job,) in assets) == sorted(job for job, _, _ in jobs)  # one each
     manifest = json.loads((tmp_path / "out" / "farm" / "manifest.json").read_text())
     assert manifest["run"]["status"] == "succeeded"
     for job in manifest["jobs"]:
