@@ -514,9 +514,9 @@ def _postgres_cpu() -> float:
     backends, and the backends alive now."""
     import psycopg
 
-    with psycopg.connect(_PG_ADMIN) as conn:
+    with psycopg.connect(_PG_ADMIN) as conn:  # its backend's parent, read while it lives
         backend = conn.execute("SELECT pg_backend_pid()").fetchone()[0]  # type: ignore[index]
-    master = int(Path(f"/proc/{backend}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        master = int(Path(f"/proc/{backend}/stat").read_text().rsplit(")", 1)[1].split()[1])
     total = _cpu_seconds(master, children=True)
     for stat in Path("/proc").glob("[0-9]*/stat"):
         with contextlib.suppress(OSError, IndexError):
