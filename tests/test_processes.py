@@ -71,6 +71,9 @@ def test_unreachable_configured_server_is_a_clear_error(tmp_path: Path) -> None:
     assert proc.returncode == 1
     assert "no ComfyUI server answered" in err
     assert "Traceback" not in err
+    (line,) = [x for x in err.splitlines() if "no ComfyUI server answered" in x]
+    assert line.count("http://127.0.0.1:9") == 1, line  # the server named once
+    assert line.endswith("did not answer GET /system_stats: cannot connect (Connection refused)")
 
 
 def test_sigkill_mid_run_then_restart_submits_nothing_twice(

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 import uuid
 from collections.abc import Collection, Mapping
@@ -593,4 +594,8 @@ def _total_size(resp: aiohttp.ClientResponse) -> int | None:
 
 
 def _describe(exc: BaseException) -> str:
+    """The failure in a user's words: a refused or unreachable connection by its reason,
+    not aiohttp's `Cannot connect to host ... ssl:default [...]`."""
+    if isinstance(exc, aiohttp.ClientConnectorError) and exc.os_error.errno:
+        return f"cannot connect ({os.strerror(exc.os_error.errno)})"
     return str(exc) or type(exc).__name__

@@ -55,18 +55,20 @@ class ServerPool:
         return [b.name for b in self.backends]
 
     async def start(self) -> None:
-        """Start every backend; fine while at least one answers."""
+        """Start every backend; fine while at least one answers, else TransientBackendError
+        with each one's problem (naming its server)."""
         results = await asyncio.gather(*(b.start() for b in self.backends), return_exceptions=True)
         problems = []
         for backend, result in zip(self.backends, results, strict=True):
             if isinstance(result, BaseException):
                 backend.healthy = False
-                problems.append(f"{backend.name}: {result}")
+                said = str(result)
+                problems.append(said if backend.name in said else f"{backend.name}: {said}")
                 log.info("%s is not answering: %s", backend.name, result)
             else:
                 backend.healthy = True
         if len(problems) == len(self.backends):
-            raise TransientBackendError("no server answered: " + "; ".join(problems))
+            raise TransientBackendError("; ".join(problems))
         self._probe = asyncio.create_task(self._watch_health(), name="pool health")
 
     async def close(self) -> None:
