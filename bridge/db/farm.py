@@ -13,10 +13,11 @@ import json
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from sqlalchemy import bindparam, text
+from sqlalchemy import bindparam, insert, text
 from sqlalchemy.engine import Connection, Engine
 
 from bridge import affinity
+from bridge.db.models import EventRecord, utcnow
 from bridge.db.store import WORKERS_BACKEND
 from bridge.states import JobState
 
@@ -84,16 +85,11 @@ def claim_job(
             text("UPDATE jobs SET worker_id = :me WHERE run_id = :run AND job_id = :job"),
             {"me": worker_id, "run": run_id, "job": job_id},
         )
+        data = {"worker": worker, "took_over": took_over}
         conn.execute(
-            text(
-                "INSERT INTO events (run_id, job_id, at, kind, data) "
-                "VALUES (:run, :job, now(), 'job_claimed', CAST(:data AS JSON))"
-            ),
-            {
-                "run": run_id,
-                "job": job_id,
-                "data": json.dumps({"worker": worker, "took_over": took_over}),
-            },
+            insert(EventRecord).values(
+                run_id=run_id, job_id=job_id, at=utcnow(), kind="job_claimed", data=data
+            )
         )
         return Claim(state, took_over=took_over)
 
