@@ -204,7 +204,8 @@ class Api:
 
     async def _probe_database(self) -> dict[str, Any]:
         try:
-            up = await asyncio.wait_for(asyncio.to_thread(self.store.check), 10)
+            async with asyncio.timeout(10):  # not wait_for: see ComfyUIBackend._wait
+                up = await asyncio.to_thread(self.store.check)
         except (TimeoutError, BridgeError) as exc:
             return {"up": False, "error": str(exc) or "no answer within 10 s"}
         return {"up": True} if up else {"up": False, "error": "the database does not answer"}
@@ -226,7 +227,8 @@ class Api:
             if not isinstance(backend, ComfyUIBackend):
                 continue
             with contextlib.suppress(BridgeError, TimeoutError):
-                await asyncio.wait_for(backend.system_stats(), PROBE_INTERVAL * 2)
+                async with asyncio.timeout(PROBE_INTERVAL * 2):
+                    await backend.system_stats()
         healthy = pool.healthy()
         for backend in healthy:
             await self._remember_nodes(backend)

@@ -279,7 +279,8 @@ class Slots:
                 # (a lease run out, a server back up)
                 pause = SLOT_BACKSTOP if held and self.farm.woken() else random.uniform(*SLOT_POLL)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), pause)
+                    async with asyncio.timeout(pause):  # not wait_for: see ComfyUIBackend._wait
+                        await self._wake.wait()
         finally:
             await self._announce(self._freed)
 

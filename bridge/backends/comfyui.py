@@ -318,7 +318,10 @@ class ComfyUIBackend:
         while True:
             wait = self.poll_interval if self.connected.is_set() else self.poll_interval / 2
             try:
-                message = await asyncio.wait_for(queue.get(), timeout=wait)
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for drops a cancellation
+                # that arrives as the message does, and the job would run on, uncancelled
+                async with asyncio.timeout(wait):
+                    message = await queue.get()
             except TimeoutError:
                 silent += wait
                 # Silence is normal (model loading); look at the truth now and then.
