@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bridge import manifest
+from bridge import gcpause, manifest
 from bridge.compile import compile_plan
 from bridge.db import farm
 from bridge.db.store import Store
@@ -33,6 +33,13 @@ SELECTION = "selection"
 
 # a spec that is not there (moved, or a path other hosts lack) rather than unreadable now
 _GONE = (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
+
+
+_WARM = b"""version: 1
+project: {id: warm-up}
+defaults: {preset: draft, fps: 12, motion: core-smoke, duration: 2f}
+scenes: [{id: a, shots: [{id: s1, action: warm-up}]}]
+"""
 
 
 @dataclass(frozen=True)
@@ -86,6 +93,15 @@ class Runs:
                 del self._compiling[run_id]
             return ctx
 
+    def warm(self) -> None:
+        """Build what every compile shares (the schema's validator, the templates) before
+        the first run: else each worker builds it as the run starts, when every worker
+        compiles the same spec at once."""
+        from bridge.spec.load import load_bytes
+        from bridge.spec.validate import validate
+
+        plan_for(validate(load_bytes(_WARM, "<warm-up>", base=self.root)), None)
+
     def _compile(self, run_id: int) -> RunContext:
         from bridge.direct.merge import merge_direction
         from bridge.spec.load import load_bytes
@@ -107,7 +123,8 @@ class Runs:
             raise SpecUnreadable(
                 f"run {run_id}: cannot read its spec {path} now ({exc.strerror or exc})"
             ) from None
-        spec = validate(merge_direction(load_bytes(raw, str(path), base=base), path))
+        with gcpause.paused():
+            spec = validate(merge_direction(load_bytes(raw, str(path), base=base), path))
         if spec.revision != run.revision:
             raise BridgeError(
                 f"{run.settings[SPEC_PATH]} changed since run {run_id} was submitted; "

@@ -121,6 +121,7 @@ class Worker:
         if not await asyncio.to_thread(self.store.check):
             log.warning("waiting for the database before taking jobs")
             await self.store.wait_available()
+        await asyncio.to_thread(self.runs.warm)
         runner = Runner(self.settings, store=self.store, notify=log.warning, detach=True)
         self.pool = await runner.backend()
         for backend in self.pool.backends:  # one down at start is preflighted by its server
