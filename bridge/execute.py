@@ -130,7 +130,10 @@ class Executor:
                 job, attempt, dest, start, workflow, prompt_id, resume, report
             )
             workflow_file = dest / f"{job.kind.value}-{job.hash[:12]}.workflow.json"
-            outputs.atomic_write_json(workflow_file, outcome.workflow or workflow)
+            # fsynced: on a shared OUTPUT_PATH (NFS) that may take long, so not on the loop
+            await asyncio.to_thread(
+                outputs.atomic_write_json, workflow_file, outcome.workflow or workflow
+            )
             try:
                 return await self._finish(
                     job,
@@ -165,7 +168,7 @@ class Executor:
 
         prefer = resume.server if resume else None
         async with self.pool.lease(prefer=prefer, priority=self.priority) as backend:
-            self.recorder.submitting(job, prompt_id, backend.name, attempt)
+            await self.recorder.submitting(job, prompt_id, backend.name, attempt)
             report(0, 0)  # submitted: the WORKFLOW_TIMEOUT clock starts now
             try_ = Attempt(
                 job=job,

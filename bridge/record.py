@@ -194,7 +194,7 @@ class Recorder:
                 skipped = f"skipped: {because} failed"
                 store.mark_done(run_id, job_id, JobState.SKIPPED, error=skipped)
 
-    def submitting(self, job: Job, prompt_id: str, server: str, attempt: int) -> None:
+    async def submitting(self, job: Job, prompt_id: str, server: str, attempt: int) -> None:
         """Committed before the prompt is posted: what makes a killed run resumable."""
         with self._writing():
             self.store.mark_submitting(self.run_id, job.id, prompt_id, server, attempt)

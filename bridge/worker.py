@@ -438,9 +438,13 @@ class ClaimedRecorder(Recorder):
     lost = False
     _loop: asyncio.AbstractEventLoop
 
-    def submitting(self, job: Job, prompt_id: str, server: str, attempt: int) -> None:
+    async def submitting(self, job: Job, prompt_id: str, server: str, attempt: int) -> None:
+        """On a thread: a PostgreSQL round trip on the loop holds up every job of the
+        worker (a cancelled wait may still commit: a prompt_id recorded and never posted
+        is what a killed worker leaves too, and its next attempt asks the server first)."""
         try:
-            mine = farm.mark_submitting(
+            mine = await asyncio.to_thread(
+                farm.mark_submitting,
                 self.store.engine,
                 self.run_id,
                 job.id,

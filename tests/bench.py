@@ -1141,7 +1141,7 @@ def patch_runner(m):
     m.Runner._preflight = after_async(m.Runner._preflight, "preflight (/object_info)")
 def patch_record(m):
     m.Recorder.start = after(m.Recorder.start, "run and job rows written")
-    m.Recorder.submitting = after(m.Recorder.submitting, "first job row committed")
+    m.Recorder.submitting = after_async(m.Recorder.submitting, "first job row committed")
 def patch_comfyui(m):
     m.ComfyUIBackend._submit = before_async(m.ComfyUIBackend._submit, "POST /prompt sent")
 PATCHES = {
