@@ -3,9 +3,13 @@
 One loop per worker process reads every server's state in one query and hands the free
 slots to the process's waiting jobs, highest priority first. A worker that frees a slot
 offers it to its own waiting jobs first and, if none takes it, announces it (a NOTIFY) to
-wake the other workers' loops; while every slot is held a loop waits for that instead of
-polling the servers' state ten times a second. (Each job polling on its own cost two
-queries a job every poll, and let only the first waiter ask.)
+wake the other workers' loops; so does a claim that loads other models into a server with
+a slot still free. A loop reads the state again only when its answer may have changed:
+while every slot is held, when a slot is freed (a job that starts waiting then has
+nothing to look for); while the free slots are none its jobs may take, when one is freed
+or the servers' models change, or when the queue's counts or an idle server's grace may
+change its choice. (It used to poll ten times a second: each read is four round trips,
+and three workers' polls were most of what they asked of PostgreSQL beyond one worker's.)
 
 Affinity: a job takes the free slot on the server that has the most of it loaded. Ready
 jobs are queued as one stream per server (queue.streams), each a stretch of jobs sharing
@@ -228,12 +232,14 @@ class Slots:
         self._waiting_at = -WANTED_FOR
         self._idle_since: dict[str, float] = {}
         self._freed: set[str] = set()  # servers with a slot we freed and nobody was told of
+        self._full = False  # the last look found every slot held, and none was freed since
 
     async def claim(self, want: Want) -> farm.Slot:
         """A slot for `want` (with the signature its server had before)."""
         want.ticket = next(self._tickets)
         self.waiting.append(want)
-        self.changed()
+        if not self._full or want.prefer is not None:
+            self.changed()
         if self._loop is None or self._loop.done():
             self._loop = asyncio.create_task(self._run(), name="bridge slots")
         try:
@@ -245,6 +251,7 @@ class Slots:
 
     def changed(self) -> None:
         """A slot was freed or a job started waiting: look again now."""
+        self._full = False
         self._wake.set()
 
     async def give_back(self, slot: farm.Slot, worker_id: int) -> None:
@@ -263,9 +270,9 @@ class Slots:
             while self.waiting:
                 self._wake.clear()
                 freed, self._freed = self._freed, set()
-                held = False
+                quiet: float | None = None
                 try:
-                    held = await self._round(freed)
+                    quiet = await self._round(freed)
                 except SQLAlchemyError as exc:
                     log.warning("slot claims wait for the database: %s", exc)
                     await self.farm.outage()
@@ -275,9 +282,12 @@ class Slots:
                     await self._announce(freed)
                 if not self.waiting:
                     return
-                # while every slot is held, a freed one wakes us; the backstop sees the rest
-                # (a lease run out, a server back up)
-                pause = SLOT_BACKSTOP if held and self.farm.woken() else random.uniform(*SLOT_POLL)
+                # a freed slot (or another change announced) wakes us; the backstop sees
+                # the rest (a lease run out, a server back up)
+                if quiet is not None and self.farm.woken():
+                    pause = quiet
+                else:
+                    pause = random.uniform(*SLOT_POLL)
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(pause):  # not wait_for: see ComfyUIBackend._wait
                         await self._wake.wait()
@@ -303,24 +313,24 @@ class Slots:
                 self._idle_since.pop(name, None)
         return {n for n, since in self._idle_since.items() if now - since >= IDLE_GRACE}
 
-    async def _round(self, freed: set[str]) -> bool:
-        """Hand this round's free slots to the waiters, highest priority first; True when
-        every slot they could take was held (only a freed slot changes that). `freed`: the
-        servers whose freed slots the other workers have not been told of, less those
-        taken here."""
+    async def _round(self, freed: set[str]) -> float | None:
+        """Hand this round's free slots to the waiters, highest priority first. Returns how
+        long its answer stands unless something announced changes it, or None to look
+        again soon (a slot was taken, or lost to another worker). `freed`: the servers the
+        other workers are to be told of (slots freed here that no waiter here took, and
+        servers whose models a claim here changed while a slot stays free)."""
         states = await self.farm.states()
         healthy = self.farm.healthy()
         now = asyncio.get_running_loop().time()
         idle_long = self._idle_long(states, now)
-        if not any(states.get(n, _NONE).free for n in healthy) and all(
-            w.prefer is None and any(n in w.eligible for n in healthy) for w in self.waiting
-        ):
-            return True  # every slot is held: nothing to hand out (nor to ask who wants)
+        if self._all_held(states, healthy):
+            return SLOT_BACKSTOP  # nothing to hand out (nor to ask who wants)
         waiters = sorted(
             (w for w in self.waiting if not w.got.done()), key=lambda w: (-w.priority, w.ticket)
         )
         rows = await self._queue_waiting() if self.use_affinity else []
         demand = Demand.of(rows, waiters)
+        moved = False  # a slot taken here, or lost to another worker
         for w in waiters:
             up = [n for n in healthy if n in w.eligible]
             if up:
@@ -338,6 +348,7 @@ class Slots:
             order = [name for name, _ in chosen]
             switch = {name: states[name].signature for name, ok in chosen if ok and name in states}
             slot = await self.farm.claim(w, order, switch)
+            moved = True
             if slot is None:  # others took them since the read
                 for name in order:
                     states[name] = replace(states.get(name, _NONE), free=0)
@@ -345,9 +356,37 @@ class Slots:
             before = states.get(slot.server, _NONE)
             states[slot.server] = replace(before, free=before.free - 1, signature=w.signature)
             freed.discard(slot.server)
+            if before.free > 1 and affinity.switches(before.signature, w.signature):
+                freed.add(slot.server)  # other workers' jobs of these models may now take it
             if w.got.done():  # its job was cancelled meanwhile
                 if await self.farm.release(slot, w.worker_id):
                     freed.add(slot.server)
             else:
                 w.got.set_result(slot)
-        return False
+        if self._all_held(states, healthy):  # as the claims left them
+            return SLOT_BACKSTOP
+        return None if moved else self._unchanged_for(now, idle_long)
+
+    def _all_held(self, states: Mapping[str, farm.ServerState], healthy: list[str]) -> bool:
+        """Whether every slot the waiters could take is held, so that only a freed one
+        (announced) changes that; a job that starts waiting meanwhile has nothing to look
+        for (a take-over's has: its own slot)."""
+        held = not any(states.get(n, _NONE).free for n in healthy) and all(
+            w.prefer is None and any(n in w.eligible for n in healthy)
+            for w in self.waiting
+            if not w.got.done()
+        )
+        self._full = held and not self._wake.is_set()  # woken since the read: look again
+        return held
+
+    def _unchanged_for(self, now: float, idle_long: Collection[str]) -> float:
+        """How long a round that handed nothing out stands, unless a slot is freed or a
+        server's models change (both announced): until the queue's waiting counts are read
+        again or an idle server's grace ends, either of which may change what may switch."""
+        until = [SLOT_BACKSTOP]
+        if self.use_affinity:
+            until.append(self._waiting_at + WANTED_FOR - now)
+            until += [
+                t + IDLE_GRACE - now for n, t in self._idle_since.items() if n not in idle_long
+            ]
+        return max(SLOT_POLL[0], min(until))

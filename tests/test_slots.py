@@ -329,15 +329,16 @@ class HeldFarm:
     """One server whose two slots are both held until one is released; counts the reads
     and what is announced."""
 
-    def __init__(self, woken: bool) -> None:
+    def __init__(self, woken: bool, free: int = 0, signature: dict[str, float] = A) -> None:
         self._woken = woken
         self.reads = 0
-        self.free_slots = 0
+        self.free_slots = free
+        self.signature = signature
         self.announced: list[str] = []
 
     async def states(self) -> dict[str, farm.ServerState]:
         self.reads += 1
-        return {"s1": state(A, self.free_slots)}
+        return {"s1": state(self.signature, self.free_slots)}
 
     async def waiting(self) -> list[farm.Waiting]:
         return []
@@ -430,3 +431,62 @@ def test_a_slot_given_back_that_no_waiter_here_may_take_is_announced() -> None:
         return source.announced
 
     assert asyncio.run(scenario()) == ["s1"]
+
+
+def test_a_job_that_starts_waiting_while_every_slot_is_held_reads_nothing() -> None:
+    """It has nothing to look for until a slot is freed, and then it is served in turn."""
+
+    async def scenario() -> tuple[int, str]:
+        source = HeldFarm(woken=True)
+        broker = slots.Slots(source, use_affinity=True)
+        first, second = waiter(), waiter()
+        first.job_id, second.job_id = "first", "second"
+        claims = [asyncio.create_task(broker.claim(first))]
+        await asyncio.sleep(slots.SLOT_POLL[1])
+        claims.append(asyncio.create_task(broker.claim(second)))
+        await asyncio.sleep(3 * slots.SLOT_POLL[1])
+        reads = source.reads
+        source.free_slots = 1
+        broker.changed()
+        done, _ = await asyncio.wait(claims, timeout=1.0, return_when=asyncio.FIRST_COMPLETED)
+        for claim in claims:
+            claim.cancel()
+        return reads, "first" if claims[0] in done else "second"
+
+    assert asyncio.run(scenario()) == (1, "first")
+
+
+def test_free_slots_no_waiter_here_may_take_are_not_polled() -> None:
+    """Looked at again when told of a change, or once the queue's counts may have moved,
+    not ten times a second."""
+
+    async def scenario() -> tuple[int, int]:
+        source = HeldFarm(woken=True, free=1)
+        broker = slots.Slots(source, use_affinity=True)
+        elsewhere = waiter()
+        elsewhere.eligible = ("s2",)  # a server that is not up
+        claimed = asyncio.create_task(broker.claim(elsewhere))
+        await asyncio.sleep(slots.WANTED_FOR / 2)
+        quiet = source.reads
+        broker.changed()
+        await asyncio.sleep(slots.SLOT_POLL[0])
+        claimed.cancel()
+        return quiet, source.reads
+
+    quiet, woken = asyncio.run(scenario())
+    assert slots.WANTED_FOR / 2 > 3 * slots.SLOT_POLL[1]
+    assert (quiet, woken) == (1, 2)
+
+
+def test_a_claim_that_loads_other_models_beside_a_free_slot_is_announced() -> None:
+    """Another worker's jobs of those models may take the slot beside it now."""
+
+    async def scenario(free: int) -> list[str]:
+        source = HeldFarm(woken=True, free=free, signature=B)
+        broker = slots.Slots(source, use_affinity=True)
+        assert (await asyncio.wait_for(broker.claim(waiter()), 1.0)).server == "s1"
+        await asyncio.sleep(slots.SLOT_POLL[0])  # the broker's loop ends and tells
+        return source.announced
+
+    assert asyncio.run(scenario(free=2)) == ["s1"]
+    assert asyncio.run(scenario(free=1)) == []  # nothing left beside it to take
