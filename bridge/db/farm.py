@@ -33,6 +33,12 @@ RUN_LOCK = 0x6272  # pg_advisory_lock(int, int) class key for finishing a run
 SLOTS_FREED = "bridge_slots_freed"
 
 
+def _reading(engine: Engine) -> Connection:
+    """A connection for reads, in autocommit: a read in a transaction costs a BEGIN and a
+    ROLLBACK round trip besides its own (each statement sees the tables as they are then)."""
+    return engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+
+
 @dataclass(frozen=True)
 class Claim:
     """A job row this worker now holds; `took_over` when a dead worker held it before."""
@@ -144,7 +150,7 @@ def mark_running(engine: Engine, run_id: int, job_id: str, worker_id: int, attem
 
 def running_runs(engine: Engine) -> list[int]:
     """The submitted runs not yet ended, oldest first."""
-    with engine.connect() as conn:
+    with _reading(engine) as conn:
         rows = conn.execute(
             text("SELECT id FROM runs WHERE backend = :b AND status = 'running' ORDER BY id"),
             {"b": WORKERS_BACKEND},
@@ -182,7 +188,7 @@ def set_priority(engine: Engine, run_id: int, priority: int) -> None:
 
 
 def job_states(engine: Engine, run_id: int) -> dict[str, JobState]:
-    with engine.connect() as conn:
+    with _reading(engine) as conn:
         rows = conn.execute(
             text("SELECT job_id, state FROM jobs WHERE run_id = :run"), {"run": run_id}
         )
@@ -194,7 +200,7 @@ def undeferred(engine: Engine, run_id: int, task: str, lease: float) -> tuple[se
     job whose entry was lost is among them: the tables are the record), and how many of its
     jobs were handed out already (ended, held or queued): reads that return only what may
     need queueing, not every job's row each time a job ends."""
-    with engine.connect() as conn:
+    with _reading(engine) as conn:
         waiting = {
             r.job_id
             for r in conn.execute(
@@ -216,7 +222,7 @@ def undeferred(engine: Engine, run_id: int, task: str, lease: float) -> tuple[se
 
 
 def states_of(engine: Engine, run_id: int, job_ids: Sequence[str]) -> dict[str, JobState]:
-    with engine.connect() as conn:
+    with _reading(engine) as conn:
         rows = conn.execute(
             text("SELECT job_id, state FROM jobs WHERE run_id = :run AND job_id = ANY(:ids)"),
             {"run": run_id, "ids": list(job_ids)},
@@ -225,7 +231,7 @@ def states_of(engine: Engine, run_id: int, job_ids: Sequence[str]) -> dict[str, 
 
 
 def any_unfinished(engine: Engine, run_id: int) -> bool:
-    with engine.connect() as conn:
+    with _reading(engine) as conn:
         return bool(
             conn.execute(
                 text(
@@ -367,7 +373,7 @@ class ServerState:
 def server_states(engine: Engine, lease: float) -> dict[str, ServerState]:
     """Every server's last signature and slots, in one read (the free count is claim_slot's
     test, less the slot a taken-over job already holds)."""
-    with engine.connect() as conn:
+    with _reading(engine) as conn:
         rows = conn.execute(
             text(
                 "SELECT v.name, v.signature, "
@@ -394,7 +400,7 @@ class Waiting:
 
 def waiting(engine: Engine, task: str, level: int) -> list[Waiting]:
     """Every family's and stream's waiting jobs, by priority level (`level` apart)."""
-    with engine.connect() as conn:
+    with _reading(engine) as conn:
         rows = conn.execute(
             text(
                 "SELECT q.args->>'family' AS family, (q.args->>'lane')::int AS lane, "
@@ -440,14 +446,14 @@ def _slots_freed(conn: Connection, server: str = "") -> None:
 
 def signatures(engine: Engine) -> dict[str, dict[str, float]]:
     """The cache signature of the job each server was last given."""
-    with engine.connect() as conn:
+    with _reading(engine) as conn:
         rows = conn.execute(text("SELECT name, signature FROM servers"))
         return {r.name: dict(r.signature or {}) for r in rows}
 
 
 def server_counts(engine: Engine) -> dict[str, tuple[int, int]]:
     """(jobs given, model switches) per server."""
-    with engine.connect() as conn:
+    with _reading(engine) as conn:
         rows = conn.execute(text("SELECT name, jobs, switches FROM servers"))
         return {r.name: (r.jobs, r.switches) for r in rows}
 
@@ -475,7 +481,7 @@ def unregister_worker(engine: Engine, worker_id: int) -> None:
 
 def worker_alive(engine: Engine, worker_id: int) -> bool:
     """Whether the queue still knows this worker (it prunes one whose heartbeat stopped)."""
-    with engine.connect() as conn:
+    with _reading(engine) as conn:
         found = conn.execute(
             text("SELECT 1 FROM procrastinate_workers WHERE id = :id"), {"id": worker_id}
         ).first()
@@ -494,7 +500,7 @@ def prune_workers(engine: Engine) -> None:
 
 def workers(engine: Engine) -> list[WorkerRow]:
     """Every known worker, its heartbeat's age and the jobs it holds."""
-    with engine.connect() as conn:
+    with _reading(engine) as conn:
         rows = conn.execute(
             text(
                 "SELECT w.id, w.name, w.host, w.pid, "
@@ -556,7 +562,7 @@ class FarmStats:
 def stats(engine: Engine) -> FarmStats:
     if not queue_exists(engine):
         return FarmStats([], 0, 0, {})
-    with engine.connect() as conn:
+    with _reading(engine) as conn:
         counts: dict[str, int] = dict(
             conn.execute(
                 text(
@@ -581,7 +587,7 @@ QUEUE_EXISTS = (
 
 
 def queue_exists(engine: Engine) -> bool:
-    with engine.connect() as conn:
+    with _reading(engine) as conn:
         return bool(conn.execute(text(QUEUE_EXISTS)).scalar())
 
 
