@@ -467,14 +467,17 @@ class _Farm:
         raise TimeoutError(run_id)
 
     def transactions(self) -> int:
-        """Transactions committed in the farm's database so far, as PostgreSQL counts them."""
+        """Transactions in the farm's database so far, as PostgreSQL counts them: committed
+        and rolled back (a read in a transaction of its own ends in a rollback; one in
+        autocommit counts as committed)."""
         import psycopg
 
         time.sleep(1.5)  # a backend reports its counts at most once a second
         with psycopg.connect(_PG_ADMIN) as conn:
             conn.execute("SELECT pg_stat_clear_snapshot()")
             row = conn.execute(
-                "SELECT xact_commit FROM pg_stat_database WHERE datname = %s", (self.db,)
+                "SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = %s",
+                (self.db,),
             ).fetchone()
         return int(row[0]) if row else 0
 
@@ -545,8 +548,9 @@ def bench_workers(args: argparse.Namespace) -> dict[str, object]:
     servers; a job's mean execution time on the servers (1 s plus the simulator's ffmpeg,
     which a busy host slows) and the most time a server spent idle between two prompts;
     CPU of the worker processes (their ffprobes included) and of PostgreSQL over the run,
-    which on one host is taken from the servers; the transactions committed per job in the
-    farm's database (the queue's and read-only ones included: PostgreSQL's count)."""
+    which on one host is taken from the servers; the transactions per job in the farm's
+    database, committed or rolled back (the queue's and read-only ones included:
+    PostgreSQL's count)."""
     servers, families, jobs = 6, 4, args.jobs
     job_s, switch_s = 1.0 * args.scale, 2.0 * args.scale
     figures: dict[str, object] = {"servers": servers, "jobs": jobs, "job s": job_s}
