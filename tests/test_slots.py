@@ -326,8 +326,8 @@ def test_freed_slots_are_announced_to_listening_workers_when_asked(
 
 
 class HeldFarm:
-    """One server whose two slots are both held until one is released; counts the reads
-    and what is announced."""
+    """One server with two slots, `free` of them free at first and the models of
+    `signature` loaded; counts the reads and what is announced."""
 
     def __init__(self, woken: bool, free: int = 0, signature: dict[str, float] = A) -> None:
         self._woken = woken
@@ -474,7 +474,7 @@ def test_free_slots_no_waiter_here_may_take_are_not_polled() -> None:
         return quiet, source.reads
 
     quiet, woken = asyncio.run(scenario())
-    assert slots.WANTED_FOR / 2 > 3 * slots.SLOT_POLL[1]
+    assert 3 * slots.SLOT_POLL[1] < slots.WANTED_FOR / 2
     assert (quiet, woken) == (1, 2)
 
 
