@@ -1,15 +1,17 @@
 """Which of a worker's waiting jobs gets which free server slot.
 
 One loop per worker process reads every server's state in one query and hands the free
-slots to the process's waiting jobs, highest priority first. A worker that frees a slot
-offers it to its own waiting jobs first and, if none takes it, announces it (a NOTIFY) to
-wake the other workers' loops; so does a claim that loads other models into a server with
-a slot still free. A loop reads the state again only when its answer may have changed:
-while every slot is held, when a slot is freed (a job that starts waiting then has
-nothing to look for); while the free slots are none its jobs may take, when one is freed
-or the servers' models change, or when the queue's counts or an idle server's grace may
-change its choice. (It used to poll ten times a second: each read is four round trips,
-and three workers' polls were most of what they asked of PostgreSQL beyond one worker's.)
+slots to the process's waiting jobs, highest priority first, claiming them in one
+transaction (a run's start hands out every slot: one commit, not one per slot). A worker
+that frees a slot offers it to its own waiting jobs first and, if none takes it,
+announces it (a NOTIFY) to wake the other workers' loops; so does a claim that loads
+other models into a server with a slot still free. A loop reads the state again only when
+its answer may have changed: while every slot is held, when a slot is freed (a job that
+starts waiting then has nothing to look for); while the free slots are none its jobs may
+take, when one is freed or the servers' models change, or when the queue's counts or an
+idle server's grace may change its choice. (It used to poll ten times a second: each read
+is four round trips, and three workers' polls were most of what they asked of PostgreSQL
+beyond one worker's.)
 
 Affinity: a job takes the free slot on the server that has the most of it loaded. Ready
 jobs are queued as one stream per server (queue.streams), each a stretch of jobs sharing
@@ -35,7 +37,7 @@ import contextlib
 import itertools
 import logging
 import random
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
@@ -78,6 +80,17 @@ class Want:
     @property
     def family(self) -> str:
         return affinity.family(self.signature)
+
+
+@dataclass(frozen=True)
+class Pick:
+    """A waiter's claim as a round planned it: the servers to try, best first, and the
+    busy ones among them it may switch to its models, each with the signature the round
+    expects it to have then."""
+
+    want: Want
+    order: tuple[str, ...]
+    may_switch: dict[str, dict[str, float]]
 
 
 @dataclass(frozen=True)
@@ -139,7 +152,7 @@ def choose(
     idle_long: Collection[str] = (),
 ) -> list[tuple[str, bool]]:
     """The servers to try for `want`, best first, each with whether it may be switched to
-    the job's models while busy (claim_slot checks that, and the models, again as it
+    the job's models while busy (farm.claim_slots checks that, and the models, again as it
     claims); `idle_long`: the servers idle for IDLE_GRACE."""
     if want.prefer is not None and want.prefer in healthy:
         return [(want.prefer, True)]
@@ -204,9 +217,10 @@ class Farm(Protocol):
 
     async def states(self) -> dict[str, farm.ServerState]: ...
     async def waiting(self) -> list[farm.Waiting]: ...
-    async def claim(
-        self, want: Want, order: list[str], may_switch: dict[str, dict[str, float]]
-    ) -> farm.Slot | None: ...
+    async def claim(self, picks: Sequence[Pick]) -> list[farm.Slot | None]:
+        """Each pick's slot or None, claimed in one transaction, in order."""
+        ...
+
     async def release(self, slot: farm.Slot, worker_id: int) -> bool: ...
     async def announce(self, server: str) -> None: ...
     async def outage(self) -> None: ...
@@ -314,11 +328,12 @@ class Slots:
         return {n for n, since in self._idle_since.items() if now - since >= IDLE_GRACE}
 
     async def _round(self, freed: set[str]) -> float | None:
-        """Hand this round's free slots to the waiters, highest priority first. Returns how
-        long its answer stands unless something announced changes it, or None to look
-        again soon (a slot was taken, or lost to another worker). `freed`: the servers the
-        other workers are to be told of (slots freed here that no waiter here took, and
-        servers whose models a claim here changed while a slot stays free)."""
+        """Hand this round's free slots to the waiters, highest priority first, claimed
+        in one transaction. Returns how long its answer stands unless something announced
+        changes it, or None to look again soon (a slot was taken, or lost to another
+        worker). `freed`: the servers the other workers are to be told of (slots freed
+        here that no waiter here took, and servers whose models a claim here changed
+        while a slot stays free)."""
         states = await self.farm.states()
         healthy = self.farm.healthy()
         now = asyncio.get_running_loop().time()
@@ -329,8 +344,27 @@ class Slots:
             (w for w in self.waiting if not w.got.done()), key=lambda w: (-w.priority, w.ticket)
         )
         rows = await self._queue_waiting() if self.use_affinity else []
-        demand = Demand.of(rows, waiters)
-        moved = False  # a slot taken here, or lost to another worker
+        picks = self._plan(waiters, healthy, states, Demand.of(rows, waiters), now, idle_long)
+        if picks:
+            for pick, slot in zip(picks, await self.farm.claim(picks), strict=True):
+                await self._settle(pick, slot, states, freed)
+        if self._all_held(states, healthy):  # as the claims left them
+            return SLOT_BACKSTOP
+        return None if picks else self._unchanged_for(now, idle_long)
+
+    def _plan(
+        self,
+        waiters: list[Want],
+        healthy: list[str],
+        states: Mapping[str, farm.ServerState],
+        demand: Demand,
+        now: float,
+        idle_long: Collection[str],
+    ) -> list[Pick]:
+        """Each waiter's pick in turn, as if the ones before it got their first choice
+        (the claims check the servers again, in the same order)."""
+        expect = dict(states)
+        picks = []
         for w in waiters:
             up = [n for n in healthy if n in w.eligible]
             if up:
@@ -341,31 +375,39 @@ class Slots:
                 )
                 continue
             chosen = choose(
-                w, up, states, demand, use_affinity=self.use_affinity, idle_long=idle_long
+                w, up, expect, demand, use_affinity=self.use_affinity, idle_long=idle_long
             )
             if not chosen:
                 continue
-            order = [name for name, _ in chosen]
-            switch = {name: states[name].signature for name, ok in chosen if ok and name in states}
-            slot = await self.farm.claim(w, order, switch)
-            moved = True
-            if slot is None:  # others took them since the read
-                for name in order:
-                    states[name] = replace(states.get(name, _NONE), free=0)
-                continue
-            before = states.get(slot.server, _NONE)
-            states[slot.server] = replace(before, free=before.free - 1, signature=w.signature)
-            freed.discard(slot.server)
-            if before.free > 1 and affinity.switches(before.signature, w.signature):
-                freed.add(slot.server)  # other workers' jobs of these models may now take it
-            if w.got.done():  # its job was cancelled meanwhile
-                if await self.farm.release(slot, w.worker_id):
-                    freed.add(slot.server)
-            else:
-                w.got.set_result(slot)
-        if self._all_held(states, healthy):  # as the claims left them
-            return SLOT_BACKSTOP
-        return None if moved else self._unchanged_for(now, idle_long)
+            switch = {name: expect[name].signature for name, ok in chosen if ok and name in expect}
+            picks.append(Pick(w, tuple(name for name, _ in chosen), switch))
+            first = expect.get(chosen[0][0], _NONE)
+            expect[chosen[0][0]] = replace(first, free=first.free - 1, signature=w.signature)
+        return picks
+
+    async def _settle(
+        self,
+        pick: Pick,
+        slot: farm.Slot | None,
+        states: dict[str, farm.ServerState],
+        freed: set[str],
+    ) -> None:
+        """Give a claimed slot to its waiter, and mark in `states` what the claim found."""
+        w = pick.want
+        if slot is None:  # others took them since the read
+            for name in pick.order:
+                states[name] = replace(states.get(name, _NONE), free=0)
+            return
+        before = states.get(slot.server, _NONE)
+        states[slot.server] = replace(before, free=before.free - 1, signature=w.signature)
+        freed.discard(slot.server)
+        if before.free > 1 and affinity.switches(before.signature, w.signature):
+            freed.add(slot.server)  # other workers' jobs of these models may now take it
+        if w.got.done():  # its job was cancelled meanwhile
+            if await self.farm.release(slot, w.worker_id):
+                freed.add(slot.server)
+        else:
+            w.got.set_result(slot)
 
     def _all_held(self, states: Mapping[str, farm.ServerState], healthy: list[str]) -> bool:
         """Whether every slot the waiters could take is held, so that only a freed one

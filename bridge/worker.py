@@ -20,7 +20,7 @@ import logging
 import os
 import socket
 import tempfile
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -566,21 +566,25 @@ class _SlotRows:
     async def waiting(self) -> list[farm.Waiting]:
         return await asyncio.to_thread(farm.waiting, self.worker.engine, queue.TASK, queue.LEVEL)
 
-    async def claim(
-        self, want: slots.Want, order: list[str], may_switch: dict[str, dict[str, float]]
-    ) -> farm.Slot | None:
+    async def claim(self, picks: Sequence[slots.Pick]) -> list[farm.Slot | None]:
         w = self.worker
+        claims = [
+            farm.SlotClaim(
+                p.order,
+                p.want.worker_id,
+                p.want.run_id,
+                p.want.job_id,
+                p.want.signature,
+                p.may_switch,
+            )
+            for p in picks
+        ]
         return await asyncio.to_thread(
-            farm.claim_slot,
+            farm.claim_slots,
             w.engine,
-            order,
-            worker_id=want.worker_id,
-            run_id=want.run_id,
-            job_id=want.job_id,
+            claims,
             lease=w.settings.lease_seconds,
-            signature=want.signature,
             guard=w.settings.affinity,
-            may_switch=may_switch,
         )
 
     async def release(self, slot: farm.Slot, worker_id: int) -> bool:

@@ -214,19 +214,20 @@ def live_worker(engine: Engine) -> int:
 
 
 def claim(
-    engine: Engine, worker: int, job: str, signature: dict, guard: bool = True, **kw: object
+    engine: Engine,
+    worker: int,
+    job: str,
+    signature: dict,
+    guard: bool = True,
+    may_switch: dict | None = None,
 ) -> farm.Slot | None:
-    return farm.claim_slot(
+    (slot,) = farm.claim_slots(
         engine,
-        ["s1"],
-        worker_id=worker,
-        run_id=1,
-        job_id=job,
+        [farm.SlotClaim(("s1",), worker, 1, job, signature, may_switch or {})],
         lease=30,
-        signature=signature,
         guard=guard,
-        **kw,
     )
+    return slot
 
 
 def test_a_claim_does_not_switch_a_server_busy_with_other_models(engine: Engine) -> None:
@@ -268,6 +269,49 @@ def test_a_claim_counts_the_server_s_job_and_a_switch_when_its_models_differ(
         counts.append(farm.server_counts(engine)["s1"])
     assert counts == [(1, 1), (2, 1), (3, 2)]  # (jobs, switches): A2 loads nothing new
     assert farm.signatures(engine)["s1"] == B
+
+
+def test_claims_in_one_transaction_see_the_servers_as_the_earlier_ones_left_them(
+    engine: Engine,
+) -> None:
+    me = live_worker(engine)
+    batch = [
+        farm.SlotClaim(("s1",), me, 1, "a1", A),
+        farm.SlotClaim(("s1",), me, 1, "b1", B),  # s1 is busy with A by now: not switched
+        farm.SlotClaim(("s1", "s2"), me, 1, "b2", B),
+        farm.SlotClaim(("s1",), me, 1, "a2", A2),  # A's models: queued behind a1
+    ]
+    got = farm.claim_slots(engine, batch, lease=30, guard=True)
+    assert [(s.server, s.loaded) if s else None for s in got] == [
+        ("s1", {}),
+        None,
+        ("s2", {}),
+        ("s1", A),
+    ]
+    assert farm.server_counts(engine) == {"s1": (2, 1), "s2": (1, 1)}
+
+
+@pytest.mark.parametrize("guard", [True, False])
+def test_claims_that_name_the_same_servers_in_opposite_orders_never_deadlock(
+    engine: Engine, guard: bool
+) -> None:
+    """Two workers' batches lock the servers they name in one order, whatever order their
+    claims come in (else each can hold one server's row and wait for the other's)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    me = live_worker(engine)
+
+    def batches(servers: tuple[str, ...], job: str) -> None:
+        for n in range(40):
+            claims = [farm.SlotClaim((name,), me, 1, f"{job}{n}-{name}", A) for name in servers]
+            for slot in farm.claim_slots(engine, claims, lease=30, guard=guard):
+                if slot is not None:
+                    farm.release_slot(engine, slot, me)
+
+    with ThreadPoolExecutor(2) as pool:
+        runs = [pool.submit(batches, ("s1", "s2"), "x"), pool.submit(batches, ("s2", "s1"), "y")]
+        for run in runs:
+            run.result(timeout=60)  # a deadlock is PostgreSQL's error here, after 1 s
 
 
 def queued(engine: Engine, family: str, lane: int | None, priority: int) -> None:
@@ -335,6 +379,7 @@ class HeldFarm:
         self.free_slots = free
         self.signature = signature
         self.announced: list[str] = []
+        self.claims: list[int] = []  # the picks of each claim's transaction
 
     async def states(self) -> dict[str, farm.ServerState]:
         self.reads += 1
@@ -343,9 +388,13 @@ class HeldFarm:
     async def waiting(self) -> list[farm.Waiting]:
         return []
 
-    async def claim(self, w: slots.Want, order: list[str], may_switch: dict) -> farm.Slot | None:
-        self.free_slots -= 1
-        return farm.Slot("s1", 0, {})
+    async def claim(self, picks: list[slots.Pick]) -> list[farm.Slot | None]:
+        self.claims.append(len(picks))
+        got: list[farm.Slot | None] = []
+        for n, _ in enumerate(picks):
+            got.append(farm.Slot("s1", n, {}) if self.free_slots > 0 else None)
+            self.free_slots -= got[-1] is not None
+        return got
 
     async def release(self, slot: farm.Slot, worker_id: int) -> bool:
         self.free_slots += 1
@@ -490,3 +539,23 @@ def test_a_claim_that_loads_other_models_beside_a_free_slot_is_announced() -> No
 
     assert asyncio.run(scenario(free=2)) == ["s1"]
     assert asyncio.run(scenario(free=1)) == []  # nothing left beside it to take
+
+
+def test_a_round_claims_every_slot_it_hands_out_in_one_transaction() -> None:
+    """At a run's start every waiter gets its slot at once, not one commit after another."""
+
+    async def scenario() -> tuple[list[int], list[str]]:
+        source = HeldFarm(woken=True, free=2)
+        broker = slots.Slots(source, use_affinity=True)
+        waiters = [waiter() for _ in range(3)]
+        for n, w in enumerate(waiters):
+            w.job_id = f"j{n}"
+        claims = [asyncio.create_task(broker.claim(w)) for w in waiters]
+        done, _ = await asyncio.wait(claims, timeout=1.0)
+        for claim in claims:
+            claim.cancel()
+        return source.claims, [w.job_id for w, c in zip(waiters, claims, strict=True) if c in done]
+
+    claims, served = asyncio.run(scenario())
+    assert claims == [2]  # two free slots: the first two waiters, in one claim
+    assert served == ["j0", "j1"]

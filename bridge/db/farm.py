@@ -275,90 +275,111 @@ _FREE = (
 )
 
 
-def claim_slot(
-    engine: Engine,
-    servers: Sequence[str],
-    *,
-    worker_id: int,
-    run_id: int,
-    job_id: str,
-    lease: float,
-    signature: Mapping[str, float],
-    guard: bool,
-    may_switch: Mapping[str, Mapping[str, float]] | None = None,
-) -> Slot | None:
-    """A free slot on the first of `servers` that has one, or None.
+@dataclass(frozen=True)
+class SlotClaim:
+    """One job's claim of a slot on the first of `servers` that has one free.
+
+    With the guard (affinity), a server busy with other models is taken only if
+    `may_switch` names it with the signature it still has.
+    """
+
+    servers: tuple[str, ...]
+    worker_id: int
+    run_id: int
+    job_id: str
+    signature: Mapping[str, float]
+    may_switch: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+
+
+def claim_slots(
+    engine: Engine, claims: Sequence[SlotClaim], *, lease: float, guard: bool
+) -> list[Slot | None]:
+    """Each claim's slot (with the signature its server had before), or None where every
+    server it names was taken; in one transaction, in order, so that a later claim sees
+    the servers as the earlier ones left them (at a run's start a broker hands out every
+    slot at once: one commit instead of one per slot).
 
     Free: held by no one; or by a dead worker for a job that is no longer on a server.
     A slot a dead worker held for a job still submitted or running stays that job's, for
     whichever worker takes the job over: its prompt may still be on the server, and the
     server must never hold more of bridge's prompts than its slots.
 
-    The claim is the server's next job: it writes the job's cache `signature` as the
-    server's and counts the job, and a model switch when the two share too little, in the
-    same transaction. With `guard` (affinity), a server busy with other models is taken
-    only if `may_switch` names it with the signature it still has; the servers are locked
-    while their signatures are read and the job's written, so two workers never load two
+    A claim is its server's next job: it writes the job's cache `signature` as the
+    server's and counts the job, and a model switch when the two share too little. The
+    servers named are locked first, in name order (two transactions that locked them as
+    their claims came would deadlock): with the guard, two workers never load two
     families on one server at once.
     """
-    if not servers:
-        return None
-    heavy = sorted(affinity.heavy(signature)) if guard else []
+    named = sorted({name for claim in claims for name in claim.servers})
+    if not named:
+        return [None] * len(claims)
     with engine.begin() as conn:
-        if guard:
-            conn.execute(
-                text("SELECT 1 FROM servers WHERE name = ANY(:servers) ORDER BY name FOR UPDATE"),
-                {"servers": list(servers)},
-            )
-        row = conn.execute(
-            text(
-                "SELECT s.server, s.slot, v.signature FROM server_slots s "
-                "LEFT JOIN servers v ON v.name = s.server "
-                "WHERE s.server = ANY(:servers) AND ("
-                "  (s.run_id = :run AND s.job_id = :job) OR (" + _FREE + " AND ("
-                "    NOT :guard"
-                "    OR COALESCE(v.signature::jsonb = CAST(:seen AS jsonb) -> s.server, false)"
-                "    OR COALESCE(jsonb_exists_all(v.signature::jsonb, CAST(:heavy AS text[])),"
-                "      false)"
-                "    OR NOT EXISTS (SELECT 1 FROM server_slots o"
-                "      WHERE o.server = s.server AND o.worker_id IS NOT NULL)))"
-                ") ORDER BY (s.run_id IS NOT DISTINCT FROM :run "
-                "AND s.job_id IS NOT DISTINCT FROM :job) DESC, "
-                "array_position(:servers, s.server), s.slot "
-                "FOR UPDATE OF s SKIP LOCKED LIMIT 1"
-            ),
-            {
-                "servers": list(servers),
-                "seen": json.dumps({k: dict(v) for k, v in (may_switch or {}).items()}),
-                "guard": guard,
-                "heavy": heavy,
-                "run": run_id,
-                "job": job_id,
-                "lease": lease,
-            },
-        ).one_or_none()
-        if row is None:
-            return None
         conn.execute(
-            text(
-                "UPDATE server_slots SET worker_id = :me, run_id = :run, job_id = :job, "
-                "claimed_at = now() WHERE server = :s AND slot = :n"
-            ),
-            {"me": worker_id, "run": run_id, "job": job_id, "s": row.server, "n": row.slot},
+            text("SELECT 1 FROM servers WHERE name = ANY(:servers) ORDER BY name FOR UPDATE"),
+            {"servers": named},
         )
-        loaded = dict(row.signature or {})
-        conn.execute(
-            text(
-                "UPDATE servers SET signature = CAST(:sig AS JSON), jobs = jobs + 1, "
-                "switches = switches + :sw WHERE name = :s"
-            ),
-            {
-                "sig": json.dumps(dict(signature)),
-                "sw": int(affinity.switches(loaded, signature)),
-                "s": row.server,
-            },
-        )
-        return Slot(row.server, row.slot, loaded)
+        return [_claim_slot(conn, claim, lease=lease, guard=guard) for claim in claims]
+
+
+def _claim_slot(conn: Connection, claim: SlotClaim, *, lease: float, guard: bool) -> Slot | None:
+    if not claim.servers:
+        return None
+    servers = list(claim.servers)
+    row = conn.execute(
+        text(
+            "SELECT s.server, s.slot, v.signature FROM server_slots s "
+            "LEFT JOIN servers v ON v.name = s.server "
+            "WHERE s.server = ANY(:servers) AND ("
+            "  (s.run_id = :run AND s.job_id = :job) OR (" + _FREE + " AND ("
+            "    NOT :guard"
+            "    OR COALESCE(v.signature::jsonb = CAST(:seen AS jsonb) -> s.server, false)"
+            "    OR COALESCE(jsonb_exists_all(v.signature::jsonb, CAST(:heavy AS text[])),"
+            "      false)"
+            "    OR NOT EXISTS (SELECT 1 FROM server_slots o"
+            "      WHERE o.server = s.server AND o.worker_id IS NOT NULL)))"
+            ") ORDER BY (s.run_id IS NOT DISTINCT FROM :run "
+            "AND s.job_id IS NOT DISTINCT FROM :job) DESC, "
+            "array_position(:servers, s.server), s.slot "
+            "FOR UPDATE OF s SKIP LOCKED LIMIT 1"
+        ),
+        {
+            "servers": servers,
+            "seen": json.dumps({k: dict(v) for k, v in claim.may_switch.items()}),
+            "guard": guard,
+            "heavy": sorted(affinity.heavy(claim.signature)) if guard else [],
+            "run": claim.run_id,
+            "job": claim.job_id,
+            "lease": lease,
+        },
+    ).one_or_none()
+    if row is None:
+        return None
+    conn.execute(
+        text(
+            "UPDATE server_slots SET worker_id = :me, run_id = :run, job_id = :job, "
+            "claimed_at = now() WHERE server = :s AND slot = :n"
+        ),
+        {
+            "me": claim.worker_id,
+            "run": claim.run_id,
+            "job": claim.job_id,
+            "s": row.server,
+            "n": row.slot,
+        },
+    )
+    loaded = dict(row.signature or {})
+    conn.execute(
+        text(
+            "UPDATE servers SET signature = CAST(:sig AS JSON), jobs = jobs + 1, "
+            "switches = switches + :sw WHERE name = :s"
+        ),
+        {
+            "sig": json.dumps(dict(claim.signature)),
+            "sw": int(affinity.switches(loaded, claim.signature)),
+            "s": row.server,
+        },
+    )
+    return Slot(row.server, row.slot, loaded)
 
 
 @dataclass(frozen=True)
@@ -371,7 +392,7 @@ class ServerState:
 
 
 def server_states(engine: Engine, lease: float) -> dict[str, ServerState]:
-    """Every server's last signature and slots, in one read (the free count is claim_slot's
+    """Every server's last signature and slots, in one read (the free count is claim_slots'
     test, less the slot a taken-over job already holds)."""
     with _reading(engine) as conn:
         rows = conn.execute(
