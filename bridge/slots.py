@@ -196,15 +196,19 @@ def choose(
         if (not held or state.free == state.slots) and pays(name):
             ok.append((name, bool(state.signature) and not held))
 
-    def best(choice: tuple[str, bool]) -> tuple[bool, float, bool, int]:
-        """The job's own stream's server unless it would switch it, then the most already
-        loaded; among the rest a server that ran nothing yet before one with other models."""
+    def best(choice: tuple[str, bool]) -> tuple[bool, bool, float, bool, int]:
+        """An idle server with the job's models (it runs the job now, where its own
+        stream's server would queue it behind another: a run's last jobs); then the job's
+        own stream's server unless it would switch it, then the most already loaded; among
+        the rest a server that ran nothing yet before one with other models."""
         name = choice[0]
         state = states[name]
-        fresh = not state.signature and state.free == state.slots
-        mine = name == own and (fresh or not affinity.switches(state.signature, want.signature))
+        idle = state.free == state.slots
+        fresh = not state.signature and idle
+        same = not affinity.switches(state.signature, want.signature)
+        mine = name == own and (fresh or same)
         overlap = affinity.overlap(state.signature, want.signature)
-        return not mine, -overlap, not fresh, -state.free
+        return not (idle and same), not mine, -overlap, not fresh, -state.free
 
     return sorted(ok, key=best)
 

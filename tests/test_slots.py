@@ -155,6 +155,15 @@ def test_a_server_serves_another_stream_only_once_its_own_has_nothing_waiting() 
     assert late == [("s1", False), ("s2", False)]
 
 
+def test_an_idle_server_with_the_job_s_models_runs_it_before_its_own_queues_it() -> None:
+    """At a run's end: its own stream's server would queue it behind a running job."""
+    states = {"s1": state(A, 1), "s2": state(A, 2)}
+    demand = slots.Demand.of([waiting(A, lane=0)])  # s2's own stream has nothing waiting
+    assert chosen(want(A2, lane=0), states, {}, demand=demand) == [("s2", False), ("s1", False)]
+    ahead = slots.Demand.of([waiting(A, lane=0), waiting(A, lane=1)])
+    assert chosen(want(A2, lane=0), states, {}, demand=ahead) == [("s1", False)]
+
+
 def test_a_higher_level_job_is_not_held_back_by_a_lower_stream() -> None:
     states = {"s1": state(A, 2), "s2": state(B, 0)}
     demand = slots.Demand.of([waiting(A, lane=0), waiting(B, lane=1, count=5, priority=HIGH)])
