@@ -9,7 +9,7 @@ import pytest
 from sqlmodel import select
 
 from bridge.compile import compile_plan
-from bridge.db.models import GeneratedAsset, Run
+from bridge.db.models import GeneratedAsset, JobRecord, Run
 from bridge.db.store import Asset, Resumable, Store
 from bridge.errors import ConfigError
 from bridge.spec.validate import load_spec
@@ -79,6 +79,35 @@ def test_spec_rows_runs_jobs_assets_and_resume(database_url: str) -> None:
         jobs = {j.job_id: j for j in store.jobs(run_id)}
         assert jobs[render.id].reason == "changed"
         assert jobs[render.id].prompt_id == "p-1"
+    finally:
+        store.close()
+
+
+def test_resumable_prompts_are_found_by_hash_newest_first_among_many(database_url: str) -> None:
+    """Asked for more hashes than one query takes (500), each gets its newest prompt."""
+    spec = load_spec(ROOT / "specs" / "moonlit-garden.yaml")
+    store = Store(database_url)
+    try:
+        store.sync_spec(spec)
+        runs = [store.create_run(spec, "http://a", preview=False, settings={}) for _ in "ab"]
+        with store.session() as s:
+            for run_id, prompt in zip(runs, ("old", "new"), strict=True):
+                for n in range(700):
+                    s.add(
+                        JobRecord(
+                            run_id=run_id,
+                            job_id=f"j{n}",
+                            hash=f"h{n:04d}",
+                            state="submitted",
+                            prompt_id=f"{prompt}-{n}",
+                            server="http://a",
+                        )
+                    )
+            s.commit()
+        wanted = [f"h{n:04d}" for n in range(1, 700, 2)]
+        got = store.resumable("moonlit-garden", [*wanted, "nope"])
+        assert got == {h: Resumable(f"new-{int(h[1:])}", "http://a") for h in wanted}
+        assert store.resumable("another-project", wanted) == {}
     finally:
         store.close()
 

@@ -388,23 +388,27 @@ class Store:
             s.commit()
 
     def resumable(self, project_id: str, hashes: Iterable[str]) -> dict[str, Resumable]:
-        """Prompts posted by runs of this project that never finished, newest per hash."""
-        wanted = set(hashes)
+        """Prompts posted by runs of this project that never finished, newest per hash.
+        Looked up by hash (the jobs table keeps every run's rows: a worker asks this for
+        each job it starts)."""
+        wanted = sorted(set(hashes))
         out: dict[str, Resumable] = {}
         with self.session() as s:
-            rows = s.exec(
-                select(JobRecord)
-                .join(Run, col(Run.id) == JobRecord.run_id)
-                .where(
-                    Run.project_id == project_id,
-                    col(JobRecord.state).in_([state.value for state in RESUMABLE]),
-                    col(JobRecord.prompt_id).is_not(None),
+            for start in range(0, len(wanted), 500):
+                rows = s.exec(
+                    select(JobRecord)
+                    .join(Run, col(Run.id) == JobRecord.run_id)
+                    .where(
+                        col(JobRecord.hash).in_(wanted[start : start + 500]),
+                        col(JobRecord.state).in_([state.value for state in RESUMABLE]),
+                        col(JobRecord.prompt_id).is_not(None),
+                        Run.project_id == project_id,
+                    )
+                    .order_by(col(JobRecord.id))
                 )
-                .order_by(col(JobRecord.id))
-            )
-            for row in rows:
-                if row.hash in wanted and row.prompt_id:
-                    out[row.hash] = Resumable(row.prompt_id, row.server)
+                for row in rows:
+                    if row.prompt_id:
+                        out[row.hash] = Resumable(row.prompt_id, row.server)
         return out
 
     def take_over(self, run_id: int, job_hash: str) -> None:
