@@ -112,6 +112,27 @@ def test_resumable_prompts_are_found_by_hash_newest_first_among_many(database_ur
         store.close()
 
 
+def test_a_job_rendered_again_is_found_by_its_newest_asset(database_url: str) -> None:
+    """Its output was missing and the new render's bytes differ (a GPU's are not always the
+    same twice): the newest checksum is the one its path now holds."""
+    spec = load_spec(ROOT / "specs" / "moonlit-garden.yaml")
+    plan = compile_plan(spec)
+    render = plan.job("render:garden/s01")
+    store = Store(database_url)
+    try:
+        store.sync_spec(spec)
+        for digest in ("ab", "cd"):
+            run_id = store.create_run(spec, "http://a", preview=False, settings={})
+            store.add_jobs(run_id, plan.jobs(), {})
+            path = "moonlit-garden/garden/s01/render.mp4"
+            asset = Asset(path=path, sha256=digest * 32, bytes=10, probe=None, quality=None)
+            store.succeeded(run_id, spec, render, seconds=1.0, asset=asset)
+        found = store.find_assets("moonlit-garden", [render.hash])
+        assert (found[render.hash].sha256, found[render.hash].run_id) == ("cd" * 32, run_id)
+    finally:
+        store.close()
+
+
 def test_dead_runs_are_marked_interrupted(database_url: str) -> None:
     spec = load_spec(ROOT / "specs" / "smoke.yaml")
     store = Store(database_url)

@@ -496,7 +496,9 @@ class Store:
         ).first()
 
     def find_assets(self, project_id: str, hashes: Iterable[str]) -> dict[str, GeneratedAsset]:
-        """The newest asset for each job hash (main output first), if any."""
+        """The newest asset for each job hash, if any: a job rendered again (its output
+        was missing) holds the newest bytes at its path; an older row's checksum would call
+        it missing on every run after."""
         wanted = list(set(hashes))
         out: dict[str, GeneratedAsset] = {}
         with self.session() as s:
@@ -508,7 +510,7 @@ class Store:
                         GeneratedAsset.project_id == project_id,
                         col(GeneratedAsset.job_hash).in_(chunk),
                     )
-                    .order_by(col(GeneratedAsset.id))
+                    .order_by(col(GeneratedAsset.id).desc())
                 )
                 for row in rows:
                     out.setdefault(row.job_hash, row)
