@@ -139,7 +139,7 @@ class Runs:
             return {}
         plan = ctx.plan
         assets = self.store.find_assets(plan.project, (plan.job(j).hash for j in wanted))
-        rows = {r.job_id: r for r in self.store.jobs(ctx.run_id)}
+        rows = self.store.job_rows(ctx.run_id, wanted)
         out = {}
         for job_id in wanted:
             asset = assets.get(plan.job(job_id).hash)

@@ -133,6 +133,24 @@ def test_a_job_rendered_again_is_found_by_its_newest_asset(database_url: str) ->
         store.close()
 
 
+def test_a_run_s_job_rows_are_read_by_job_id(database_url: str) -> None:
+    spec = load_spec(ROOT / "specs" / "moonlit-garden.yaml")
+    store = Store(database_url)
+    try:
+        store.sync_spec(spec)
+        runs = [store.create_run(spec, "http://a", preview=False, settings={}) for _ in "ab"]
+        with store.session() as s:
+            for run_id in runs:
+                s.add_all(JobRecord(run_id=run_id, job_id=f"j{n}", hash="h") for n in range(600))
+            s.commit()
+        wanted = [f"j{n}" for n in range(600) if n % 7]  # 514
+        got = store.job_rows(runs[1], [*wanted, "nope"])
+        assert sorted(got) == sorted(wanted)  # more than one query's 500
+        assert {row.run_id for row in got.values()} == {runs[1]}
+    finally:
+        store.close()
+
+
 def test_dead_runs_are_marked_interrupted(database_url: str) -> None:
     spec = load_spec(ROOT / "specs" / "smoke.yaml")
     store = Store(database_url)
