@@ -487,11 +487,15 @@ def test_watch_folder_and_api_submit_to_the_workers(
             assert wait_run(pg_url, run_id, timeout=90) == "succeeded"
         priority = db_rows(pg_url, "SELECT priority FROM runs WHERE id = %s", posted)[0][0]
         assert priority == 10  # the posted spec's `priority: high`
-        time.sleep(2.5)  # the API's next probe
-        health = call(f"{url}/api/health", token=None)[1]
+        deadline = time.monotonic() + 30  # the API's probe (every 2 s) on a busy host
+        while True:
+            health = call(f"{url}/api/health", token=None)[1]
+            metrics = str(call(f"{url}/metrics", token=None)[1])
+            if "bridge_job_claims_total 5.0" in metrics or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
         assert [w["name"] for w in health["workers"]] == ["w1"]  # type: ignore[index]
-        metrics = call(f"{url}/metrics", token=None)[1]
-        assert "bridge_job_claims_total 5.0" in str(metrics)
+        assert "bridge_job_claims_total 5.0" in metrics
     finally:
         stop(serve)
         stop(watch)
