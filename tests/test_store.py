@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from bridge.compile import compile_plan
 from bridge.db.models import GeneratedAsset, JobRecord, Run
 from bridge.db.store import Asset, Resumable, Store
 from bridge.errors import ConfigError
+from bridge.spec.model import Spec
 from bridge.spec.validate import load_spec
 from bridge.states import RunState
 
@@ -83,72 +85,74 @@ def test_spec_rows_runs_jobs_assets_and_resume(database_url: str) -> None:
         store.close()
 
 
-def test_resumable_prompts_are_found_by_hash_newest_first_among_many(database_url: str) -> None:
-    """Asked for more hashes than one query takes (500), each gets its newest prompt."""
+@pytest.fixture
+def synced(database_url: str) -> Iterator[tuple[Spec, Store]]:
+    """The sample spec's rows in a fresh store."""
     spec = load_spec(ROOT / "specs" / "moonlit-garden.yaml")
     store = Store(database_url)
     try:
         store.sync_spec(spec)
-        runs = [store.create_run(spec, "http://a", preview=False, settings={}) for _ in "ab"]
-        with store.session() as s:
-            for run_id, prompt in zip(runs, ("old", "new"), strict=True):
-                for n in range(700):
-                    s.add(
-                        JobRecord(
-                            run_id=run_id,
-                            job_id=f"j{n}",
-                            hash=f"h{n:04d}",
-                            state="submitted",
-                            prompt_id=f"{prompt}-{n}",
-                            server="http://a",
-                        )
-                    )
-            s.commit()
-        wanted = [f"h{n:04d}" for n in range(1, 700, 2)]
-        got = store.resumable("moonlit-garden", [*wanted, "nope"])
-        assert got == {h: Resumable(f"new-{int(h[1:])}", "http://a") for h in wanted}
-        assert store.resumable("another-project", wanted) == {}
+        yield spec, store
     finally:
         store.close()
 
 
-def test_a_job_rendered_again_is_found_by_its_newest_asset(database_url: str) -> None:
+def new_runs(spec: Spec, store: Store, count: int = 2) -> list[int]:
+    return [store.create_run(spec, "http://a", preview=False, settings={}) for _ in range(count)]
+
+
+def test_resumable_prompts_are_found_by_hash_newest_first_among_many(
+    synced: tuple[Spec, Store],
+) -> None:
+    """Asked for more hashes than one query takes (500), each gets its newest prompt."""
+    spec, store = synced
+    runs = new_runs(spec, store)
+    with store.session() as s:
+        for run_id, prompt in zip(runs, ("old", "new"), strict=True):
+            for n in range(700):
+                s.add(
+                    JobRecord(
+                        run_id=run_id,
+                        job_id=f"j{n}",
+                        hash=f"h{n:04d}",
+                        state="submitted",
+                        prompt_id=f"{prompt}-{n}",
+                        server="http://a",
+                    )
+                )
+        s.commit()
+    wanted = [f"h{n:04d}" for n in range(1, 700, 2)]
+    got = store.resumable("moonlit-garden", [*wanted, "nope"])
+    assert got == {h: Resumable(f"new-{int(h[1:])}", "http://a") for h in wanted}
+    assert store.resumable("another-project", wanted) == {}
+
+
+def test_a_job_rendered_again_is_found_by_its_newest_asset(synced: tuple[Spec, Store]) -> None:
     """Its output was missing and the new render's bytes differ (a GPU's are not always the
     same twice): the newest checksum is the one its path now holds."""
-    spec = load_spec(ROOT / "specs" / "moonlit-garden.yaml")
+    spec, store = synced
     plan = compile_plan(spec)
     render = plan.job("render:garden/s01")
-    store = Store(database_url)
-    try:
-        store.sync_spec(spec)
-        for digest in ("ab", "cd"):
-            run_id = store.create_run(spec, "http://a", preview=False, settings={})
-            store.add_jobs(run_id, plan.jobs(), {})
-            path = "moonlit-garden/garden/s01/render.mp4"
-            asset = Asset(path=path, sha256=digest * 32, bytes=10, probe=None, quality=None)
-            store.succeeded(run_id, spec, render, seconds=1.0, asset=asset)
-        found = store.find_assets("moonlit-garden", [render.hash])
-        assert (found[render.hash].sha256, found[render.hash].run_id) == ("cd" * 32, run_id)
-    finally:
-        store.close()
+    for run_id, digest in zip(new_runs(spec, store), ("ab", "cd"), strict=True):
+        store.add_jobs(run_id, plan.jobs(), {})
+        path = "moonlit-garden/garden/s01/render.mp4"
+        asset = Asset(path=path, sha256=digest * 32, bytes=10, probe=None, quality=None)
+        store.succeeded(run_id, spec, render, seconds=1.0, asset=asset)
+    found = store.find_assets("moonlit-garden", [render.hash])
+    assert (found[render.hash].sha256, found[render.hash].run_id) == ("cd" * 32, run_id)
 
 
-def test_a_run_s_job_rows_are_read_by_job_id(database_url: str) -> None:
-    spec = load_spec(ROOT / "specs" / "moonlit-garden.yaml")
-    store = Store(database_url)
-    try:
-        store.sync_spec(spec)
-        runs = [store.create_run(spec, "http://a", preview=False, settings={}) for _ in "ab"]
-        with store.session() as s:
-            for run_id in runs:
-                s.add_all(JobRecord(run_id=run_id, job_id=f"j{n}", hash="h") for n in range(600))
-            s.commit()
-        wanted = [f"j{n}" for n in range(600) if n % 7]  # 514
-        got = store.job_rows(runs[1], [*wanted, "nope"])
-        assert sorted(got) == sorted(wanted)  # more than one query's 500
-        assert {row.run_id for row in got.values()} == {runs[1]}
-    finally:
-        store.close()
+def test_a_run_s_job_rows_are_read_by_job_id(synced: tuple[Spec, Store]) -> None:
+    spec, store = synced
+    runs = new_runs(spec, store)
+    with store.session() as s:
+        for run_id in runs:
+            s.add_all(JobRecord(run_id=run_id, job_id=f"j{n}", hash="h") for n in range(600))
+        s.commit()
+    wanted = [f"j{n}" for n in range(600) if n % 7]  # 514
+    got = store.job_rows(runs[1], [*wanted, "nope"])
+    assert sorted(got) == sorted(wanted)  # more than one query's 500
+    assert {row.run_id for row in got.values()} == {runs[1]}
 
 
 def test_dead_runs_are_marked_interrupted(database_url: str) -> None:
