@@ -2,16 +2,16 @@
 
 One loop per worker process reads every server's state in one query and hands the free
 slots to the process's waiting jobs, highest priority first, claiming them in one
-transaction (a run's start hands out every slot: one commit, not one per slot). A worker
-that frees a slot offers it to its own waiting jobs first and, if none takes it,
-announces it (a NOTIFY) to wake the other workers' loops; so does a claim that loads
-other models into a server with a slot still free. A loop reads the state again only when
-its answer may have changed: while every slot is held, when a slot is freed (a job that
-starts waiting then has nothing to look for); while the free slots are none its jobs may
-take, when one is freed or the servers' models change, or when the queue's counts or an
-idle server's grace may change its choice. (It used to poll ten times a second: each read
-is four round trips, and three workers' polls were most of what they asked of PostgreSQL
-beyond one worker's.)
+transaction (at a run's start, one commit for all the jobs then waiting, not one per
+slot). A worker that frees a slot offers it to its own waiting jobs first and, if none
+takes it, announces it (a NOTIFY) to wake the other workers' loops; so does a claim that
+loads other models into a server with a slot still free. A loop reads the state again
+only when its answer may have changed: while every slot is held, when a slot is freed (a
+job that starts waiting then has nothing to look for); while the free slots are none its
+jobs may take, when one is freed or the servers' models change, or when the queue's
+counts or an idle server's grace may change its choice. (It used to poll ten times a
+second: each read is four round trips, and three workers' polls were most of what they
+asked of PostgreSQL beyond one worker's.)
 
 Affinity: a job takes the free slot on the server that has the most of it loaded. Ready
 jobs are queued as one stream per server (queue.streams), each a stretch of jobs sharing

@@ -296,8 +296,8 @@ def claim_slots(
 ) -> list[Slot | None]:
     """Each claim's slot (with the signature its server had before), or None where every
     server it names was taken; in one transaction, in order, so that a later claim sees
-    the servers as the earlier ones left them (at a run's start a broker hands out every
-    slot at once: one commit instead of one per slot).
+    the servers as the earlier ones left them (at a run's start, one commit for all the
+    jobs a broker finds waiting instead of one per slot).
 
     Free: held by no one; or by a dead worker for a job that is no longer on a server.
     A slot a dead worker held for a job still submitted or running stays that job's, for
