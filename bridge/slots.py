@@ -83,17 +83,6 @@ class Want:
 
 
 @dataclass(frozen=True)
-class Pick:
-    """A waiter's claim as a round planned it: the servers to try, best first, and the
-    busy ones among them it may switch to its models, each with the signature the round
-    expects it to have then."""
-
-    want: Want
-    order: tuple[str, ...]
-    may_switch: dict[str, dict[str, float]]
-
-
-@dataclass(frozen=True)
 class Demand:
     """The jobs waiting for a server, across every worker (the queue's counts, and this
     process's own waiters, which the counts may not show yet); built once a round."""
@@ -221,8 +210,8 @@ class Farm(Protocol):
 
     async def states(self) -> dict[str, farm.ServerState]: ...
     async def waiting(self) -> list[farm.Waiting]: ...
-    async def claim(self, picks: Sequence[Pick]) -> list[farm.Slot | None]:
-        """Each pick's slot or None, claimed in one transaction, in order."""
+    async def claim(self, claims: Sequence[farm.SlotClaim]) -> list[farm.Slot | None]:
+        """Each claim's slot or None, in one transaction, in order (farm.claim_slots)."""
         ...
 
     async def release(self, slot: farm.Slot, worker_id: int) -> bool: ...
@@ -350,8 +339,9 @@ class Slots:
         rows = await self._queue_waiting() if self.use_affinity else []
         picks = self._plan(waiters, healthy, states, Demand.of(rows, waiters), now, idle_long)
         if picks:
-            for pick, slot in zip(picks, await self.farm.claim(picks), strict=True):
-                await self._settle(pick, slot, states, freed)
+            got = await self.farm.claim([claim for _, claim in picks])
+            for (w, claim), slot in zip(picks, got, strict=True):
+                await self._settle(w, claim, slot, states, freed)
         if self._all_held(states, healthy):  # as the claims left them
             return SLOT_BACKSTOP
         return None if picks else self._unchanged_for(now, idle_long)
@@ -364,9 +354,11 @@ class Slots:
         demand: Demand,
         now: float,
         idle_long: Collection[str],
-    ) -> list[Pick]:
-        """Each waiter's pick in turn, as if the ones before it got their first choice
-        (the claims check the servers again, in the same order)."""
+    ) -> list[tuple[Want, farm.SlotClaim]]:
+        """Each waiter's claim in turn, as if the ones before it got their first choice
+        (the claims check the servers again, in the same order): the servers to try, best
+        first, and the busy ones it may switch, with the signature each is expected to
+        have by then."""
         expect = dict(states)
         picks = []
         for w in waiters:
@@ -384,22 +376,25 @@ class Slots:
             if not chosen:
                 continue
             switch = {name: expect[name].signature for name, ok in chosen if ok and name in expect}
-            picks.append(Pick(w, tuple(name for name, _ in chosen), switch))
+            order = tuple(name for name, _ in chosen)
+            picks.append(
+                (w, farm.SlotClaim(order, w.worker_id, w.run_id, w.job_id, w.signature, switch))
+            )
             first = expect.get(chosen[0][0], _NONE)
             expect[chosen[0][0]] = replace(first, free=first.free - 1, signature=w.signature)
         return picks
 
     async def _settle(
         self,
-        pick: Pick,
+        w: Want,
+        claim: farm.SlotClaim,
         slot: farm.Slot | None,
         states: dict[str, farm.ServerState],
         freed: set[str],
     ) -> None:
         """Give a claimed slot to its waiter, and mark in `states` what the claim found."""
-        w = pick.want
         if slot is None:  # others took them since the read
-            for name in pick.order:
+            for name in claim.servers:
                 states[name] = replace(states.get(name, _NONE), free=0)
             return
         before = states.get(slot.server, _NONE)

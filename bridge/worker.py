@@ -566,19 +566,8 @@ class _SlotRows:
     async def waiting(self) -> list[farm.Waiting]:
         return await asyncio.to_thread(farm.waiting, self.worker.engine, queue.TASK, queue.LEVEL)
 
-    async def claim(self, picks: Sequence[slots.Pick]) -> list[farm.Slot | None]:
+    async def claim(self, claims: Sequence[farm.SlotClaim]) -> list[farm.Slot | None]:
         w = self.worker
-        claims = [
-            farm.SlotClaim(
-                p.order,
-                p.want.worker_id,
-                p.want.run_id,
-                p.want.job_id,
-                p.want.signature,
-                p.may_switch,
-            )
-            for p in picks
-        ]
         return await asyncio.to_thread(
             farm.claim_slots,
             w.engine,

@@ -388,7 +388,7 @@ class HeldFarm:
         self.free_slots = free
         self.signature = signature
         self.announced: list[str] = []
-        self.claims: list[int] = []  # the picks of each claim's transaction
+        self.claims: list[int] = []  # the claims in each transaction
 
     async def states(self) -> dict[str, farm.ServerState]:
         self.reads += 1
@@ -397,10 +397,10 @@ class HeldFarm:
     async def waiting(self) -> list[farm.Waiting]:
         return []
 
-    async def claim(self, picks: list[slots.Pick]) -> list[farm.Slot | None]:
-        self.claims.append(len(picks))
+    async def claim(self, claims: list[farm.SlotClaim]) -> list[farm.Slot | None]:
+        self.claims.append(len(claims))
         got: list[farm.Slot | None] = []
-        for n, _ in enumerate(picks):
+        for n, _ in enumerate(claims):
             got.append(farm.Slot("s1", n, {}) if self.free_slots > 0 else None)
             self.free_slots -= got[-1] is not None
         return got
