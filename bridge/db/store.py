@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +43,13 @@ from bridge.states import RESUMABLE, UNFINISHED, JobState, RunState
 
 logger = logging.getLogger(__name__)
 WORKERS_BACKEND = "workers"  # a run submitted to `bridge worker`s
+
+
+def _in_chunks(values: Iterable[str], size: int = 500) -> Iterator[list[str]]:
+    """Distinct `values` in lists short enough for one IN (...) on either database."""
+    wanted = sorted(set(values))
+    for start in range(0, len(wanted), size):
+        yield wanted[start : start + size]
 
 
 @dataclass(frozen=True)
@@ -391,15 +398,14 @@ class Store:
         """Prompts posted by runs of this project that never finished, newest per hash.
         Looked up by hash (the jobs table keeps every run's rows: a worker asks this for
         each job it starts)."""
-        wanted = sorted(set(hashes))
         out: dict[str, Resumable] = {}
         with self.session() as s:
-            for start in range(0, len(wanted), 500):
+            for chunk in _in_chunks(hashes):
                 rows = s.exec(
                     select(JobRecord)
                     .join(Run, col(Run.id) == JobRecord.run_id)
                     .where(
-                        col(JobRecord.hash).in_(wanted[start : start + 500]),
+                        col(JobRecord.hash).in_(chunk),
                         col(JobRecord.state).in_([state.value for state in RESUMABLE]),
                         col(JobRecord.prompt_id).is_not(None),
                         Run.project_id == project_id,
@@ -499,11 +505,9 @@ class Store:
         """The newest asset for each job hash, if any: a job rendered again (its output
         was missing) holds the newest bytes at its path; an older row's checksum would call
         it missing on every run after."""
-        wanted = list(set(hashes))
         out: dict[str, GeneratedAsset] = {}
         with self.session() as s:
-            for start in range(0, len(wanted), 500):
-                chunk = wanted[start : start + 500]
+            for chunk in _in_chunks(hashes):
                 rows = s.exec(
                     select(GeneratedAsset)
                     .where(
@@ -602,14 +606,13 @@ class Store:
     def job_rows(self, run_id: int, job_ids: Iterable[str]) -> dict[str, JobRecord]:
         """Some of a run's job rows, by job id: a worker reads a job's dependencies' rows
         as it starts it (reading the run's every row made each start cost the run's size)."""
-        wanted = sorted(set(job_ids))
         out: dict[str, JobRecord] = {}
         with self.session() as s:
-            for start in range(0, len(wanted), 500):
+            for chunk in _in_chunks(job_ids):
                 rows = s.exec(
                     select(JobRecord).where(
                         JobRecord.run_id == run_id,
-                        col(JobRecord.job_id).in_(wanted[start : start + 500]),
+                        col(JobRecord.job_id).in_(chunk),
                     )
                 )
                 out.update((row.job_id, row) for row in rows)
