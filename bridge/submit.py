@@ -58,7 +58,7 @@ async def submit(
     run_id = await asyncio.to_thread(
         recorder.start, reasons, backend=WORKERS_BACKEND, preview=False, settings=public
     )
-    await asyncio.to_thread(farm.set_priority, store.engine, run_id, priority)
+    await asyncio.to_thread(farm.open_run, store.engine, run_id, priority)
     async with app.open_async():
         await queue.ensure_schema(app, store.engine)
         lanes = len(await asyncio.to_thread(farm.server_counts, store.engine))

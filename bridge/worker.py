@@ -105,6 +105,7 @@ class Worker:
         self._in_hand: dict[tuple[int, str], asyncio.Event] = {}
         self.slots: slots.Slots | None = None
         self.listening = False  # LISTENing for freed slots (farm.SLOTS_FREED)
+        self._preparing: set[asyncio.Task[None]] = set()  # runs compiled ahead (_prepare)
 
     async def run(self) -> None:
         """Serve jobs until cancelled (SIGTERM/SIGINT stop it after the jobs in hand)."""
@@ -165,7 +166,7 @@ class Worker:
             )
             helpers = [
                 asyncio.create_task(self._sweep(), name="bridge sweeper"),
-                asyncio.create_task(self._listen_for_slots(), name="bridge slot listener"),
+                asyncio.create_task(self._listen(), name="bridge listener"),
             ]
             try:
                 await self.queue_worker.run()  # type: ignore[no-untyped-call]
@@ -179,9 +180,11 @@ class Worker:
                     with contextlib.suppress(SQLAlchemyError, OSError):
                         await asyncio.to_thread(farm.unregister_worker, self.engine, worker_id)
 
-    async def _listen_for_slots(self) -> None:
-        """Wake the slot broker whenever any worker frees a slot; while this is not
-        listening (the database away), the broker polls."""
+    async def _listen(self) -> None:
+        """Wake the slot broker whenever any worker frees a slot (while this is not
+        listening, the database away, the broker polls), and compile a run's spec as soon
+        as it is submitted: at a run's start its first jobs reach every worker at once,
+        and each would wait for that compile (on one host, every worker's at once)."""
         assert self.slots is not None
         broker = self.slots
         while True:
@@ -190,17 +193,38 @@ class Worker:
                     queue.conninfo(self.settings.database), autocommit=True
                 ) as conn:
                     await conn.execute(f"LISTEN {farm.SLOTS_FREED}")
+                    await conn.execute(f"LISTEN {farm.RUN_SUBMITTED}")
                     self.listening = True
                     broker.changed()  # what was freed before we listened
                     while True:
-                        async for _ in conn.notifies(timeout=LISTEN_CHECK):
-                            broker.changed()
+                        async for note in conn.notifies(timeout=LISTEN_CHECK):
+                            if note.channel == farm.RUN_SUBMITTED:
+                                self._prepare(note.payload)
+                            else:
+                                broker.changed()
                         await conn.execute("SELECT 1")  # a connection gone quiet may be gone
             except _DATABASE as exc:
                 log.debug("not listening for freed slots: %s", exc)
             finally:
                 self.listening = False
             await asyncio.sleep(1.0)
+
+    def _prepare(self, payload: str) -> None:
+        """Compile a submitted run in the background; its jobs' tasks wait for it. A spec
+        that fails here fails again, reported, when its first job or the sweeper asks."""
+        if not payload.isdigit():
+            return
+        run_id = int(payload)
+
+        def compile_quietly() -> None:
+            try:
+                self.runs.get(run_id)
+            except Exception as exc:
+                log.debug("run %d not compiled ahead: %s", run_id, exc)
+
+        task = asyncio.create_task(asyncio.to_thread(compile_quietly), name=f"compile {run_id}")
+        self._preparing.add(task)
+        task.add_done_callback(self._preparing.discard)
 
     async def _sweep(self) -> None:
         """Register this process, then hand stalled workers' jobs back, age the queue, and

@@ -31,6 +31,9 @@ RUN_LOCK = 0x6272  # pg_advisory_lock(int, int) class key for finishing a run
 # it instead of polling the slots while every one is held; a slot freed by a lease running
 # out writes nothing, so the brokers still look now and then (slots.SLOT_BACKSTOP).
 SLOTS_FREED = "bridge_slots_freed"
+# NOTIFY channel: a run was submitted (its id as payload). Workers compile its spec then,
+# while `bridge submit` still queues its jobs, not once the first job reaches them.
+RUN_SUBMITTED = "bridge_run_submitted"
 
 
 def _reading(engine: Engine) -> Connection:
@@ -180,10 +183,15 @@ def skip_pending(engine: Engine, run_id: int, job_id: str, error: str) -> None:
         )
 
 
-def set_priority(engine: Engine, run_id: int, priority: int) -> None:
+def open_run(engine: Engine, run_id: int, priority: int) -> None:
+    """Give the submitted run its priority and tell the workers of it, in one commit."""
     with engine.begin() as conn:
         conn.execute(
             text("UPDATE runs SET priority = :p WHERE id = :run"), {"p": priority, "run": run_id}
+        )
+        conn.execute(
+            text("SELECT pg_notify(:channel, :run)"),
+            {"channel": RUN_SUBMITTED, "run": str(run_id)},
         )
 
 
