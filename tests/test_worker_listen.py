@@ -72,9 +72,7 @@ async def test_a_worker_compiles_a_run_as_it_is_submitted_and_wakes_its_broker_o
         await until(lambda: worker.listening, "the worker listens")
         spec = load_spec(path)
         high = priorities.parse("high", where="test")
-        run_id = await submit(
-            settings, store, spec, compile_plan(spec), Selection(), priority=high
-        )
+        run_id = await submit(settings, store, spec, compile_plan(spec), Selection(), priority=high)
         await until(lambda: compiled == [run_id], f"run {run_id} compiled once")
         await until(lambda: not worker._preparing, "the compile ended")
         ctx = await asyncio.to_thread(worker.runs.get, run_id)
