@@ -156,9 +156,17 @@ async def defer_ready(
     ]
     if not entries:
         return 0
+    # The jobs the servers run first go in a batch of their own: the workers start on
+    # them while the rest (a run's 600 jobs: 0.1 s) is still being inserted.
+    first = 2 * max(1, lanes)
+    return await _defer(app, entries[:first]) + await _defer(app, entries[first:])
+
+
+async def _defer(app: procrastinate.App, entries: list[procrastinate.jobs.Job]) -> int:
+    """Queue `entries` in one statement: they wake each idle worker once, not once each."""
+    if not entries:
+        return 0
     try:
-        # One statement: a run's 600 jobs wake each idle worker once, not 600 times while
-        # the submit is still inserting.
         await app.job_manager.batch_defer_jobs_async(entries)
         return len(entries)
     except AlreadyEnqueued:  # another worker queued some of them: the rest one by one

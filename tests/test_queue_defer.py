@@ -1,10 +1,13 @@
-"""Queueing a run's ready jobs on PostgreSQL: the whole run in one statement, and one by
-one where another worker queued some of them first."""
+"""Queueing a run's ready jobs on PostgreSQL: the jobs the servers run first in one
+statement, the rest of the run in another, and one by one where another worker queued some
+of them first."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+import pytest
 from sqlalchemy import text
 
 from bridge import queue, settings
@@ -64,5 +67,46 @@ async def test_a_runs_ready_jobs_are_queued_in_order_and_another_workers_copy_is
         assert sorted(job for job, _, _ in again) == sorted(
             ["elsewhere", *renders[:2], *renders[3:]]
         )
+    finally:
+        store.close()
+
+
+async def test_the_jobs_each_server_runs_first_are_queued_before_the_rest_of_the_run(
+    pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "q.yaml"
+    path.write_text(smoke_spec("q", 9))
+    config = settings.resolve(
+        environ={"DATABASE_URL": pg_url, "OUTPUT_PATH": str(tmp_path / "out")}
+    )
+    spec = load_spec(path)
+    plan = compile_plan(spec)
+    store = Store(pg_url)
+    try:
+        run_id = await submit(config, store, spec, plan, Selection(), priority=0)
+        with store.engine.begin() as conn:
+            conn.execute(text("DELETE FROM procrastinate_jobs"))
+        app = queue.app_for(pg_url)
+        batches: list[list[tuple[str, int]]] = []
+        batch_defer = app.job_manager.batch_defer_jobs_async
+
+        async def seen(entries: list[Any]) -> Any:
+            batches.append([(e.task_kwargs["job_id"], e.task_kwargs["lane"]) for e in entries])
+            return await batch_defer(entries)
+
+        monkeypatch.setattr(app.job_manager, "batch_defer_jobs_async", seen)
+        async with app.open_async():
+            count = await queue.defer_ready(
+                app, store.engine, run_id, plan, 0, group=True, lanes=2, lease=30
+            )
+        renders = [j for j in plan.order if j.startswith("render:")]
+        assert count == len(renders) == 9
+        # two servers, stretches of four and five: the first two jobs of each, then the rest
+        assert batches[0] == [(renders[0], 0), (renders[4], 1), (renders[1], 0), (renders[5], 1)]
+        rest = [renders[2], renders[6], renders[3], renders[7], renders[8]]
+        assert [job for job, _ in batches[1]] == rest
+        assert [job for job, _, _ in _queued(store, run_id)] == [
+            job for batch in batches for job, _ in batch
+        ]
     finally:
         store.close()
