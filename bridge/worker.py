@@ -204,7 +204,7 @@ class Worker:
                                 broker.changed()
                         await conn.execute("SELECT 1")  # a connection gone quiet may be gone
             except _DATABASE as exc:
-                log.debug("not listening for freed slots: %s", exc)
+                log.debug("not listening for freed slots and submitted runs: %s", exc)
             finally:
                 self.listening = False
             await asyncio.sleep(1.0)
