@@ -13,6 +13,7 @@ from sqlalchemy import text
 from bridge import queue, settings
 from bridge.compile import compile_plan
 from bridge.db.store import Store
+from bridge.plan import Plan
 from bridge.runner import Selection
 from bridge.spec.validate import load_spec
 from bridge.submit import submit
@@ -31,11 +32,10 @@ def _queued(store: Store, run_id: int) -> list[tuple[str, int, str]]:
         return [(r[0], r[1], r[2]) for r in rows]
 
 
-async def test_a_runs_ready_jobs_are_queued_in_order_and_another_workers_copy_is_kept(
-    pg_url: str, tmp_path: Path
-) -> None:
+async def _submitted(pg_url: str, tmp_path: Path, *, shots: int) -> tuple[Store, Plan, int]:
+    """A submitted run of `shots` renders: its store, plan and id."""
     path = tmp_path / "q.yaml"
-    path.write_text(smoke_spec("q", 5))
+    path.write_text(smoke_spec("q", shots))
     config = settings.resolve(
         environ={"DATABASE_URL": pg_url, "OUTPUT_PATH": str(tmp_path / "out")}
     )
@@ -44,6 +44,17 @@ async def test_a_runs_ready_jobs_are_queued_in_order_and_another_workers_copy_is
     store = Store(pg_url)
     try:
         run_id = await submit(config, store, spec, plan, Selection(), priority=0)
+    except BaseException:
+        store.close()
+        raise
+    return store, plan, run_id
+
+
+async def test_a_runs_ready_jobs_are_queued_in_order_and_another_workers_copy_is_kept(
+    pg_url: str, tmp_path: Path
+) -> None:
+    store, plan, run_id = await _submitted(pg_url, tmp_path, shots=5)
+    try:
         first = _queued(store, run_id)
         renders = [j for j in plan.order if j.startswith("render:")]
         assert [job for job, _, _ in first] == renders
@@ -74,16 +85,8 @@ async def test_a_runs_ready_jobs_are_queued_in_order_and_another_workers_copy_is
 async def test_the_jobs_each_server_runs_first_are_queued_before_the_rest_of_the_run(
     pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    path = tmp_path / "q.yaml"
-    path.write_text(smoke_spec("q", 9))
-    config = settings.resolve(
-        environ={"DATABASE_URL": pg_url, "OUTPUT_PATH": str(tmp_path / "out")}
-    )
-    spec = load_spec(path)
-    plan = compile_plan(spec)
-    store = Store(pg_url)
+    store, plan, run_id = await _submitted(pg_url, tmp_path, shots=9)
     try:
-        run_id = await submit(config, store, spec, plan, Selection(), priority=0)
         with store.engine.begin() as conn:
             conn.execute(text("DELETE FROM procrastinate_jobs"))
         app = queue.app_for(pg_url)
