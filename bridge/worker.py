@@ -192,8 +192,7 @@ class Worker:
                 async with await psycopg.AsyncConnection.connect(
                     queue.conninfo(self.settings.database), autocommit=True
                 ) as conn:
-                    await conn.execute(f"LISTEN {farm.SLOTS_FREED}")
-                    await conn.execute(f"LISTEN {farm.RUN_SUBMITTED}")
+                    await conn.execute(f"LISTEN {farm.SLOTS_FREED}; LISTEN {farm.RUN_SUBMITTED}")
                     self.listening = True
                     broker.changed()  # what was freed before we listened
                     while True:

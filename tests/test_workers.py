@@ -252,8 +252,9 @@ def test_server_limits_hold_across_four_workers(
     # each waited for freed slots by LISTENing, not by polling the slots (bridge.slots)
     listening = db_rows(
         pg_url,
-        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND query = %s",
-        f"LISTEN {SLOTS_FREED}",
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+        "AND position(%s IN query) = 1",
+        f"LISTEN {SLOTS_FREED};",
     )
     assert listening == [(4,)]
 
