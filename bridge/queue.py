@@ -154,8 +154,6 @@ async def defer_ready(
             streams(ready, plan, group=group, lanes=lanes), start=handed
         )
     ]
-    if not entries:
-        return 0
     # The jobs the servers run first go in a batch of their own: the workers start on
     # them while the rest (a run's 600 jobs: 0.1 s) is still being inserted.
     first = 2 * max(1, lanes)

@@ -209,21 +209,17 @@ class Worker:
             await asyncio.sleep(1.0)
 
     def _prepare(self, payload: str) -> None:
-        """Compile a submitted run in the background; its jobs' tasks wait for it. A spec
-        that fails here fails again, reported, when its first job or the sweeper asks."""
-        if not payload.isdigit():
-            return
-        run_id = int(payload)
+        """Compile a submitted run in the background (its jobs' tasks wait for it), ended
+        as a job would end it if its spec cannot be read as submitted."""
+        if payload.isdigit():
+            task = asyncio.create_task(self._prepare_run(int(payload)), name=f"run {payload}")
+            self._preparing.add(task)
+            task.add_done_callback(self._preparing.discard)
 
-        def compile_quietly() -> None:
-            try:
-                self.runs.get(run_id)
-            except Exception as exc:
-                log.debug("run %d not compiled ahead: %s", run_id, exc)
-
-        task = asyncio.create_task(asyncio.to_thread(compile_quietly), name=f"compile {run_id}")
-        self._preparing.add(task)
-        task.add_done_callback(self._preparing.discard)
+    async def _prepare_run(self, run_id: int) -> None:
+        """A spec unreadable for now, or the database away: the run's jobs ask again."""
+        with contextlib.suppress(SpecUnreadable, *_DATABASE):
+            await self._context(run_id)
 
     async def _sweep(self) -> None:
         """Register this process, then hand stalled workers' jobs back, age the queue, and
