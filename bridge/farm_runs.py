@@ -109,7 +109,7 @@ class Runs:
 
         run = self.store.run(run_id)
         if run is None or not run.settings or SPEC_PATH not in run.settings:
-            raise BridgeError(f"run {run_id} was not submitted to workers")
+            raise BridgeError("no such run was submitted to the workers")
         path = Path(run.settings[SPEC_PATH])
         base = Path(run.settings.get(SPEC_FOLDER) or path.parent)
         try:
