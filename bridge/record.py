@@ -103,13 +103,21 @@ class Recorder:
         backend: str,
         preview: bool,
         settings: Mapping[str, Any],
+        priority: int = 0,
     ) -> int:
         """The run's row, its spec's rows and one row per job; returns the run's id."""
         store = self.store
         store.sync_spec(self.spec)
-        self.run_id = store.create_run(self.spec, backend, preview=preview, settings=settings)
-        cached = {job_id for job_id, reason in reasons.items() if not reason.runs}
-        store.add_jobs(self.run_id, self.plan.jobs(), as_text(reasons), cached=cached)
+        self.run_id = store.create_run(
+            self.spec,
+            backend,
+            preview=preview,
+            settings=settings,
+            jobs=self.plan.jobs(),
+            reasons=as_text(reasons),
+            cached={job_id for job_id, reason in reasons.items() if not reason.runs},
+            priority=priority,
+        )
         store.log(self.run_id, "run_started", data={"spec": self.spec.file, "jobs": len(self.plan)})
         return self.run_id
 

@@ -258,7 +258,11 @@ class Runner:
 
         def opening() -> int:
             return recorder.start(
-                found, backend=backend, preview=self.preview, settings=self.settings.public()
+                found,
+                backend=backend,
+                preview=self.preview,
+                settings=self.settings.public(),
+                priority=priority,
             )
 
         # A big plan's opening writes (a row per job) run off the event loop, so the API's

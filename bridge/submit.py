@@ -56,9 +56,14 @@ async def submit(
         "force": selection.force,
     }
     run_id = await asyncio.to_thread(
-        recorder.start, reasons, backend=WORKERS_BACKEND, preview=False, settings=public
+        recorder.start,
+        reasons,
+        backend=WORKERS_BACKEND,
+        preview=False,
+        settings=public,
+        priority=priority,
     )
-    await asyncio.to_thread(farm.open_run, store.engine, run_id, priority)
+    await asyncio.to_thread(farm.announce_run, store.engine, run_id)
     async with app.open_async():
         await queue.ensure_schema(app, store.engine)
         lanes = len(await asyncio.to_thread(farm.server_counts, store.engine))

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import select
 
 from bridge.compile import compile_plan
 from bridge.db.models import GeneratedAsset, JobRecord, Run
 from bridge.db.store import Asset, Resumable, Store
 from bridge.errors import ConfigError
+from bridge.plan import Job
 from bridge.spec.model import Spec
 from bridge.spec.validate import load_spec
 from bridge.states import RunState
@@ -27,8 +29,14 @@ def test_spec_rows_runs_jobs_assets_and_resume(database_url: str) -> None:
     try:
         store.sync_spec(spec)
         store.sync_spec(spec)  # idempotent: replaced, not duplicated
-        run_id = store.create_run(spec, "http://a", preview=False, settings={"x": 1})
-        store.add_jobs(run_id, plan.jobs(), {"render:garden/s01": "changed"})
+        run_id = store.create_run(
+            spec,
+            "http://a",
+            preview=False,
+            settings={"x": 1},
+            jobs=plan.jobs(),
+            reasons={"render:garden/s01": "changed"},
+        )
         render = plan.job("render:garden/s01")
         store.mark_submitting(run_id, render.id, "p-1", "http://a", 1)
         assert store.resumable("moonlit-garden", [render.hash]) == {
@@ -85,6 +93,33 @@ def test_spec_rows_runs_jobs_assets_and_resume(database_url: str) -> None:
         store.close()
 
 
+def test_a_run_and_its_job_rows_are_written_together(synced: tuple[Spec, Store]) -> None:
+    """Either both are there or neither: a worker that saw the run without its jobs would
+    end it as having none."""
+    spec, store = synced
+    plan = compile_plan(spec)
+    render, first = plan.job("render:garden/s01"), next(plan.jobs())
+    with pytest.raises(SQLAlchemyError):  # the same job twice: its rows cannot be written
+        new_runs(spec, store, count=1, jobs=[*plan.jobs(), render])
+    assert store.runs() == []
+    run_id = store.create_run(
+        spec,
+        "http://a",
+        preview=False,
+        settings={},
+        jobs=plan.jobs(),
+        reasons={render.id: "changed"},
+        cached={first.id},
+        priority=7,
+    )
+    rows = {row.job_id: row for row in store.jobs(run_id)}
+    assert len(rows) == len(plan)
+    assert (rows[render.id].state, rows[render.id].reason) == ("pending", "changed")
+    assert rows[first.id].state == "cached"
+    assert rows[first.id].finished_at is not None
+    assert store.run(run_id).priority == 7  # type: ignore[union-attr]
+
+
 @pytest.fixture
 def synced(database_url: str) -> Iterator[tuple[Spec, Store]]:
     """The sample spec's rows in a fresh store."""
@@ -97,8 +132,11 @@ def synced(database_url: str) -> Iterator[tuple[Spec, Store]]:
         store.close()
 
 
-def new_runs(spec: Spec, store: Store, count: int = 2) -> list[int]:
-    return [store.create_run(spec, "http://a", preview=False, settings={}) for _ in range(count)]
+def new_runs(spec: Spec, store: Store, count: int = 2, jobs: Sequence[Job] = ()) -> list[int]:
+    return [
+        store.create_run(spec, "http://a", preview=False, settings={}, jobs=jobs)
+        for _ in range(count)
+    ]
 
 
 def test_resumable_prompts_are_found_by_hash_newest_first_among_many(
@@ -133,8 +171,9 @@ def test_a_job_rendered_again_is_found_by_its_newest_asset(synced: tuple[Spec, S
     spec, store = synced
     plan = compile_plan(spec)
     render = plan.job("render:garden/s01")
-    for run_id, digest in zip(new_runs(spec, store), ("ab", "cd"), strict=True):
-        store.add_jobs(run_id, plan.jobs(), {})
+    for run_id, digest in zip(
+        new_runs(spec, store, jobs=list(plan.jobs())), ("ab", "cd"), strict=True
+    ):
         path = "moonlit-garden/garden/s01/render.mp4"
         asset = Asset(path=path, sha256=digest * 32, bytes=10, probe=None, quality=None)
         store.succeeded(run_id, spec, render, seconds=1.0, asset=asset)

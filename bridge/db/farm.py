@@ -183,15 +183,11 @@ def skip_pending(engine: Engine, run_id: int, job_id: str, error: str) -> None:
         )
 
 
-def open_run(engine: Engine, run_id: int, priority: int) -> None:
-    """Give the submitted run its priority and tell the workers of it, in one commit."""
+def announce_run(engine: Engine, run_id: int) -> None:
+    """Tell the workers of a submitted run (its rows are in), so each compiles it now."""
     with engine.begin() as conn:
         conn.execute(
-            text("UPDATE runs SET priority = :p WHERE id = :run"), {"p": priority, "run": run_id}
-        )
-        conn.execute(
-            text("SELECT pg_notify(:channel, :run)"),
-            {"channel": RUN_SUBMITTED, "run": str(run_id)},
+            text("SELECT pg_notify(:channel, :run)"), {"channel": RUN_SUBMITTED, "run": str(run_id)}
         )
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event, func, or_, text, update
+from sqlalchemy import event, func, insert, or_, text, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlmodel import Session, col, create_engine, select
@@ -246,9 +246,20 @@ class Store:
     # -- runs and jobs -------------------------------------------------------------------
 
     def create_run(
-        self, spec: Spec, backend: str, *, preview: bool, settings: Mapping[str, Any]
+        self,
+        spec: Spec,
+        backend: str,
+        *,
+        preview: bool,
+        settings: Mapping[str, Any],
+        jobs: Iterable[Job] = (),
+        reasons: Mapping[str, str] | None = None,
+        cached: Collection[str] = (),
+        priority: int = 0,
     ) -> int:
-        """A new run; earlier runs of the project left 'running' by a dead process are
+        """A new run with one row per job and why each runs (`cached` ones born finished),
+        in one transaction: no reader sees the run without its jobs (a worker would end it
+        as having none). Earlier runs of the project left 'running' by a dead process are
         marked interrupted, so status never shows a ghost."""
         with self.session() as s:
             for old in s.exec(
@@ -270,39 +281,30 @@ class Store:
                 preview=preview,
                 pid=os.getpid(),
                 settings=dict(settings),
+                priority=priority,
             )
             s.add(run)
-            s.commit()
+            s.flush()
             assert run.id is not None
-            return run.id
-
-    def add_jobs(
-        self,
-        run_id: int,
-        jobs: Iterable[Job],
-        reasons: Mapping[str, str],
-        *,
-        cached: Collection[str] = (),
-    ) -> None:
-        """All of a run's jobs in one transaction, with why each runs; `cached` ones are
-        born finished."""
-        now = utcnow()
-        with self.session() as s:
-            s.add_all(
-                JobRecord(
-                    run_id=run_id,
-                    job_id=j.id,
-                    kind=j.kind.value,
-                    scene_id=j.scene,
-                    shot_id=j.shot,
-                    hash=j.hash,
-                    reason=reasons.get(j.id, "new"),
-                    state=(JobState.CACHED if j.id in cached else JobState.PENDING).value,
-                    finished_at=now if j.id in cached else None,
-                )
+            run_id, now, why = run.id, utcnow(), reasons or {}
+            rows = [
+                {
+                    "run_id": run_id,
+                    "job_id": j.id,
+                    "kind": j.kind.value,
+                    "scene_id": j.scene,
+                    "shot_id": j.shot,
+                    "hash": j.hash,
+                    "reason": why.get(j.id, "new"),
+                    "state": (JobState.CACHED if j.id in cached else JobState.PENDING).value,
+                    "finished_at": now if j.id in cached else None,
+                }
                 for j in jobs
-            )
+            ]
+            if rows:  # one multi-row statement, not an ORM object per job (10x faster)
+                s.execute(insert(JobRecord), rows)
             s.commit()
+            return run_id
 
     def _update(self, run_id: int, job_id: str, **values: Any) -> None:
         """One UPDATE of the job's row, without reading it first."""
