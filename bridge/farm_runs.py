@@ -8,9 +8,12 @@ rendering something other than what was submitted.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import threading
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +32,8 @@ from bridge.webhooks import Hook, Notifier, hooks_from_spec
 SPEC_PATH = "spec_path"  # keys of a submitted run's settings column
 SPEC_FOLDER = "spec_folder"  # where its relative paths resolve (a watch folder, say)
 SELECTION = "selection"
+PREPARED = "prepared"  # the key of the compile the submitter asked for (Runs.prepare)
+PREPARED_FOR = 60.0  # seconds a compile waits for the run it was prepared for
 
 
 # a spec that is not there (moved, or a path other hosts lack) rather than unreadable now
@@ -51,6 +56,10 @@ class RunContext:
 
 
 def plan_for(spec: Spec, selection: dict[str, Any] | None) -> Plan:
+    return narrowed(compile_plan(spec), selection)
+
+
+def narrowed(plan: Plan, selection: dict[str, Any] | None) -> Plan:
     from bridge.runner import Selection
 
     sel = selection or {}
@@ -59,7 +68,18 @@ def plan_for(spec: Spec, selection: dict[str, Any] | None) -> Plan:
         only=tuple(sel.get("only", ())),
         force=bool(sel.get("force", False)),
     )
-    return chosen.narrow(compile_plan(spec))
+    return chosen.narrow(plan)
+
+
+@dataclass
+class _Prepared:
+    """A spec compiled on a submitter's word, for the run it is about to write."""
+
+    path: Path
+    base: Path
+    at: float
+    done: threading.Event = field(default_factory=threading.Event)
+    compiled: tuple[Spec, Plan] | None = None
 
 
 class Runs:
@@ -75,6 +95,7 @@ class Runs:
         self._known: dict[int, RunContext] = {}
         self._lock = threading.Lock()
         self._compiling: dict[int, threading.Lock] = {}
+        self._prepared: dict[str, _Prepared] = {}
 
     def get(self, run_id: int) -> RunContext:
         """The run, compiled once: the jobs a worker takes at once wait for one compile
@@ -93,6 +114,27 @@ class Runs:
                 del self._compiling[run_id]
             return ctx
 
+    def expect(self, key: str, path: Path, base: Path) -> Callable[[], None]:
+        """A submitter's word that it is about to write a run of this spec under `key`;
+        returns the spec's compile, to run on a thread while the submitter writes the
+        run's rows (they and its own checks take longer). The run's compile waits for it
+        instead of compiling again; one its run never claims is dropped after a while."""
+        entry = _Prepared(path, base, time.monotonic())
+        with self._lock:
+            for old in [k for k, e in self._prepared.items() if entry.at - e.at > PREPARED_FOR]:
+                del self._prepared[old]
+            self._prepared[key] = entry
+        return functools.partial(self._prepare, entry)
+
+    def _prepare(self, entry: _Prepared) -> None:
+        """A spec that fails here is left to the run's own compile, which says why."""
+        try:
+            with contextlib.suppress(BridgeError):
+                spec = self._load(entry.path, entry.base, "a submitted spec")
+                entry.compiled = spec, compile_plan(spec)
+        finally:
+            entry.done.set()
+
     def warm(self) -> None:
         """Build what every compile shares (the schema's validator, the templates) before
         the first run: else each worker builds it as the run starts, when every worker
@@ -103,34 +145,50 @@ class Runs:
         plan_for(validate(load_bytes(_WARM, "<warm-up>", base=self.root)), None)
 
     def _compile(self, run_id: int) -> RunContext:
-        from bridge.direct.merge import merge_direction
-        from bridge.spec.load import load_bytes
-        from bridge.spec.validate import validate
-
         run = self.store.run(run_id)
         if run is None or not run.settings or SPEC_PATH not in run.settings:
             raise BridgeError("no such run was submitted to the workers")
         path = Path(run.settings[SPEC_PATH])
         base = Path(run.settings.get(SPEC_FOLDER) or path.parent)
-        try:
-            raw = path.read_bytes()
-        except _GONE as exc:
-            raise BridgeError(
-                f"run {run_id}: cannot read its spec {path} ({exc.strerror}); workers need "
-                "the spec on the shared OUTPUT_PATH or the same path on every host"
-            ) from None
-        except OSError as exc:  # EIO, ESTALE, a timeout: the file system comes back
-            raise SpecUnreadable(
-                f"run {run_id}: cannot read its spec {path} now ({exc.strerror or exc})"
-            ) from None
-        with gcpause.paused():
-            spec = validate(merge_direction(load_bytes(raw, str(path), base=base), path))
+        compiled = self._claim_prepared(run.settings.get(PREPARED), path, base)
+        if compiled is None or compiled[0].revision != run.revision:
+            spec = self._load(path, base, f"run {run_id}")
+            compiled = spec, compile_plan(spec)
+        spec, plan = compiled
         if spec.revision != run.revision:
             raise BridgeError(
                 f"{run.settings[SPEC_PATH]} changed since run {run_id} was submitted; "
                 "submit it again"
             )
-        return RunContext(run_id, spec, plan_for(spec, run.settings.get(SELECTION)), run.priority)
+        return RunContext(run_id, spec, narrowed(plan, run.settings.get(SELECTION)), run.priority)
+
+    def _claim_prepared(self, key: Any, path: Path, base: Path) -> tuple[Spec, Plan] | None:
+        """The compile prepared for this run (waited for if under way), taken once."""
+        with self._lock:
+            entry = self._prepared.pop(key, None) if isinstance(key, str) else None
+        if entry is None or (entry.path, entry.base) != (path, base):
+            return None
+        entry.done.wait()
+        return entry.compiled
+
+    def _load(self, path: Path, base: Path, what: str) -> Spec:
+        from bridge.direct.merge import merge_direction
+        from bridge.spec.load import load_bytes
+        from bridge.spec.validate import validate
+
+        try:
+            raw = path.read_bytes()
+        except _GONE as exc:
+            raise BridgeError(
+                f"{what}: cannot read its spec {path} ({exc.strerror}); workers need "
+                "the spec on the shared OUTPUT_PATH or the same path on every host"
+            ) from None
+        except OSError as exc:  # EIO, ESTALE, a timeout: the file system comes back
+            raise SpecUnreadable(
+                f"{what}: cannot read its spec {path} now ({exc.strerror or exc})"
+            ) from None
+        with gcpause.paused():
+            return validate(merge_direction(load_bytes(raw, str(path), base=base), path))
 
     def results(self, ctx: RunContext, job_ids: Iterable[str]) -> dict[str, JobResult]:
         """The outputs of finished jobs, from their rows and assets."""

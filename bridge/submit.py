@@ -8,6 +8,7 @@ rows' changes into the same events `bridge run` shows, until the run has ended.
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -38,10 +39,6 @@ async def submit(
     """The run's id; its ready jobs are queued for the workers when this returns."""
     app = queue.app_for(settings.database)
     root = settings.output_path
-    reasons = await asyncio.to_thread(
-        freshness.reasons, store, plan, root, spec.templates, force=selection.force
-    )
-    recorder = Recorder(store, spec, plan, root=root, hooks=[], webhooks=Notifier(), detach=True)
     if not Path(spec.file).is_file():
         raise UsageError(
             f"project {spec.project.id!r} is held only in the database; workers render from "
@@ -50,6 +47,19 @@ async def submit(
     public = settings.public()
     public[farm_runs.SPEC_PATH] = str(Path(spec.file).resolve())
     public[farm_runs.SPEC_FOLDER] = str(spec.folder.resolve())
+    # the workers compile the spec while this writes its rows; the run names that compile
+    public[farm_runs.PREPARED] = uuid.uuid4().hex
+    await asyncio.to_thread(
+        farm.announce_spec,
+        store.engine,
+        public[farm_runs.PREPARED],
+        public[farm_runs.SPEC_PATH],
+        public[farm_runs.SPEC_FOLDER],
+    )
+    reasons = await asyncio.to_thread(
+        freshness.reasons, store, plan, root, spec.templates, force=selection.force
+    )
+    recorder = Recorder(store, spec, plan, root=root, hooks=[], webhooks=Notifier(), detach=True)
     public[farm_runs.SELECTION] = {
         "scene_ids": list(selection.scene_ids),
         "only": list(selection.only),

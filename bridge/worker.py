@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import socket
@@ -105,7 +106,7 @@ class Worker:
         self._in_hand: dict[tuple[int, str], asyncio.Event] = {}
         self.slots: slots.Slots | None = None
         self.listening = False  # LISTENing for freed slots (farm.SLOTS_FREED)
-        self._preparing: set[asyncio.Task[None]] = set()  # runs compiled ahead (_prepare)
+        self._preparing: set[asyncio.Future[None]] = set()  # compiles ahead (_prepare*)
 
     async def run(self) -> None:
         """Serve jobs until cancelled (SIGTERM/SIGINT stop it after the jobs in hand)."""
@@ -192,13 +193,18 @@ class Worker:
                 async with await psycopg.AsyncConnection.connect(
                     queue.conninfo(self.settings.database), autocommit=True
                 ) as conn:
-                    await conn.execute(f"LISTEN {farm.SLOTS_FREED}; LISTEN {farm.RUN_SUBMITTED}")
+                    await conn.execute(
+                        f"LISTEN {farm.SLOTS_FREED}; LISTEN {farm.RUN_SUBMITTED}; "
+                        f"LISTEN {farm.SPEC_SUBMITTED}"
+                    )
                     self.listening = True
                     broker.changed()  # what was freed before we listened
                     while True:
                         async for note in conn.notifies(timeout=LISTEN_CHECK):
                             if note.channel == farm.RUN_SUBMITTED:
                                 self._prepare(note.payload)
+                            elif note.channel == farm.SPEC_SUBMITTED:
+                                self._prepare_spec(note.payload)
                             else:
                                 broker.changed()
                         await conn.execute("SELECT 1")  # a connection gone quiet may be gone
@@ -220,6 +226,22 @@ class Worker:
         """A spec unreadable for now, or the database away: the run's jobs ask again."""
         with contextlib.suppress(SpecUnreadable, *_DATABASE):
             await self._context(run_id)
+
+    def _prepare_spec(self, payload: str) -> None:
+        """Compile a spec about to be submitted (bridge.farm_runs.Runs.expect: expected
+        here, on the loop, before the run's announcement can be handled); a payload that
+        does not say which spec is ignored, as the hint it is."""
+        try:
+            note = json.loads(payload)
+            key, path, folder = str(note["key"]), Path(note["path"]), Path(note["folder"])
+        except (ValueError, TypeError, KeyError):
+            return
+        # queued on the threads now, ahead of any job of the run that will wait for it
+        compiling = asyncio.get_running_loop().run_in_executor(
+            None, self.runs.expect(key, path, folder)
+        )
+        self._preparing.add(compiling)
+        compiling.add_done_callback(self._preparing.discard)
 
     async def _sweep(self) -> None:
         """Register this process, then hand stalled workers' jobs back, age the queue, and

@@ -1,7 +1,8 @@
-"""A worker's listener on PostgreSQL: a submitted run is compiled as soon as it is
+"""A worker's listener on PostgreSQL: a spec is compiled as soon as `bridge submit` says it
+is coming, before its run's rows are written, and the run takes that compile when it is
 announced, before any of its jobs reaches the worker (at a run's start every worker would
-otherwise compile the spec at once, while its first jobs wait), and a freed slot wakes
-the worker's slot broker."""
+otherwise compile the spec at once, while its first jobs wait); a freed slot wakes the
+worker's slot broker."""
 
 from __future__ import annotations
 
@@ -12,13 +13,15 @@ from typing import cast
 
 import pytest
 
+from bridge import farm_runs, slots
 from bridge import priority as priorities
-from bridge import slots
 from bridge.compile import compile_plan
 from bridge.db import farm
 from bridge.db.store import Store
+from bridge.plan import Plan
 from bridge.runner import Selection
 from bridge.settings import Settings
+from bridge.spec.model import Spec
 from bridge.spec.validate import load_spec
 from bridge.submit import submit
 from bridge.worker import Worker
@@ -49,7 +52,7 @@ async def until(condition: Callable[[], bool], what: str, timeout: float = 10.0)
     assert condition(), what
 
 
-async def test_a_worker_compiles_a_run_as_it_is_submitted_and_wakes_its_broker_on_a_freed_slot(
+async def test_a_worker_compiles_a_spec_as_it_is_submitted_and_wakes_its_broker_on_a_freed_slot(
     pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = tmp_path / "heard.yaml"
@@ -67,9 +70,20 @@ async def test_a_worker_compiles_a_run_as_it_is_submitted_and_wakes_its_broker_o
         return compile_run(run_id)
 
     monkeypatch.setattr(worker.runs, "_compile", counted)
+    plans: list[str] = []  # the specs compiled, by project
+
+    def planned(spec: Spec) -> Plan:
+        plans.append(spec.project.id)
+        return compile_plan(spec)
+
+    monkeypatch.setattr(farm_runs, "compile_plan", planned)
     listener = asyncio.create_task(worker._listen())
     try:
         await until(lambda: worker.listening, "the worker listens")
+        await asyncio.to_thread(farm.announce_spec, store.engine, "k", str(path), str(tmp_path))
+        await until(lambda: plans == ["heard"], "a spec compiled on the submitter's word")
+        assert store.runs() == []  # before any run of it was written
+
         spec = load_spec(path)
         high = priorities.parse("high", where="test")
         run_id = await submit(settings, store, spec, compile_plan(spec), Selection(), priority=high)
@@ -77,6 +91,7 @@ async def test_a_worker_compiles_a_run_as_it_is_submitted_and_wakes_its_broker_o
         await until(lambda: not worker._preparing, "the compile ended")
         ctx = await asyncio.to_thread(worker.runs.get, run_id)
         assert compiled == [run_id]  # the jobs' tasks find it compiled
+        assert plans == ["heard", "heard"]  # the submit's own word, then its run took it
         assert ctx.priority == high  # announced after its priority was written
         assert set(ctx.plan.order) == set(compile_plan(spec).order)
         claimed = [r.job_id for r in store.jobs(run_id) if r.worker_id is not None]

@@ -34,6 +34,10 @@ SLOTS_FREED = "bridge_slots_freed"
 # NOTIFY channel: a run was submitted (its id as payload). Workers compile its spec then,
 # while `bridge submit` still queues its jobs, not once the first job reaches them.
 RUN_SUBMITTED = "bridge_run_submitted"
+# NOTIFY channel: a spec is about to be submitted (JSON: key, path, folder). Workers compile
+# it while `bridge submit` writes the run's rows; the run's settings name the key.
+SPEC_SUBMITTED = "bridge_spec_submitted"
+_NOTIFY_MAX = 7999  # bytes in a NOTIFY payload
 
 
 def _reading(engine: Engine) -> Connection:
@@ -186,9 +190,21 @@ def skip_pending(engine: Engine, run_id: int, job_id: str, error: str) -> None:
 def announce_run(engine: Engine, run_id: int) -> None:
     """Tell the workers of a submitted run (its rows are in), so each compiles it now."""
     with engine.begin() as conn:
-        conn.execute(
-            text("SELECT pg_notify(:channel, :run)"), {"channel": RUN_SUBMITTED, "run": str(run_id)}
-        )
+        _notify(conn, RUN_SUBMITTED, str(run_id))
+
+
+def announce_spec(engine: Engine, key: str, path: str, folder: str) -> None:
+    """Tell the workers of a spec about to be submitted; a hint, so one too long for a
+    notification (paths of thousands of bytes) is not sent."""
+    payload = json.dumps({"key": key, "path": path, "folder": folder})
+    if len(payload.encode()) <= _NOTIFY_MAX:
+        with engine.begin() as conn:
+            _notify(conn, SPEC_SUBMITTED, payload)
+
+
+def _notify(conn: Connection, channel: str, payload: str) -> None:
+    """Sent to the listeners when this transaction commits."""
+    conn.execute(text("SELECT pg_notify(:c, :p)"), {"c": channel, "p": payload})
 
 
 def job_states(engine: Engine, run_id: int) -> dict[str, JobState]:
@@ -464,9 +480,7 @@ def announce_freed(engine: Engine, server: str) -> None:
 
 def _slots_freed(conn: Connection, server: str = "") -> None:
     """Wake the workers' slot brokers when this transaction commits."""
-    conn.execute(
-        text("SELECT pg_notify(:channel, :server)"), {"channel": SLOTS_FREED, "server": server}
-    )
+    _notify(conn, SLOTS_FREED, server)
 
 
 def signatures(engine: Engine) -> dict[str, dict[str, float]]:
