@@ -463,10 +463,20 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
         settings = replace(settings, worker_jobs=args.jobs)
     try:
-        asyncio.run(run_cancellable(serve(settings, os.environ, args.name or "")))
+        asyncio.run(run_cancellable(serve(settings, os.environ, args.name or ""), _stop_now))
     except asyncio.CancelledError:
         console.err("worker stopped")
     return 0
+
+
+def _stop_now() -> None:
+    """A second SIGTERM or Ctrl-C while the jobs in hand are finished: stop as kill -9
+    would, which the farm is built to survive, not by tearing the queue down under them."""
+    console.err(
+        "worker stopped at once: its jobs in hand go to other workers when their lease "
+        "(BRIDGE_LEASE_SECONDS) runs out"
+    )
+    os._exit(1)
 
 
 def _spec_from_database(settings: Settings, args: argparse.Namespace) -> Any:

@@ -352,15 +352,26 @@ class Runner:
             raise PreflightError(found)
 
 
-async def run_cancellable(coro: Awaitable[T]) -> T:
-    """Run `coro` so SIGINT and SIGTERM cancel it (and it records why) instead of killing."""
+async def run_cancellable(coro: Awaitable[T], again: Callable[[], None] | None = None) -> T:
+    """Run `coro` so SIGINT and SIGTERM cancel it (and it records why) instead of killing;
+    a second signal calls `again`, if given, instead of cancelling it once more."""
     import signal
 
     loop = asyncio.get_running_loop()
     task = asyncio.ensure_future(coro)
+    signalled = False
+
+    def stop() -> None:
+        nonlocal signalled
+        if signalled and again is not None:
+            again()
+            return
+        signalled = True
+        task.cancel()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, task.cancel)
+            loop.add_signal_handler(sig, stop)
     try:
         return await task
     finally:

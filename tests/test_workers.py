@@ -351,6 +351,31 @@ def test_a_worker_stopped_mid_job_finishes_it_first(
     assert "missed its lease" not in (tmp_path / "w1.log").read_text()
 
 
+def test_a_worker_signalled_twice_stops_at_once_and_its_jobs_go_on(
+    tmp_path: Path, sims: Callable[..., list[str]], farm_factory: Callable[..., Farm], pg_url: str
+) -> None:
+    """A second SIGTERM or Ctrl-C while it finishes its jobs in hand: it stops as kill -9
+    would, with one line and no traceback, and another worker takes its jobs over."""
+    urls = sims(1, job_seconds=1.5)
+    farm = farm_factory(urls, MAX_CONCURRENT_JOBS="2")
+    farm.start("w1")
+    run_id = farm.submit(flat_spec(tmp_path, 4, "twice"))
+    query = "SELECT count(*) FROM jobs WHERE run_id = %s AND state IN ('submitted', 'running')"
+    while db_rows(pg_url, query, run_id)[0][0] < 2:
+        time.sleep(0.05)
+    farm.procs["w1"].send_signal(signal.SIGTERM)
+    time.sleep(0.3)
+    farm.procs["w1"].send_signal(signal.SIGTERM)
+    assert farm.procs["w1"].wait(timeout=10) == 1
+    log = (tmp_path / "w1.log").read_text()
+    assert "worker stopped at once: its jobs in hand go to other workers" in log
+    assert "Traceback" not in log, log
+    farm.start("w2")
+    assert wait_run(pg_url, run_id, timeout=60) == "succeeded"
+    posted = sim_state(urls[0])["posted"]
+    assert len(posted) == len(set(posted)) == 4, posted
+
+
 def test_a_run_whose_spec_changed_after_submit_fails_with_the_reason(
     tmp_path: Path, farm_factory: Callable[..., Farm], pg_url: str
 ) -> None:
