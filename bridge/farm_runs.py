@@ -3,7 +3,9 @@ the run row names, its finished jobs' outputs read from the asset rows, and its 
 
 The plan is not stored: a spec always compiles to the same jobs and hashes, and the run row
 keeps the spec's revision, so a worker that reads a changed spec refuses it instead of
-rendering something other than what was submitted.
+rendering something other than what was submitted. Workers compile a spec as `bridge
+submit` says it is coming, before the run's rows are written; the run takes that compile
+only if it is of the revision submitted.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from bridge.webhooks import Hook, Notifier, hooks_from_spec
 SPEC_PATH = "spec_path"  # keys of a submitted run's settings column
 SPEC_FOLDER = "spec_folder"  # where its relative paths resolve (a watch folder, say)
 SELECTION = "selection"
-PREPARED = "prepared"  # the key of the compile the submitter asked for (Runs.prepare)
+PREPARED = "prepared"  # the key of the compile the submitter asked for (Runs.expect)
 PREPARED_FOR = 60.0  # seconds a compile waits for the run it was prepared for
 
 

@@ -59,16 +59,21 @@ def submitted(store: Store, path: Path, key: str | None, **selection: list[str])
     return store.create_run(spec, WORKERS_BACKEND, preview=False, settings=settings)
 
 
-def runs(store: Store, tmp_path: Path) -> farm_runs.Runs:
+@pytest.fixture
+def path(tmp_path: Path) -> Path:
+    path = tmp_path / "ahead.yaml"
+    path.write_text(SPEC)
+    return path
+
+
+@pytest.fixture
+def worker(store: Store, tmp_path: Path) -> farm_runs.Runs:
     return farm_runs.Runs(store, tmp_path / "out", {}, Notifier())
 
 
 def test_a_spec_compiled_on_the_submitter_s_word_is_the_run_s_compile(
-    store: Store, tmp_path: Path, compiles: list[str]
+    store: Store, path: Path, worker: farm_runs.Runs, tmp_path: Path, compiles: list[str]
 ) -> None:
-    path = tmp_path / "ahead.yaml"
-    path.write_text(SPEC)
-    worker = runs(store, tmp_path)
     worker.expect("k1", path, tmp_path)()
     assert compiles == ["ahead"]  # before the run's rows exist
     run_id = submitted(store, path, "k1", only=["a/s2"])
@@ -82,11 +87,8 @@ def test_a_spec_compiled_on_the_submitter_s_word_is_the_run_s_compile(
 
 
 def test_a_run_waits_for_its_compile_under_way_instead_of_compiling_again(
-    store: Store, tmp_path: Path, compiles: list[str]
+    store: Store, path: Path, worker: farm_runs.Runs, tmp_path: Path, compiles: list[str]
 ) -> None:
-    path = tmp_path / "ahead.yaml"
-    path.write_text(SPEC)
-    worker = runs(store, tmp_path)
     compile_spec = worker.expect("k1", path, tmp_path)
     run_id = submitted(store, path, "k1")
     getting = threading.Thread(target=worker.get, args=(run_id,))
@@ -100,11 +102,8 @@ def test_a_run_waits_for_its_compile_under_way_instead_of_compiling_again(
 
 
 def test_a_compile_ahead_never_renders_other_than_what_was_submitted(
-    store: Store, tmp_path: Path, compiles: list[str]
+    store: Store, path: Path, worker: farm_runs.Runs, tmp_path: Path, compiles: list[str]
 ) -> None:
-    path = tmp_path / "ahead.yaml"
-    path.write_text(SPEC)
-    worker = runs(store, tmp_path)
     run_id = submitted(store, path, "k1")
     path.write_text(SPEC.replace("action: two", "action: deux"))
     worker.expect("k1", path, tmp_path)()  # it read the edited spec
@@ -114,14 +113,11 @@ def test_a_compile_ahead_never_renders_other_than_what_was_submitted(
 
 
 def test_a_compile_ahead_of_another_spec_or_a_broken_one_is_not_used(
-    store: Store, tmp_path: Path, compiles: list[str]
+    store: Store, path: Path, worker: farm_runs.Runs, tmp_path: Path, compiles: list[str]
 ) -> None:
-    path, other = tmp_path / "ahead.yaml", tmp_path / "other.yaml"
-    path.write_text(SPEC)
+    other, broken = tmp_path / "other.yaml", tmp_path / "broken.yaml"
     other.write_text(SPEC)
-    broken = tmp_path / "broken.yaml"
     broken.write_text("version: 1\nscenes: [")
-    worker = runs(store, tmp_path)
     worker.expect("k1", other, tmp_path)()
     worker.expect("k2", broken, tmp_path)()  # no error here: the run's compile says why
     worker.expect("k3", tmp_path / "gone.yaml", tmp_path)()
@@ -135,11 +131,8 @@ def test_a_compile_ahead_of_another_spec_or_a_broken_one_is_not_used(
 
 
 def test_compiles_their_runs_never_claim_are_dropped(
-    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    path: Path, worker: farm_runs.Runs, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    path = tmp_path / "ahead.yaml"
-    path.write_text(SPEC)
-    worker = runs(store, tmp_path)
     monkeypatch.setattr(farm_runs, "PREPARED_FOR", 0.0)
     worker.expect("k1", path, tmp_path)()
     worker.expect("k2", path, tmp_path)()

@@ -135,6 +135,13 @@ def wait_run(url: str, run_id: int, timeout: float) -> str:
     raise AssertionError(f"run {run_id} still running after {timeout} s: {stuck}")
 
 
+def wait_on_servers(url: str, run_id: int, count: int) -> None:
+    """Until `count` of the run's jobs are on a server (submitted or running)."""
+    query = "SELECT count(*) FROM jobs WHERE run_id = %s AND state IN ('submitted', 'running')"
+    while db_rows(url, query, run_id)[0][0] < count:
+        time.sleep(0.05)
+
+
 def wait_first_success(url: str, run_id: int) -> None:
     """Until one of the run's jobs succeeded: the farm is busy with it."""
     while not db_rows(url, "SELECT 1 FROM jobs WHERE run_id = %s AND state = 'succeeded'", run_id):
@@ -334,9 +341,7 @@ def test_a_worker_stopped_mid_job_finishes_it_first(
     farm.start("w1")
     farm.start("w2")
     run_id = farm.submit(flat_spec(tmp_path, 4, "stopped"))
-    query = "SELECT count(*) FROM jobs WHERE run_id = %s AND state IN ('submitted', 'running')"
-    while db_rows(pg_url, query, run_id)[0][0] < 2:
-        time.sleep(0.05)
+    wait_on_servers(pg_url, run_id, 2)
     farm.procs["w1"].send_signal(signal.SIGTERM)
     assert farm.procs["w1"].wait(timeout=30) == 0
     assert wait_run(pg_url, run_id, timeout=60) == "succeeded"
@@ -360,9 +365,7 @@ def test_a_worker_signalled_twice_stops_at_once_and_its_jobs_go_on(
     farm = farm_factory(urls, MAX_CONCURRENT_JOBS="2")
     farm.start("w1")
     run_id = farm.submit(flat_spec(tmp_path, 4, "twice"))
-    query = "SELECT count(*) FROM jobs WHERE run_id = %s AND state IN ('submitted', 'running')"
-    while db_rows(pg_url, query, run_id)[0][0] < 2:
-        time.sleep(0.05)
+    wait_on_servers(pg_url, run_id, 2)
     farm.procs["w1"].send_signal(signal.SIGTERM)
     time.sleep(0.3)
     farm.procs["w1"].send_signal(signal.SIGTERM)
