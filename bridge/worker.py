@@ -165,8 +165,10 @@ class Worker:
                 fetch_job_polling_interval=max(0.2, min(5.0, s.lease_seconds / 2)),
                 delete_jobs="successful",
             )
+            serving = asyncio.current_task()
+            assert serving is not None
             helpers = [
-                asyncio.create_task(self._sweep(), name="bridge sweeper"),
+                asyncio.create_task(self._sweep(serving), name="bridge sweeper"),
                 asyncio.create_task(self._listen(), name="bridge listener"),
             ]
             try:
@@ -243,9 +245,10 @@ class Worker:
         self._preparing.add(compiling)
         compiling.add_done_callback(self._preparing.discard)
 
-    async def _sweep(self) -> None:
+    async def _sweep(self, serving: asyncio.Task[Any]) -> None:
         """Register this process, then hand stalled workers' jobs back, age the queue, and
-        queue what the tables say is ready but the queue lost."""
+        queue what the tables say is ready but the queue lost. `serving`: the task a
+        SIGTERM cancels, whose queue worker then finishes its jobs and unregisters."""
         s = self.settings
         while self.queue_worker is None or self.queue_worker.worker_id is None:
             await asyncio.sleep(0.05)
@@ -259,7 +262,10 @@ class Worker:
                 # the queue's own heartbeat stops when a SIGTERM starts its shutdown, but
                 # the jobs in hand are still being finished: keep the lease on them
                 await self.app.job_manager.update_heartbeat(worker_id)
-                if not await asyncio.to_thread(farm.worker_alive, self.engine, worker_id):
+                alive = await asyncio.to_thread(farm.worker_alive, self.engine, worker_id)
+                if not alive and serving.cancelling():
+                    return  # stopping: the queue worker unregistered itself
+                if not alive:
                     # Our heartbeat came too late and the queue pruned us: our jobs are
                     # being handed on. Start over under a new id rather than run as a ghost.
                     log.warning("worker %s missed its lease; re-registering", self.name)
