@@ -2,16 +2,18 @@
 the run row names, its finished jobs' outputs read from the asset rows, and its end.
 
 The plan is not stored: a spec always compiles to the same jobs and hashes, and the run row
-keeps the spec's revision, so a worker that reads a changed spec refuses it instead of
-rendering something other than what was submitted. Workers compile a spec as `bridge
-submit` says it is coming, before the run's rows are written; the run takes that compile
-only if it is of the revision submitted.
+keeps the spec's revision (and its settings the direction file's digest), so a worker
+that reads a changed spec or direction refuses it instead of rendering something other
+than what was submitted. Workers compile a spec as `bridge submit` says it is coming,
+before the run's rows are written; the run takes that compile only if it is of the
+revision submitted.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -36,6 +38,7 @@ SPEC_FOLDER = "spec_folder"  # where its relative paths resolve (a watch folder,
 SELECTION = "selection"
 PREPARED = "prepared"  # the key of the compile the submitter asked for (Runs.expect)
 PREPARED_FOR = 60.0  # seconds a compile waits for the run it was prepared for
+DIRECTION = "direction"  # sha256 of the spec's direction file as submitted (None: none)
 
 
 # a spec that is not there (moved, or a path other hosts lack) rather than unreadable now
@@ -55,6 +58,20 @@ class RunContext:
     spec: Spec
     plan: Plan
     priority: int
+
+
+def direction_digest(spec_path: Path) -> str | None:
+    """The direction file beside a spec, as a digest: it is part of what a run renders,
+    and the spec's revision does not cover it."""
+    from bridge.direct.lock import lock_path
+
+    path = lock_path(spec_path)
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise SpecUnreadable(f"cannot read {path} now ({exc.strerror or exc})") from None
 
 
 def plan_for(spec: Spec, selection: dict[str, Any] | None) -> Plan:
@@ -161,6 +178,12 @@ class Runs:
             raise BridgeError(
                 f"{run.settings[SPEC_PATH]} changed since run {run_id} was submitted; "
                 "submit it again"
+            )
+        if DIRECTION in run.settings and direction_digest(path) != run.settings[DIRECTION]:
+            from bridge.direct.lock import lock_path
+
+            raise BridgeError(
+                f"{lock_path(path)} changed since run {run_id} was submitted; submit it again"
             )
         return RunContext(run_id, spec, narrowed(plan, run.settings.get(SELECTION)), run.priority)
 

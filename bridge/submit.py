@@ -47,6 +47,7 @@ async def submit(
     public = settings.public()
     public[farm_runs.SPEC_PATH] = str(Path(spec.file).resolve())
     public[farm_runs.SPEC_FOLDER] = str(spec.folder.resolve())
+    public[farm_runs.DIRECTION] = farm_runs.direction_digest(Path(spec.file))
     # the workers compile the spec while this writes its rows; the run names that compile
     public[farm_runs.PREPARED] = uuid.uuid4().hex
     await asyncio.to_thread(

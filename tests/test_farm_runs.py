@@ -4,6 +4,7 @@ submitted."""
 
 from __future__ import annotations
 
+import shutil
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +17,7 @@ from bridge.errors import BridgeError
 from bridge.spec.validate import load_spec
 from bridge.webhooks import Notifier
 
+ROOT = Path(__file__).resolve().parent.parent
 SPEC = """version: 1
 project: {id: ahead}
 defaults: {preset: draft, fps: 12, motion: core-smoke, duration: 2f}
@@ -53,6 +55,7 @@ def submitted(store: Store, path: Path, key: str | None, **selection: list[str])
         farm_runs.SPEC_PATH: str(path),
         farm_runs.SPEC_FOLDER: str(path.parent),
         farm_runs.SELECTION: selection,
+        farm_runs.DIRECTION: farm_runs.direction_digest(path),
     }
     if key is not None:
         settings[farm_runs.PREPARED] = key
@@ -137,3 +140,20 @@ def test_compiles_their_runs_never_claim_are_dropped(
     worker.expect("k1", path, tmp_path)()
     worker.expect("k2", path, tmp_path)()
     assert list(worker._prepared) == ["k2"]
+
+
+def test_a_direction_edited_after_submit_is_refused(
+    store: Store, worker: farm_runs.Runs, tmp_path: Path
+) -> None:
+    """The spec's revision does not cover its direction file, whose shots it renders."""
+    path = tmp_path / "autonomous.yaml"
+    shutil.copy(ROOT / "specs" / "autonomous.yaml", path)
+    direction = tmp_path / "autonomous.direction.yaml"
+    shutil.copy(ROOT / "specs" / "autonomous.direction.yaml", direction)
+    kept = submitted(store, path, None)
+    edited = submitted(store, path, None)
+    assert worker.get(kept).plan.order  # unchanged: rendered as submitted
+    text = direction.read_text()
+    direction.write_text(text.replace("She notices the first blossoms", "She leaves"))
+    with pytest.raises(BridgeError, match=r"autonomous.direction.yaml changed since run \d+"):
+        worker.get(edited)
