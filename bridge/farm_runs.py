@@ -74,10 +74,6 @@ def direction_digest(spec_path: Path) -> str | None:
         raise SpecUnreadable(f"cannot read {path} now ({exc.strerror or exc})") from None
 
 
-def plan_for(spec: Spec, selection: dict[str, Any] | None) -> Plan:
-    return narrowed(compile_plan(spec), selection)
-
-
 def narrowed(plan: Plan, selection: dict[str, Any] | None) -> Plan:
     from bridge.runner import Selection
 
@@ -161,7 +157,7 @@ class Runs:
         from bridge.spec.load import load_bytes
         from bridge.spec.validate import validate
 
-        plan_for(validate(load_bytes(_WARM, "<warm-up>", base=self.root)), None)
+        compile_plan(validate(load_bytes(_WARM, "<warm-up>", base=self.root)))
 
     def _compile(self, run_id: int) -> RunContext:
         run = self.store.run(run_id)

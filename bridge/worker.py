@@ -185,9 +185,10 @@ class Worker:
 
     async def _listen(self) -> None:
         """Wake the slot broker whenever any worker frees a slot (while this is not
-        listening, the database away, the broker polls), and compile a run's spec as soon
-        as it is submitted: at a run's start its first jobs reach every worker at once,
-        and each would wait for that compile (on one host, every worker's at once)."""
+        listening, the database away, the broker polls), and compile a spec as `bridge
+        submit` says it is coming, then its run as it is announced: at a run's start its
+        first jobs reach every worker at once, and each would wait for that compile (on
+        one host, every worker's at once)."""
         assert self.slots is not None
         broker = self.slots
         while True:
