@@ -545,8 +545,9 @@ def bench_workers(args: argparse.Namespace) -> dict[str, object]:
     families written interleaved; job and switch times scaled by --scale (1.0: 1 s jobs,
     2 s switches); medians of --farm-repeat rounds. Utilisation = sum of job time /
     (makespan x servers), switch time not counted as work; switches as counted by the
-    servers; a job's mean execution time on the servers (1 s plus the simulator's ffmpeg,
-    which a busy host slows) and the most time a server spent idle between two prompts;
+    servers; a job's mean execution time on the servers (1 s: the simulator spends its own
+    ffmpeg inside it, as a GPU's time does not stretch with this host's load) and the most
+    time a server spent idle between two prompts;
     CPU of the worker processes (their ffprobes included) and of PostgreSQL over the run,
     which on one host is taken from the servers; the transactions per job in the farm's
     database, committed or rolled back (the queue's and read-only ones included:

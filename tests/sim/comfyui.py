@@ -592,6 +592,7 @@ class Simulator:
         states: dict[str, dict[str, Any]] = {}
         to_run = [n for n in order if n not in cached]
         per_node = self.job_seconds / max(1, len(to_run))
+        node_end = asyncio.get_running_loop().time()  # nodes end on their share (_until)
         black = self.black_outputs or self.black_prompts > 0
         if self.black_prompts > 0:
             self.black_prompts -= 1
@@ -626,11 +627,12 @@ class Simulator:
             states[nid] = _state(pid, nid, 0.0, 1.0, "running")
             await self._send("progress_state", {"prompt_id": pid, "nodes": dict(states)}, sid)
             await self._send("executing", {"node": nid, "display_node": nid, "prompt_id": pid}, sid)
+            node_start, node_end = node_end, node_end + per_node
             if node["class_type"] in SAMPLERS:
                 steps = int(node["inputs"].get("steps", 4)) or 1
                 shown = min(steps, 8)
                 for i in range(1, shown + 1):
-                    await asyncio.sleep(per_node / shown)
+                    await _until(node_start + per_node * i / shown)
                     if self.interrupt_flag:
                         break
                     value = round(i * steps / shown)
@@ -643,8 +645,8 @@ class Simulator:
                     await self._send(
                         "progress_state", {"prompt_id": pid, "nodes": dict(states)}, sid
                     )
-            else:
-                await asyncio.sleep(per_node)
+            elif node["class_type"] not in ("SaveVideo", "SaveImage"):
+                await _until(node_end)
             if node["class_type"] in self.error_nodes:
                 error = self._error(
                     p, nid, executed, "RuntimeError", f"simulated failure in {node['class_type']}"
@@ -657,6 +659,7 @@ class Simulator:
                 except ValueError as exc:
                     error = self._error(p, nid, executed, "av.error.ExternalError", str(exc))
                     break
+                await _until(node_end)
                 outputs[nid] = ui
                 await self._send(
                     "executed",
@@ -755,6 +758,13 @@ class Simulator:
             raise ValueError(err.decode(errors="replace"))
         item = {"filename": name, "subfolder": sub, "type": "output"}
         return {"images": [item], "animated": [True]} if video else {"images": [item]}
+
+
+async def _until(moment: float) -> None:
+    """Sleep until `moment` on the loop's clock. A GPU's time does not stretch with the
+    host's load: the simulator's own work (its ffmpeg, its messages) is spent inside a
+    node's share of job_seconds, so a busy test host does not slow the servers it plays."""
+    await asyncio.sleep(max(0.0, moment - asyncio.get_running_loop().time()))
 
 
 def _error400(
