@@ -93,10 +93,9 @@ class Settings:
 
     @property
     def jobs_in_hand(self) -> int:
-        """BRIDGE_WORKER_JOBS, else twice the farm's slots, of which each worker holds its
-        share (bridge.share): one worker alone keeps every slot filled with a job waiting
-        behind each, while finished jobs are checked and recorded, and has jobs of several
-        families in hand to match to the servers."""
+        """BRIDGE_WORKER_JOBS, else twice the farm's slots: one worker alone keeps every
+        slot filled with a job waiting behind each, while finished jobs are checked and
+        recorded, and has jobs of several families in hand to match to the servers."""
         return self.worker_jobs or min(WORKER_JOBS_MAX, max(4, 2 * self.max_concurrent_jobs))
 
     @property

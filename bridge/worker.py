@@ -34,7 +34,7 @@ from procrastinate.exceptions import ConnectorException
 from procrastinate.worker import Worker as QueueWorker
 from sqlalchemy.exc import SQLAlchemyError
 
-from bridge import affinity, farm_runs, preflight, queue, share, slots
+from bridge import affinity, farm_runs, preflight, queue, slots
 from bridge.backends.base import Backend
 from bridge.backends.pool import ServerPool
 from bridge.db import farm
@@ -96,12 +96,6 @@ class Worker:
         self.engine = self.store.engine
         # the queue's pool: LISTEN, the heartbeat, and fetches and status updates (brief)
         self.app = queue.app_for(settings.database, connections=min(settings.jobs_in_hand, 8) + 3)
-        self.share = share.Share(
-            settings.jobs_in_hand, self._live, fixed=bool(settings.worker_jobs)
-        )
-        self.app.job_manager = share.SharedFetch(self.app.connector, self.share, self._stopping)
-        self._serving: asyncio.Task[Any] | None = None  # the task a SIGTERM cancels
-        self._stopped = False  # told the queue worker to stop (a missed lease)
         self.webhooks = Notifier()
         self.runs = farm_runs.Runs(self.store, settings.output_path, self.environ, self.webhooks)
         self.servers: dict[str, _Ran] = {}
@@ -171,9 +165,8 @@ class Worker:
                 fetch_job_polling_interval=max(0.2, min(5.0, s.lease_seconds / 2)),
                 delete_jobs="successful",
             )
-            serving = self._serving = asyncio.current_task()
+            serving = asyncio.current_task()
             assert serving is not None
-            self._stopped = False
             helpers = [
                 asyncio.create_task(self._sweep(serving), name="bridge sweeper"),
                 asyncio.create_task(self._listen(), name="bridge listener"),
@@ -189,17 +182,6 @@ class Worker:
                 if worker_id is not None:
                     with contextlib.suppress(SQLAlchemyError, OSError):
                         await asyncio.to_thread(farm.unregister_worker, self.engine, worker_id)
-
-    def _stopping(self) -> bool:
-        """Whether the queue worker is being stopped: it fetches no more jobs."""
-        return self._stopped or (self._serving is not None and self._serving.cancelling() > 0)
-
-    async def _live(self) -> int:
-        """How many workers the farm has now, this one included (their heartbeats)."""
-        row = await self.app.connector.execute_query_one_async(
-            query=farm.LIVE_COUNT, lease=self.settings.lease_seconds
-        )
-        return int(row["n"])
 
     async def _listen(self) -> None:
         """Wake the slot broker whenever any worker frees a slot (while this is not
@@ -288,7 +270,6 @@ class Worker:
                     # Our heartbeat came too late and the queue pruned us: our jobs are
                     # being handed on. Start over under a new id rather than run as a ghost.
                     log.warning("worker %s missed its lease; re-registering", self.name)
-                    self._stopped = True
                     self.queue_worker.stop()  # type: ignore[no-untyped-call]
                     return
                 for args in await queue.requeue_stalled(self.app, s.lease_seconds):
@@ -314,12 +295,6 @@ class Worker:
     async def _task(
         self, context: procrastinate.JobContext, /, run_id: int, job_id: str, **_: Any
     ) -> None:
-        try:
-            await self._hold(context, run_id, job_id)
-        finally:
-            self.share.ended()
-
-    async def _hold(self, context: procrastinate.JobContext, run_id: int, job_id: str) -> None:
         worker_id = context.job.worker_id
         assert worker_id is not None, "the queue gives every fetched job its worker"
         key = (run_id, job_id)

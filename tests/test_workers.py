@@ -148,16 +148,6 @@ def wait_first_success(url: str, run_id: int) -> None:
         time.sleep(0.2)
 
 
-def registered(url: str) -> int:
-    """The workers serving now (none before the first one made the tables)."""
-    import psycopg
-
-    try:
-        return int(db_rows(url, "SELECT count(*) FROM workers")[0][0])
-    except psycopg.errors.UndefinedTable:
-        return 0
-
-
 def start_png(tmp_path: Path) -> None:
     subprocess.run(
         [
@@ -274,34 +264,6 @@ def test_server_limits_hold_across_four_workers(
         f"LISTEN {SLOTS_FREED};",
     )
     assert listening == [(4,)]
-
-
-def test_workers_share_the_farm_s_jobs_in_hand(
-    tmp_path: Path, sims: Callable[..., list[str]], farm_factory: Callable[..., Farm], pg_url: str
-) -> None:
-    """By default the farm holds twice its slots (8) in all: each of three workers takes
-    its share (3) from the queue and leaves the rest to the others, not 8 each."""
-    urls = sims(2, job_seconds=0.3)
-    farm = farm_factory(urls, MAX_CONCURRENT_JOBS="4")
-    for name in ("w1", "w2", "w3"):
-        farm.start(name)
-    while registered(pg_url) < 3:
-        time.sleep(0.05)
-    run_id = farm.submit(flat_spec(tmp_path, 24, "shared"))
-    held: dict[int, int] = {}
-    while db_rows(pg_url, "SELECT status FROM runs WHERE id = %s", run_id)[0][0] == "running":
-        rows = db_rows(
-            pg_url,
-            "SELECT worker_id, count(*) FROM procrastinate_jobs WHERE status = 'doing' "
-            "GROUP BY worker_id",
-        )
-        for worker, count in rows:
-            held[worker] = max(held.get(worker, 0), count)
-        time.sleep(0.03)
-    assert wait_run(pg_url, run_id, timeout=5) == "succeeded"
-    assert len(held) == 3, held  # each took jobs
-    assert max(held.values()) <= 3, held
-    assert sum(len(sim_state(url)["posted"]) for url in urls) == 24
 
 
 def test_a_high_run_overtakes_a_long_normal_run(

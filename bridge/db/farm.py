@@ -25,11 +25,6 @@ _LIVE = (
     "SELECT id FROM procrastinate_workers "
     "WHERE last_heartbeat > now() - make_interval(secs => :lease)"
 )
-# the live workers counted, on the queue's own (psycopg) connection
-LIVE_COUNT = (
-    "SELECT count(*) AS n FROM procrastinate_workers "
-    "WHERE last_heartbeat > now() - make_interval(secs => %(lease)s)"
-)
 _UNFINISHED = ("pending", "submitted", "running")
 RUN_LOCK = 0x6272  # pg_advisory_lock(int, int) class key for finishing a run
 # NOTIFY channel: a slot is free (its server's name as payload, if one). Workers LISTEN on
