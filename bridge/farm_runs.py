@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -25,7 +24,9 @@ from bridge import gcpause, manifest
 from bridge.compile import compile_plan
 from bridge.db import farm
 from bridge.db.store import Store
+from bridge.direct.lock import lock_path
 from bridge.errors import BridgeError, SpecUnreadable
+from bridge.hashing import file_digest
 from bridge.manifest import JobResult
 from bridge.plan import Plan
 from bridge.record import Recorder, RunReport, recorded_file
@@ -63,11 +64,9 @@ class RunContext:
 def direction_digest(spec_path: Path) -> str | None:
     """The direction file beside a spec, as a digest: it is part of what a run renders,
     and the spec's revision does not cover it."""
-    from bridge.direct.lock import lock_path
-
     path = lock_path(spec_path)
     try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
+        return file_digest(path)
     except FileNotFoundError:
         return None
     except OSError as exc:
@@ -176,8 +175,6 @@ class Runs:
                 "submit it again"
             )
         if DIRECTION in run.settings and direction_digest(path) != run.settings[DIRECTION]:
-            from bridge.direct.lock import lock_path
-
             raise BridgeError(
                 f"{lock_path(path)} changed since run {run_id} was submitted; submit it again"
             )
