@@ -339,20 +339,47 @@ def claim_slots(
     if not named:
         return [None] * len(claims)
     with engine.begin() as conn:
-        conn.execute(
-            text("SELECT 1 FROM servers WHERE name = ANY(:servers) ORDER BY name FOR UPDATE"),
-            {"servers": named},
-        )
-        return [_claim_slot(conn, claim, lease=lease, guard=guard) for claim in claims]
+        loaded = {
+            r.name: dict(r.signature or {})
+            for r in conn.execute(
+                text(
+                    "SELECT name, signature FROM servers WHERE name = ANY(:servers) "
+                    "ORDER BY name FOR UPDATE"
+                ),
+                {"servers": named},
+            )
+        }
+        got = []
+        for claim in claims:
+            slot = _claim_slot(conn, claim, loaded, lease=lease, guard=guard)
+            if slot is not None:
+                loaded[slot.server] = dict(claim.signature)
+            got.append(slot)
+        return got
 
 
-def _claim_slot(conn: Connection, claim: SlotClaim, *, lease: float, guard: bool) -> Slot | None:
+def _claim_slot(
+    conn: Connection,
+    claim: SlotClaim,
+    loaded: dict[str, dict[str, float]],
+    *,
+    lease: float,
+    guard: bool,
+) -> Slot | None:
+    """One statement (the slot's pick, its claim and its server's counts): claims hold
+    their servers' locks, which the other workers' brokers wait for, so each round trip
+    inside them is paid by every broker (at a run's start, three workers' claims took
+    60-220 ms each, one worker's 10-60). `loaded`: each named server's signature as this
+    transaction left it, whence whether taking it is a model switch."""
     if not claim.servers:
         return None
     servers = list(claim.servers)
+    switch = {
+        name: int(affinity.switches(loaded.get(name, {}), claim.signature)) for name in servers
+    }
     row = conn.execute(
         text(
-            "SELECT s.server, s.slot, v.signature FROM server_slots s "
+            "WITH pick AS (SELECT s.server, s.slot FROM server_slots s "
             "LEFT JOIN servers v ON v.name = s.server "
             "WHERE s.server = ANY(:servers) AND ("
             "  (s.run_id = :run AND s.job_id = :job) OR (" + _FREE + " AND ("
@@ -365,7 +392,15 @@ def _claim_slot(conn: Connection, claim: SlotClaim, *, lease: float, guard: bool
             ") ORDER BY (s.run_id IS NOT DISTINCT FROM :run "
             "AND s.job_id IS NOT DISTINCT FROM :job) DESC, "
             "array_position(:servers, s.server), s.slot "
-            "FOR UPDATE OF s SKIP LOCKED LIMIT 1"
+            "FOR UPDATE OF s SKIP LOCKED LIMIT 1), "
+            "took AS (UPDATE server_slots t SET worker_id = :me, run_id = :run, "
+            "job_id = :job, claimed_at = now() FROM pick "
+            "WHERE t.server = pick.server AND t.slot = pick.slot), "
+            "counted AS (UPDATE servers c SET signature = CAST(:sig AS JSON), "
+            "jobs = c.jobs + 1, switches = c.switches + "
+            "COALESCE((CAST(:switch AS jsonb) ->> pick.server)::int, 0) "
+            "FROM pick WHERE c.name = pick.server) "
+            "SELECT server, slot FROM pick"
         ),
         {
             "servers": servers,
@@ -375,36 +410,14 @@ def _claim_slot(conn: Connection, claim: SlotClaim, *, lease: float, guard: bool
             "run": claim.run_id,
             "job": claim.job_id,
             "lease": lease,
+            "me": claim.worker_id,
+            "sig": json.dumps(dict(claim.signature)),
+            "switch": json.dumps(switch),
         },
     ).one_or_none()
     if row is None:
         return None
-    conn.execute(
-        text(
-            "UPDATE server_slots SET worker_id = :me, run_id = :run, job_id = :job, "
-            "claimed_at = now() WHERE server = :s AND slot = :n"
-        ),
-        {
-            "me": claim.worker_id,
-            "run": claim.run_id,
-            "job": claim.job_id,
-            "s": row.server,
-            "n": row.slot,
-        },
-    )
-    loaded = dict(row.signature or {})
-    conn.execute(
-        text(
-            "UPDATE servers SET signature = CAST(:sig AS JSON), jobs = jobs + 1, "
-            "switches = switches + :sw WHERE name = :s"
-        ),
-        {
-            "sig": json.dumps(dict(claim.signature)),
-            "sw": int(affinity.switches(loaded, claim.signature)),
-            "s": row.server,
-        },
-    )
-    return Slot(row.server, row.slot, loaded)
+    return Slot(row.server, row.slot, loaded.get(row.server, {}))
 
 
 @dataclass(frozen=True)
