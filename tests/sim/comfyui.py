@@ -756,7 +756,7 @@ class Simulator:
             ]
         else:
             args += ["-frames:v", "1"]
-        key = (*args, ext)
+        key = tuple(args)
         if key in self._renders:
             (folder / name).write_bytes(self._renders[key])
         else:
