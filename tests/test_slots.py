@@ -10,6 +10,7 @@ from collections.abc import Iterator
 import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from bridge import affinity, queue, slots
 from bridge.db import farm
@@ -298,6 +299,27 @@ def test_claims_in_one_transaction_see_the_servers_as_the_earlier_ones_left_them
         ("s1", A),
     ]
     assert farm.server_counts(engine) == {"s1": (2, 1), "s2": (1, 1)}
+
+
+def test_a_claim_that_names_no_server_gets_none_in_its_place(engine: Engine) -> None:
+    me = live_worker(engine)
+    batch = [
+        farm.SlotClaim((), me, 1, "a1", A),
+        farm.SlotClaim(("s2",), me, 1, "b1", B),
+        farm.SlotClaim((), me, 1, "a2", A),
+    ]
+    got = farm.claim_slots(engine, batch, lease=30, guard=True)
+    assert [(s.server, s.loaded) if s else None for s in got] == [None, ("s2", {}), None]
+
+
+def test_a_claim_the_database_refuses_raises_what_the_broker_waits_out(engine: Engine) -> None:
+    """The broker waits for the database on SQLAlchemy's errors; the claims go out on the
+    driver's own cursor (a pipeline), whose errors must reach it as the same kind."""
+    me = live_worker(engine)
+    with engine.begin() as conn:
+        conn.execute(text("ALTER TABLE server_slots RENAME TO server_slots_gone"))
+    with pytest.raises(SQLAlchemyError, match="server_slots"):
+        claim(engine, me, "a1", A)
 
 
 @pytest.mark.parametrize("guard", [True, False])

@@ -13,8 +13,10 @@ import json
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
+import psycopg
 from sqlalchemy import bindparam, insert, text
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import DBAPIError
 
 from bridge import affinity
 from bridge.db.models import EventRecord, utcnow
@@ -333,91 +335,79 @@ def claim_slots(
     server's and counts the job, and a model switch when the two share too little. The
     servers named are locked first, in name order (two transactions that locked them as
     their claims came would deadlock): with the guard, two workers never load two
-    families on one server at once.
+    families on one server at once. The other workers' brokers wait for those locks, so
+    the claims go out together (psycopg's executemany: a pipeline), each one statement:
+    the locks last the server's work and a round trip or two, not a round trip per claim
+    paced by a busy client (at a run's start, three workers' claims took 60-220 ms each
+    with three statements per claim, and one worker's 10-60).
     """
     named = sorted({name for claim in claims for name in claim.servers})
     if not named:
         return [None] * len(claims)
+    asked = [claim for claim in claims if claim.servers]
     with engine.begin() as conn:
-        loaded = {
-            r.name: dict(r.signature or {})
-            for r in conn.execute(
-                text(
-                    "SELECT name, signature FROM servers WHERE name = ANY(:servers) "
-                    "ORDER BY name FOR UPDATE"
-                ),
-                {"servers": named},
-            )
-        }
-        got = []
-        for claim in claims:
-            slot = _claim_slot(conn, claim, loaded, lease=lease, guard=guard)
-            if slot is not None:
-                loaded[slot.server] = dict(claim.signature)
-            got.append(slot)
-        return got
+        conn.execute(
+            text("SELECT 1 FROM servers WHERE name = ANY(:servers) ORDER BY name FOR UPDATE"),
+            {"servers": named},
+        )
+        sql = str(_CLAIM.compile(dialect=conn.dialect))
+        params = [_claim_params(claim, lease=lease, guard=guard) for claim in asked]
+        driver = conn.connection.driver_connection
+        assert isinstance(driver, psycopg.Connection), "workers run on PostgreSQL (psycopg)"
+        try:
+            with driver.cursor() as cursor:
+                cursor.executemany(sql, params, returning=True)
+                rows = []
+                for _ in asked:
+                    rows.append(cursor.fetchone())
+                    cursor.nextset()
+        except psycopg.Error as exc:  # the brokers wait out SQLAlchemy's errors
+            raise DBAPIError.instance(sql, params, exc, psycopg.Error) from exc
+    got = iter(None if r is None else Slot(r[0], r[1], dict(r[2] or {})) for r in rows)
+    return [next(got) if claim.servers else None for claim in claims]
 
 
-def _claim_slot(
-    conn: Connection,
-    claim: SlotClaim,
-    loaded: dict[str, dict[str, float]],
-    *,
-    lease: float,
-    guard: bool,
-) -> Slot | None:
-    """One statement (the slot's pick, its claim and its server's counts): claims hold
-    their servers' locks, which the other workers' brokers wait for, so each round trip
-    inside them is paid by every broker (at a run's start, three workers' claims took
-    60-220 ms each, one worker's 10-60). `loaded`: each named server's signature as this
-    transaction left it, whence whether taking it is a model switch."""
-    if not claim.servers:
-        return None
-    servers = list(claim.servers)
-    switch = {
-        name: int(affinity.switches(loaded.get(name, {}), claim.signature)) for name in servers
+# A claim's pick, its slot's update and its server's counts in one statement, with the
+# server's signature before it: whether the claim switched its models.
+_CLAIM = text(
+    "WITH pick AS (SELECT s.server, s.slot, v.signature AS before FROM server_slots s "
+    "LEFT JOIN servers v ON v.name = s.server "
+    "WHERE s.server = ANY(:servers) AND ("
+    "  (s.run_id = :run AND s.job_id = :job) OR (" + _FREE + " AND ("
+    "    NOT :guard"
+    "    OR COALESCE(v.signature::jsonb = CAST(:seen AS jsonb) -> s.server, false)"
+    "    OR COALESCE(jsonb_exists_all(v.signature::jsonb, CAST(:heavy AS text[])), false)"
+    "    OR NOT EXISTS (SELECT 1 FROM server_slots o"
+    "      WHERE o.server = s.server AND o.worker_id IS NOT NULL)))"
+    ") ORDER BY (s.run_id IS NOT DISTINCT FROM :run "
+    "AND s.job_id IS NOT DISTINCT FROM :job) DESC, "
+    "array_position(:servers, s.server), s.slot "
+    "FOR UPDATE OF s SKIP LOCKED LIMIT 1), "
+    "took AS (UPDATE server_slots t SET worker_id = :me, run_id = :run, "
+    "job_id = :job, claimed_at = now() FROM pick "
+    "WHERE t.server = pick.server AND t.slot = pick.slot), "
+    "counted AS (UPDATE servers c SET signature = CAST(:sig AS JSON), "
+    "jobs = c.jobs + 1, switches = c.switches + (cardinality(CAST(:heavy AS text[])) > 0 "
+    "AND NOT COALESCE(jsonb_exists_all(pick.before::jsonb, CAST(:heavy AS text[])), false))::int "
+    "FROM pick WHERE c.name = pick.server) "
+    "SELECT server, slot, before FROM pick"
+)
+
+
+def _claim_params(claim: SlotClaim, *, lease: float, guard: bool) -> dict[str, object]:
+    """`heavy`: the models a server must have loaded to serve the job without a switch
+    (affinity.switches), which the guard asks of a busy server."""
+    return {
+        "servers": list(claim.servers),
+        "seen": json.dumps({k: dict(v) for k, v in claim.may_switch.items()}),
+        "guard": guard,
+        "heavy": sorted(affinity.heavy(claim.signature)),
+        "run": claim.run_id,
+        "job": claim.job_id,
+        "lease": lease,
+        "me": claim.worker_id,
+        "sig": json.dumps(dict(claim.signature)),
     }
-    row = conn.execute(
-        text(
-            "WITH pick AS (SELECT s.server, s.slot FROM server_slots s "
-            "LEFT JOIN servers v ON v.name = s.server "
-            "WHERE s.server = ANY(:servers) AND ("
-            "  (s.run_id = :run AND s.job_id = :job) OR (" + _FREE + " AND ("
-            "    NOT :guard"
-            "    OR COALESCE(v.signature::jsonb = CAST(:seen AS jsonb) -> s.server, false)"
-            "    OR COALESCE(jsonb_exists_all(v.signature::jsonb, CAST(:heavy AS text[])),"
-            "      false)"
-            "    OR NOT EXISTS (SELECT 1 FROM server_slots o"
-            "      WHERE o.server = s.server AND o.worker_id IS NOT NULL)))"
-            ") ORDER BY (s.run_id IS NOT DISTINCT FROM :run "
-            "AND s.job_id IS NOT DISTINCT FROM :job) DESC, "
-            "array_position(:servers, s.server), s.slot "
-            "FOR UPDATE OF s SKIP LOCKED LIMIT 1), "
-            "took AS (UPDATE server_slots t SET worker_id = :me, run_id = :run, "
-            "job_id = :job, claimed_at = now() FROM pick "
-            "WHERE t.server = pick.server AND t.slot = pick.slot), "
-            "counted AS (UPDATE servers c SET signature = CAST(:sig AS JSON), "
-            "jobs = c.jobs + 1, switches = c.switches + "
-            "COALESCE((CAST(:switch AS jsonb) ->> pick.server)::int, 0) "
-            "FROM pick WHERE c.name = pick.server) "
-            "SELECT server, slot FROM pick"
-        ),
-        {
-            "servers": servers,
-            "seen": json.dumps({k: dict(v) for k, v in claim.may_switch.items()}),
-            "guard": guard,
-            "heavy": sorted(affinity.heavy(claim.signature)) if guard else [],
-            "run": claim.run_id,
-            "job": claim.job_id,
-            "lease": lease,
-            "me": claim.worker_id,
-            "sig": json.dumps(dict(claim.signature)),
-            "switch": json.dumps(switch),
-        },
-    ).one_or_none()
-    if row is None:
-        return None
-    return Slot(row.server, row.slot, loaded.get(row.server, {}))
 
 
 @dataclass(frozen=True)
