@@ -61,6 +61,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 THREADS = 12
+SETUP_AT_ONCE = 2  # jobs of one worker being set up at once (_Setup)
 LISTEN_CHECK = 30.0  # seconds without a notification before the listener checks its line
 _DATABASE = (OSError, SQLAlchemyError, psycopg.Error, ConnectorException)
 
@@ -87,6 +88,28 @@ class _Ran:
     object_info: Mapping[str, Any]
 
 
+class _Setup:
+    """The jobs of this process being set up (claimed, read, recorded as started) until
+    each asks for a slot, a few at a time in the order the queue handed them out. A
+    worker takes `jobs_in_hand` jobs at once at a run's start: set up all together, they
+    share the CPU (on one host, with the other workers' and PostgreSQL's) and the first
+    of them, which the servers wait for, reach a server no sooner than the last."""
+
+    def __init__(self, at_once: int) -> None:
+        self._gate = asyncio.Semaphore(at_once)
+        self._jobs: set[tuple[int, str]] = set()
+
+    async def begin(self, key: tuple[int, str]) -> None:
+        await self._gate.acquire()
+        self._jobs.add(key)
+
+    def end(self, key: tuple[int, str]) -> None:
+        """Idempotent: a job ends its setup at its slot request, or when it ends."""
+        if key in self._jobs:
+            self._jobs.discard(key)
+            self._gate.release()
+
+
 class Worker:
     def __init__(self, settings: Settings, *, environ: Mapping[str, str], name: str = "") -> None:
         self.settings = settings
@@ -107,6 +130,7 @@ class Worker:
         self.slots: slots.Slots | None = None
         self.listening = False  # LISTENing for freed slots (farm.SLOTS_FREED)
         self._preparing: set[asyncio.Future[None]] = set()  # compiles ahead (_prepare*)
+        self.setup = _Setup(SETUP_AT_ONCE)
 
     async def run(self) -> None:
         """Serve jobs until cancelled (SIGTERM/SIGINT stop it after the jobs in hand)."""
@@ -305,6 +329,7 @@ class Worker:
             return
         ended = self._in_hand[key] = asyncio.Event()  # set before any await: no race here
         try:
+            await self.setup.begin(key)
             ctx = await self._context(run_id)  # None: the run ended, its spec unreadable
             if ctx is not None:
                 lease = self.settings.lease_seconds
@@ -319,6 +344,7 @@ class Worker:
                     lane = lane if isinstance(lane, int) else None
                     await self._run_one(ctx, ctx.plan.job(job_id), worker_id, priority, lane)
         finally:
+            self.setup.end(key)
             del self._in_hand[key]
             ended.set()
         await self._advance(run_id)
@@ -361,6 +387,8 @@ class Worker:
             notify=log.warning,
         )
         executor.results.update(results)
+        if not job.kind.remote:  # no slot to ask for: its setup ends here
+            self.setup.end((ctx.run_id, job.id))
         scheduler = Scheduler(
             sub,
             executor,
@@ -583,6 +611,7 @@ class JobLeases:
             lane=self.lane,
             deadline=asyncio.get_running_loop().time() + w.pool.grace,
         )
+        w.setup.end((self.run_id, self.job.id))
         slot = await w.slots.claim(want)
         try:
             yield w.servers[slot.server].backend
