@@ -9,13 +9,14 @@ worker that is no longer alive can be taken over; nothing here writes a heartbea
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import psycopg
 from sqlalchemy import bindparam, insert, text
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection, Dialect, Engine
 from sqlalchemy.exc import DBAPIError
 
 from bridge import affinity
@@ -338,8 +339,8 @@ def claim_slots(
     families on one server at once. The other workers' brokers wait for those locks, so
     the claims go out together (psycopg's executemany: a pipeline), each one statement:
     the locks last the server's work and a round trip or two, not a round trip per claim
-    paced by a busy client (at a run's start, three workers' claims took 60-220 ms each
-    with three statements per claim, and one worker's 10-60).
+    paced by a busy client (traced at a run's start with three workers: claims a median
+    20-25 ms and at most 61 ms, where one statement at a time took up to 115 ms).
     """
     named = sorted({name for claim in claims for name in claim.servers})
     if not named:
@@ -350,7 +351,7 @@ def claim_slots(
             text("SELECT 1 FROM servers WHERE name = ANY(:servers) ORDER BY name FOR UPDATE"),
             {"servers": named},
         )
-        sql = str(_CLAIM.compile(dialect=conn.dialect))
+        sql = _claim_sql(conn.dialect)
         params = [_claim_params(claim, lease=lease, guard=guard) for claim in asked]
         driver = conn.connection.driver_connection
         assert isinstance(driver, psycopg.Connection), "workers run on PostgreSQL (psycopg)"
@@ -392,6 +393,12 @@ _CLAIM = text(
     "FROM pick WHERE c.name = pick.server) "
     "SELECT server, slot, before FROM pick"
 )
+
+
+@functools.cache
+def _claim_sql(dialect: Dialect) -> str:
+    """_CLAIM in the driver's parameter style, compiled once (170 us, at every claim)."""
+    return str(_CLAIM.compile(dialect=dialect))
 
 
 def _claim_params(claim: SlotClaim, *, lease: float, guard: bool) -> dict[str, object]:
