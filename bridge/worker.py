@@ -38,7 +38,7 @@ from bridge import affinity, farm_runs, preflight, queue, slots
 from bridge.backends.base import Backend
 from bridge.backends.pool import ServerPool
 from bridge.db import farm
-from bridge.db.store import Store
+from bridge.db.store import Resumable, Store
 from bridge.errors import (
     BridgeError,
     ConfigError,
@@ -332,9 +332,13 @@ class Worker:
             await self.setup.begin(key)
             ctx = await self._context(run_id)  # None: the run ended, its spec unreadable
             if ctx is not None:
+                job = ctx.plan.job(job_id)
                 lease = self.settings.lease_seconds
                 claim = await asyncio.to_thread(
-                    farm.claim_job, self.engine, run_id, job_id, worker_id, lease, self.name
+                    farm.claim_job,
+                    *(self.engine, run_id, job_id, worker_id, lease, self.name),
+                    project=ctx.plan.project,
+                    job_hash=job.hash,
                 )
                 if claim is None:
                     raise Held(f"{job_id} of run {run_id} is held by a live worker")
@@ -342,7 +346,8 @@ class Worker:
                     priority = context.job.priority or 0
                     lane = context.job.task_kwargs.get("lane")  # its server stream, if any
                     lane = lane if isinstance(lane, int) else None
-                    await self._run_one(ctx, ctx.plan.job(job_id), worker_id, priority, lane)
+                    resumable = {job.hash: claim.resumable} if claim.resumable else {}
+                    await self._run_one(ctx, job, worker_id, priority, lane, resumable)
         finally:
             self.setup.end(key)
             del self._in_hand[key]
@@ -355,7 +360,8 @@ class Worker:
         job: Job,
         worker_id: int,
         priority: int,
-        lane: int | None = None,
+        lane: int | None,
+        resumable: dict[str, Resumable],
     ) -> None:
         plan, store = ctx.plan, self.store
         deps = tuple(plan.graph.predecessors(job.id))
@@ -375,7 +381,6 @@ class Worker:
         )
         recorder.run_id, recorder.worker_id = ctx.run_id, worker_id
         results = await asyncio.to_thread(self.runs.results, ctx, deps)
-        resumable = await asyncio.to_thread(store.resumable, plan.project, [job.hash])
         executor = Executor(
             sub,
             JobLeases(self, ctx.run_id, job, worker_id, priority, lane),
@@ -502,7 +507,10 @@ class ClaimLost(Exception):
 
 class ClaimedRecorder(Recorder):
     """A job's records while this worker holds it: the prompt is committed (and so posted)
-    only if the claim still stands; once lost, nothing more is written for the job.
+    only if the claim still stands; once lost, nothing more is written for the job. A
+    remote job's row is started by that commit, not when its attempt begins: a worker
+    holds twice the slots it may get, and its jobs waiting for one are not running (nor
+    worth a transaction each, at a run's start, when every worker sets up its jobs at once).
 
     A worker outlives database outages, so a write that fails for want of the database is
     not the job's failure: an event's record waits for the database and is written then
@@ -538,6 +546,8 @@ class ClaimedRecorder(Recorder):
     async def __call__(self, event: Event) -> None:
         """Written on a thread: the loop serves every job of the worker meanwhile."""
         self._loop = asyncio.get_running_loop()
+        if isinstance(event, JobStarted) and self.plan.job(event.job_id).kind.remote:
+            return  # its submission starts it (submitting): waiting for a slot is not running
         while not self.lost:
             try:
                 if isinstance(event, JobStarted):
@@ -559,7 +569,7 @@ class ClaimedRecorder(Recorder):
         self._loop.call_soon_threadsafe(super()._notify, event, payload)
 
     def _start(self, event: JobStarted) -> None:
-        """The attempt starts only on a row still this worker's and unfinished."""
+        """A local job's attempt starts only on a row still this worker's and unfinished."""
         engine, run_id = self.store.engine, self.run_id
         if not farm.mark_running(engine, run_id, event.job_id, self.worker_id, event.attempt):
             self.lost = True

@@ -21,8 +21,8 @@ from sqlalchemy.exc import DBAPIError
 
 from bridge import affinity
 from bridge.db.models import EventRecord, utcnow
-from bridge.db.store import WORKERS_BACKEND
-from bridge.states import JobState
+from bridge.db.store import WORKERS_BACKEND, Resumable
+from bridge.states import RESUMABLE, JobState
 
 _LIVE = (
     "SELECT id FROM procrastinate_workers "
@@ -51,10 +51,13 @@ def _reading(engine: Engine) -> Connection:
 
 @dataclass(frozen=True)
 class Claim:
-    """A job row this worker now holds; `took_over` when a dead worker held it before."""
+    """A job row this worker now holds; `took_over` when a dead worker held it before;
+    `resumable`, the prompt a try before (this run's, or an interrupted run's) left on a
+    server for the job's hash, to re-attach to (as Store.resumable finds it)."""
 
     state: JobState
     took_over: bool
+    resumable: Resumable | None = None
 
 
 @dataclass(frozen=True)
@@ -75,11 +78,20 @@ class WorkerRow:
 
 
 def claim_job(
-    engine: Engine, run_id: int, job_id: str, worker_id: int, lease: float, worker: str
+    engine: Engine,
+    run_id: int,
+    job_id: str,
+    worker_id: int,
+    lease: float,
+    worker: str,
+    *,
+    project: str,
+    job_hash: str,
 ) -> Claim | None:
-    """Hold the job for `worker_id` (named `worker` in the run's events, in the same
-    transaction): a finished row is returned as it is (its follow-ups may still be due);
-    None when another live worker holds it."""
+    """Hold the job for `worker_id` (named `worker` in the run's events) and look up its
+    resumable prompt, in one transaction: every job a worker takes starts with both. A
+    finished row is returned as it is (its follow-ups may still be due); None when another
+    live worker holds it."""
     with engine.begin() as conn:
         row = conn.execute(
             text(
@@ -107,7 +119,19 @@ def claim_job(
                 run_id=run_id, job_id=job_id, at=utcnow(), kind="job_claimed", data=data
             )
         )
-        return Claim(state, took_over=took_over)
+        prompt = conn.execute(
+            text(
+                "SELECT j.prompt_id, j.server FROM jobs j JOIN runs r ON r.id = j.run_id "
+                "WHERE j.hash = :hash AND j.state = ANY(:states) AND j.prompt_id IS NOT NULL "
+                "AND r.project_id = :project ORDER BY j.id DESC LIMIT 1"
+            ),
+            {"hash": job_hash, "states": _RESUMABLE, "project": project},
+        ).one_or_none()
+        resumable = Resumable(prompt.prompt_id, prompt.server) if prompt else None
+        return Claim(state, took_over=took_over, resumable=resumable)
+
+
+_RESUMABLE = sorted(state.value for state in RESUMABLE)
 
 
 def mark_submitting(
@@ -120,13 +144,16 @@ def mark_submitting(
     server: str,
     attempt: int,
 ) -> bool:
-    """Store.mark_submitting for a claimed job: committed only while `worker_id` still
-    holds the job. False when another worker took it over (this one's heartbeat was late):
-    then this one must not post."""
+    """Store.mark_submitting for a claimed job, which also starts its attempt (a new
+    attempt's started_at; a reseed's prompt keeps it): committed only while `worker_id`
+    still holds the job. False when another worker took it over (this one's heartbeat was
+    late): then this one must not post."""
     with engine.begin() as conn:
         done = conn.execute(
             text(
                 "UPDATE jobs SET state = 'submitted', prompt_id = :prompt, server = :server, "
+                "started_at = CASE WHEN attempts = :attempt AND started_at IS NOT NULL "
+                "THEN started_at ELSE now() END, "
                 "attempts = :attempt, submitted_at = now() "
                 "WHERE run_id = :run AND job_id = :job AND worker_id = :me "
                 "AND state IN ('pending', 'submitted', 'running')"
