@@ -21,8 +21,8 @@ from sqlalchemy.exc import DBAPIError
 
 from bridge import affinity
 from bridge.db.models import EventRecord, utcnow
-from bridge.db.store import WORKERS_BACKEND, Resumable
-from bridge.states import RESUMABLE, JobState
+from bridge.db.store import WORKERS_BACKEND, Resumable, resumable_in
+from bridge.states import JobState
 
 _LIVE = (
     "SELECT id FROM procrastinate_workers "
@@ -119,19 +119,8 @@ def claim_job(
                 run_id=run_id, job_id=job_id, at=utcnow(), kind="job_claimed", data=data
             )
         )
-        prompt = conn.execute(
-            text(
-                "SELECT j.prompt_id, j.server FROM jobs j JOIN runs r ON r.id = j.run_id "
-                "WHERE j.hash = :hash AND j.state = ANY(:states) AND j.prompt_id IS NOT NULL "
-                "AND r.project_id = :project ORDER BY j.id DESC LIMIT 1"
-            ),
-            {"hash": job_hash, "states": _RESUMABLE, "project": project},
-        ).one_or_none()
-        resumable = Resumable(prompt.prompt_id, prompt.server) if prompt else None
+        resumable = resumable_in(conn, project, [job_hash]).get(job_hash)
         return Claim(state, took_over=took_over, resumable=resumable)
-
-
-_RESUMABLE = sorted(state.value for state in RESUMABLE)
 
 
 def mark_submitting(

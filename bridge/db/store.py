@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event, func, insert, or_, text, update
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlmodel import Session, col, create_engine, select
 
@@ -69,6 +69,22 @@ class Resumable:
 
     prompt_id: str
     server: str | None
+
+
+def resumable_in(conn: Connection, project_id: str, hashes: list[str]) -> dict[str, Resumable]:
+    """Store.resumable on a connection already open (a worker's claim transaction)."""
+    rows = conn.execute(
+        select(JobRecord.hash, JobRecord.prompt_id, JobRecord.server)
+        .join(Run, col(Run.id) == JobRecord.run_id)
+        .where(
+            col(JobRecord.hash).in_(hashes),
+            col(JobRecord.state).in_([state.value for state in RESUMABLE]),
+            col(JobRecord.prompt_id).is_not(None),
+            Run.project_id == project_id,
+        )
+        .order_by(col(JobRecord.id))
+    )
+    return {row.hash: Resumable(row.prompt_id, row.server) for row in rows if row.prompt_id}
 
 
 def engine_for(url: str) -> Engine:
@@ -403,20 +419,7 @@ class Store:
         out: dict[str, Resumable] = {}
         with self.session() as s:
             for chunk in _in_chunks(hashes):
-                rows = s.exec(
-                    select(JobRecord)
-                    .join(Run, col(Run.id) == JobRecord.run_id)
-                    .where(
-                        col(JobRecord.hash).in_(chunk),
-                        col(JobRecord.state).in_([state.value for state in RESUMABLE]),
-                        col(JobRecord.prompt_id).is_not(None),
-                        Run.project_id == project_id,
-                    )
-                    .order_by(col(JobRecord.id))
-                )
-                for row in rows:
-                    if row.prompt_id:
-                        out[row.hash] = Resumable(row.prompt_id, row.server)
+                out.update(resumable_in(s.connection(), project_id, chunk))
         return out
 
     def take_over(self, run_id: int, job_hash: str) -> None:
