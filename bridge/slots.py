@@ -215,7 +215,10 @@ class Farm(Protocol):
         ...
 
     async def release(self, slot: farm.Slot, worker_id: int) -> bool: ...
-    async def announce(self, server: str) -> None: ...
+    async def announce(self, servers: Sequence[str]) -> None:
+        """Wake the other workers' brokers for each of `servers`, in one transaction."""
+        ...
+
     async def outage(self) -> None: ...
     def woken(self) -> bool:
         """Whether a slot another process announces calls the broker's changed() now."""
@@ -270,7 +273,7 @@ class Slots:
             self._freed.add(slot.server)
             self.changed()
         else:
-            await self.farm.announce(slot.server)
+            await self.farm.announce([slot.server])
 
     async def _run(self) -> None:
         try:
@@ -303,8 +306,10 @@ class Slots:
 
     async def _announce(self, servers: set[str]) -> None:
         """Tell the other workers of the slots we freed and did not take again."""
-        while servers:
-            await self.farm.announce(servers.pop())
+        if servers:
+            told = sorted(servers)
+            servers.clear()
+            await self.farm.announce(told)
 
     async def _queue_waiting(self) -> list[farm.Waiting]:
         now = asyncio.get_running_loop().time()

@@ -667,13 +667,13 @@ class _SlotRows:
         w = self.worker
         return await _outliving(w.store, farm.release_slot, w.engine, slot, worker_id)
 
-    async def announce(self, server: str) -> None:
+    async def announce(self, servers: Sequence[str]) -> None:
         """A wake-up, not a record: one lost to an outage is made up by the brokers'
         backstop look at the slots."""
         try:
-            await asyncio.to_thread(farm.announce_freed, self.worker.engine, server)
+            await asyncio.to_thread(farm.announce_freed, self.worker.engine, servers)
         except SQLAlchemyError as exc:
-            log.debug("could not announce a freed slot on %s: %s", server, _first_line(exc))
+            log.debug("could not announce freed slots on %s: %s", servers, _first_line(exc))
 
     async def outage(self) -> None:
         await self.worker.store.wait_available()

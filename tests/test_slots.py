@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import pytest
 from sqlalchemy import text
@@ -389,9 +389,12 @@ def test_freed_slots_are_announced_to_listening_workers_when_asked(
         assert farm.release_slot(engine, slot, me)
         assert not farm.release_slot(engine, slot, me)  # no longer held
         assert list(listener.notifies(timeout=0.2)) == []
-        farm.announce_freed(engine, "s1")
-        heard = list(listener.notifies(timeout=2.0, stop_after=1))
-        assert [(n.channel, n.payload) for n in heard] == [(farm.SLOTS_FREED, "s1")]
+        farm.announce_freed(engine, ["s1", "s2"])
+        heard = list(listener.notifies(timeout=2.0, stop_after=2))
+        assert [(n.channel, n.payload) for n in heard] == [
+            (farm.SLOTS_FREED, "s1"),
+            (farm.SLOTS_FREED, "s2"),
+        ]
         farm.unregister_worker(engine, me)
         heard = list(listener.notifies(timeout=2.0, stop_after=1))
         assert [(n.channel, n.payload) for n in heard] == [(farm.SLOTS_FREED, "")]
@@ -410,6 +413,7 @@ class HeldFarm:
         self.free_slots = free
         self.signature = signature
         self.announced: list[str] = []
+        self.announcements = 0  # transactions
         self.claims: list[int] = []  # the claims in each transaction
 
     async def states(self) -> dict[str, farm.ServerState]:
@@ -431,8 +435,9 @@ class HeldFarm:
         self.free_slots += 1
         return True
 
-    async def announce(self, server: str) -> None:
-        self.announced.append(server)
+    async def announce(self, servers: Sequence[str]) -> None:
+        self.announced.extend(servers)
+        self.announcements += 1
 
     async def outage(self) -> None:
         pass
@@ -570,6 +575,48 @@ def test_a_claim_that_loads_other_models_beside_a_free_slot_is_announced() -> No
 
     assert asyncio.run(scenario(free=2)) == ["s1"]
     assert asyncio.run(scenario(free=1)) == []  # nothing left beside it to take
+
+
+class TwoServers(HeldFarm):
+    """Servers s1 and s2, both with two free slots and B loaded."""
+
+    def __init__(self) -> None:
+        super().__init__(woken=True, signature=B)
+        self.free = {"s1": 2, "s2": 2}
+
+    async def states(self) -> dict[str, farm.ServerState]:
+        self.reads += 1
+        return {name: state(B, free) for name, free in self.free.items()}
+
+    async def claim(self, claims: list[farm.SlotClaim]) -> list[farm.Slot | None]:
+        self.claims.append(len(claims))
+        got: list[farm.Slot | None] = []
+        for claim in claims:
+            name = next((n for n in claim.servers if self.free[n]), None)
+            got.append(None if name is None else farm.Slot(name, self.free[name] - 1, B))
+            if name is not None:
+                self.free[name] -= 1
+        return got
+
+    def healthy(self) -> list[str]:
+        return ["s1", "s2"]
+
+
+def test_the_servers_a_round_switches_beside_free_slots_are_announced_at_once() -> None:
+    """One transaction for the round, not one per server: the broker's next round waits
+    for it."""
+
+    async def scenario() -> tuple[list[str], int, list[str]]:
+        source = TwoServers()
+        broker = slots.Slots(source, use_affinity=True)
+        first, second = waiter(), waiter()
+        first.eligible = second.eligible = ("s1", "s2")
+        second.signature = C  # A is loaded on one of them by then: C takes the other
+        got = await asyncio.wait_for(asyncio.gather(broker.claim(first), broker.claim(second)), 1.0)
+        await asyncio.sleep(slots.SLOT_POLL[0])  # the broker's loop ends and tells
+        return sorted(slot.server for slot in got), source.announcements, source.announced
+
+    assert asyncio.run(scenario()) == (["s1", "s2"], 1, ["s1", "s2"])
 
 
 def test_a_round_claims_every_slot_it_hands_out_in_one_transaction() -> None:

@@ -98,7 +98,7 @@ async def test_a_worker_compiles_a_spec_as_it_is_submitted_and_wakes_its_broker_
         assert claimed == []  # no job reached the worker: the announcement did it
 
         looks = broker.looks
-        await asyncio.to_thread(farm.announce_freed, store.engine, "s1")
+        await asyncio.to_thread(farm.announce_freed, store.engine, ["s1"])
         await until(lambda: broker.looks == looks + 1, "a freed slot wakes the broker")
         assert compiled == [run_id]
     finally:
