@@ -16,6 +16,7 @@ from bridge import queue
 from bridge.db import farm
 from bridge.db.models import JobRecord, Run
 from bridge.db.store import Resumable, Store
+from bridge.states import JobState
 from tests.test_slots import live_worker
 
 pytestmark = pytest.mark.postgres
@@ -67,6 +68,50 @@ def test_a_claim_finds_the_prompt_an_interrupted_run_left_for_the_job_s_hash(
     nothing = farm.claim_job(engine, new, "a", me, 30, "w1", project="film", job_hash="h2")
     assert nothing is not None
     assert nothing.resumable is None
+
+
+def claims_recorded(engine: Engine, run_id: int) -> list[str]:
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text("SELECT data::text FROM events WHERE run_id = :r AND kind = 'job_claimed'"),
+            {"r": run_id},
+        )
+        return [r[0] for r in rows]
+
+
+def holder(engine: Engine, run_id: int) -> int | None:
+    with engine.connect() as conn:
+        return conn.execute(
+            text("SELECT worker_id FROM jobs WHERE run_id = :r"), {"r": run_id}
+        ).scalar_one()
+
+
+def test_a_claim_leaves_a_live_worker_s_job_and_a_finished_one_and_takes_a_dead_one_s(
+    engine: Engine,
+) -> None:
+    me, other = live_worker(engine), live_worker(engine)
+    dead = other + 1000  # no heartbeat: gone
+    held, finished, orphan = runs(
+        engine,
+        ("film", "a", "h1", {"worker_id": other}),
+        ("film", "a", "h1", {"worker_id": dead, "state": "succeeded"}),
+        ("film", "a", "h1", {"worker_id": dead, "state": "submitted", "prompt_id": "p1"}),
+    )
+
+    def claim(run_id: int) -> farm.Claim | None:
+        return farm.claim_job(engine, run_id, "a", me, 30, "w1", project="film", job_hash="h1")
+
+    assert claim(held) is None
+    assert (holder(engine, held), claims_recorded(engine, held)) == (other, [])
+    assert claim(finished) == farm.Claim(JobState.SUCCEEDED, took_over=False)
+    assert (holder(engine, finished), claims_recorded(engine, finished)) == (dead, [])
+    taken = claim(orphan)
+    assert taken == farm.Claim(JobState.SUBMITTED, took_over=True, resumable=Resumable("p1", None))
+    assert holder(engine, orphan) == me
+    assert claims_recorded(engine, orphan) == ['{"worker": "w1", "took_over": true}']
+    again = claim(orphan)  # its own: not a take-over
+    assert again == farm.Claim(JobState.SUBMITTED, took_over=False, resumable=Resumable("p1", None))
+    assert claims_recorded(engine, orphan)[1] == '{"worker": "w1", "took_over": false}'
 
 
 def test_a_remote_job_s_attempt_starts_with_its_submission_and_a_reseed_keeps_it(
