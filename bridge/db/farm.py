@@ -22,13 +22,13 @@ from sqlalchemy.exc import DBAPIError
 from bridge import affinity
 from bridge.db.models import utcnow
 from bridge.db.store import WORKERS_BACKEND, Resumable, resumable_in
-from bridge.states import JobState
+from bridge.states import UNFINISHED, JobState
 
 _LIVE = (
     "SELECT id FROM procrastinate_workers "
     "WHERE last_heartbeat > now() - make_interval(secs => :lease)"
 )
-_UNFINISHED = ("pending", "submitted", "running")
+_UNFINISHED = tuple(sorted(state.value for state in UNFINISHED))  # JobState.finished, in SQL
 RUN_LOCK = 0x6272  # pg_advisory_lock(int, int) class key for finishing a run
 # NOTIFY channel: a slot is free (its server's name as payload, if one). Workers LISTEN on
 # it instead of polling the slots while every one is held; a slot freed by a lease running
