@@ -130,6 +130,7 @@ class Simulator:
         self.loaded: frozenset[str] = frozenset()  # expensive node keys of the last prompt
         self.counter = itertools.count(0)
         self.sockets: dict[str, web.WebSocketResponse] = {}
+        self.messages: asyncio.Queue[tuple[str, dict[str, Any], str | None]] = asyncio.Queue()
         self.wake = asyncio.Event()
         self.interrupt_flag = False
         self.object_info_asked: list[str] = []  # "*" for the whole /object_info
@@ -166,12 +167,14 @@ class Simulator:
         self._port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         self.url = f"http://127.0.0.1:{self._port}"
         self._worker = asyncio.create_task(self._work())
+        self._publisher = asyncio.create_task(self._publish())
         return self.url
 
     async def stop(self) -> None:
-        self._worker.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._worker
+        for task in (self._worker, self._publisher):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         for ws in list(self.sockets.values()):
             await ws.close()
         if self._runner is not None:
@@ -218,7 +221,19 @@ class Simulator:
                 del self.sockets[sid]
         return ws
 
-    async def _send(self, kind: str, data: dict[str, Any], sid: str | None) -> None:
+    def _send(self, kind: str, data: dict[str, Any], sid: str | None) -> None:
+        """Queue a message, as ComfyUI's send_sync does: the prompt worker never waits for
+        a socket, and its next prompt starts however many clients listen (the bench's
+        three workers each hold a socket to every server; awaited here, each broadcast
+        between two prompts cost three sends instead of one)."""
+        self.messages.put_nowait((kind, data, sid))
+
+    async def _publish(self) -> None:
+        """ComfyUI's publish_loop: the queued messages, in order."""
+        while True:
+            await self._deliver(*await self.messages.get())
+
+    async def _deliver(self, kind: str, data: dict[str, Any], sid: str | None) -> None:
         targets: Iterable[tuple[str, web.WebSocketResponse]]
         if sid is None:
             targets = list(self.sockets.items())
@@ -235,8 +250,8 @@ class Simulator:
             with contextlib.suppress(ConnectionError, RuntimeError):
                 await ws.send_json({"type": kind, "data": data})
 
-    async def _status(self) -> None:
-        await self._send(
+    def _status(self) -> None:
+        self._send(
             "status", {"status": {"exec_info": {"queue_remaining": self._remaining()}}}, None
         )
 
@@ -310,7 +325,7 @@ class Simulator:
         self.posted_at.append(arrived)
         self.max_load = max(self.max_load, self._remaining())
         self.wake.set()
-        await self._status()
+        self._status()
         return web.json_response({"prompt_id": prompt_id, "number": number, "node_errors": {}})
 
     def _validate(self, graph: dict[str, Any], outputs: list[str]) -> dict[str, Any]:
@@ -420,7 +435,7 @@ class Simulator:
                     self.queue.remove(p)
                     self.deleted.append(pid)
                     break
-        await self._status()
+        self._status()
         return web.Response(status=200)
 
     async def post_interrupt(self, request: web.Request) -> web.Response:
@@ -583,16 +598,16 @@ class Simulator:
         sid = p.client_id
         pid = p.prompt_id
         messages: list[list[Any]] = []
-        await self._status()
+        self._status()
         start = {"prompt_id": pid, "timestamp": _now_ms()}
         messages.append(["execution_start", start])
-        await self._send("execution_start", start, sid)
+        self._send("execution_start", start, sid)
         order = _order(p.graph, p.outputs)
         keys = {nid: _node_key(p.graph, nid) for nid in order}
         cached = [nid for nid in order if keys[nid] in self.cache]
         data = {"nodes": cached, "prompt_id": pid, "timestamp": _now_ms()}
         messages.append(["execution_cached", data])
-        await self._send("execution_cached", data, sid)
+        self._send("execution_cached", data, sid)
         outputs: dict[str, Any] = {}
         states: dict[str, dict[str, Any]] = {}
         to_run = [n for n in order if n not in cached]
@@ -606,7 +621,7 @@ class Simulator:
             ui = self.cache[keys[nid]]
             if ui is not None:
                 outputs[nid] = ui
-                await self._send(
+                self._send(
                     "executed",
                     {"node": nid, "display_node": nid, "output": ui, "prompt_id": pid},
                     sid,
@@ -630,8 +645,8 @@ class Simulator:
             node = p.graph[nid]
             self.current_node = nid
             states[nid] = _state(pid, nid, 0.0, 1.0, "running")
-            await self._send("progress_state", {"prompt_id": pid, "nodes": dict(states)}, sid)
-            await self._send("executing", {"node": nid, "display_node": nid, "prompt_id": pid}, sid)
+            self._send("progress_state", {"prompt_id": pid, "nodes": dict(states)}, sid)
+            self._send("executing", {"node": nid, "display_node": nid, "prompt_id": pid}, sid)
             node_start, node_end = node_end, node_end + per_node
             if node["class_type"] in SAMPLERS:
                 steps = int(node["inputs"].get("steps", 4)) or 1
@@ -641,15 +656,13 @@ class Simulator:
                     if self.interrupt_flag:
                         break
                     value = round(i * steps / shown)
-                    await self._send(
+                    self._send(
                         "progress",
                         {"value": value, "max": steps, "prompt_id": pid, "node": nid},
                         sid,
                     )
                     states[nid] = _state(pid, nid, float(value), float(steps), "running")
-                    await self._send(
-                        "progress_state", {"prompt_id": pid, "nodes": dict(states)}, sid
-                    )
+                    self._send("progress_state", {"prompt_id": pid, "nodes": dict(states)}, sid)
             elif node["class_type"] not in ("SaveVideo", "SaveImage"):
                 await _until(node_end)
             if node["class_type"] in self.error_nodes:
@@ -666,7 +679,7 @@ class Simulator:
                     break
                 await _until(node_end)
                 outputs[nid] = ui
-                await self._send(
+                self._send(
                     "executed",
                     {"node": nid, "display_node": nid, "output": ui, "prompt_id": pid},
                     sid,
@@ -674,16 +687,16 @@ class Simulator:
             self.cache[keys[nid]] = ui
             executed.append(nid)
             states[nid] = _state(pid, nid, 1.0, 1.0, "finished")
-            await self._send("progress_state", {"prompt_id": pid, "nodes": dict(states)}, sid)
+            self._send("progress_state", {"prompt_id": pid, "nodes": dict(states)}, sid)
         self.current_node = None
         if error is None:
             done = {"prompt_id": pid, "timestamp": _now_ms()}
             messages.append(["execution_success", done])
-            await self._send("execution_success", done, sid)
+            self._send("execution_success", done, sid)
             status = {"status_str": "success", "completed": True, "messages": messages}
         else:
             messages.append(error)
-            await self._send(error[0], error[1], sid)
+            self._send(error[0], error[1], sid)
             status = {"status_str": "error", "completed": False, "messages": messages}
             if error[0] == "execution_interrupted":
                 outputs = {}
@@ -698,8 +711,8 @@ class Simulator:
         }
         self.executed.append(pid)
         self.running = None  # like PromptQueue.task_done: off the queue as history is written
-        await self._status()
-        await self._send("executing", {"node": None, "prompt_id": pid}, sid)
+        self._status()
+        self._send("executing", {"node": None, "prompt_id": pid}, sid)
 
     def _error(
         self, p: Prompt, nid: str, executed: list[str], etype: str, message: str
