@@ -148,6 +148,7 @@ class Worker:
             log.warning("waiting for the database before taking jobs")
             await self.store.wait_available()
         await asyncio.to_thread(self.runs.warm)
+        await asyncio.to_thread(self.store.warm)
         runner = Runner(self.settings, store=self.store, notify=log.warning, detach=True)
         self.pool = await runner.backend()
         for backend in self.pool.backends:  # one down at start is preflighted by its server

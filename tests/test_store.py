@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -12,7 +13,7 @@ from sqlmodel import select
 
 from bridge.compile import compile_plan
 from bridge.db.models import GeneratedAsset, JobRecord, Run
-from bridge.db.store import Asset, Resumable, Store
+from bridge.db.store import Asset, Resumable, Store, resumable_in
 from bridge.errors import ConfigError
 from bridge.plan import Job
 from bridge.spec.model import Spec
@@ -192,6 +193,38 @@ def test_a_run_s_job_rows_are_read_by_job_id(synced: tuple[Spec, Store]) -> None
     got = store.job_rows(runs[1], [*wanted, "nope"])
     assert sorted(got) == sorted(wanted)  # more than one query's 500
     assert {row.run_id for row in got.values()} == {runs[1]}
+
+
+def _job_setup_statements(store: Store, caplog: pytest.LogCaptureFixture) -> list[str]:
+    """How SQLAlchemy says it got each statement of a job's setup: generated or cached."""
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="sqlalchemy.engine.Engine"):
+        with store.engine.connect() as conn:
+            resumable_in(conn, "moonlit", ["abc"])
+        store.run(1)
+        store.job_rows(1, ["render:a/s1"])
+        store.find_assets("moonlit", ["abc"])
+    return [
+        kind
+        for r in caplog.records
+        for kind in ("generated in", "cached since")
+        if f"[{kind}" in r.getMessage()
+    ]
+
+
+def test_a_warmed_store_sets_up_jobs_with_statements_compiled_before(
+    database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Store.warm, as a worker starts: at a run's start every worker sets up jobs at once,
+    and none compiles its reads then."""
+    cold, warm = Store(database_url), Store(database_url)
+    try:
+        assert "generated in" in _job_setup_statements(cold, caplog)
+        warm.warm()
+        assert set(_job_setup_statements(warm, caplog)) == {"cached since"}
+    finally:
+        cold.close()
+        warm.close()
 
 
 def test_dead_runs_are_marked_interrupted(database_url: str) -> None:

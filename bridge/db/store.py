@@ -556,6 +556,18 @@ class Store:
 
     # -- reading -------------------------------------------------------------------------
 
+    def warm(self) -> None:
+        """Build the ORM's mappers and compile the reads a worker makes as it sets up a
+        job (its run, its resumable prompt, its dependencies' rows and assets) on rows that
+        do not exist, before the first run: else every worker builds them at a run's start,
+        at once (traced: the run row's first read took 28 ms on an idle host, and each of
+        three workers spent about 50 ms of CPU on it as a run started)."""
+        with self.engine.connect() as conn:
+            resumable_in(conn, "", [""])
+        self.run(0)
+        self.job_rows(0, [""])
+        self.find_assets("", [""])
+
     def run(self, run_id: int) -> Run | None:
         with self.session() as s:
             return s.get(Run, run_id)
