@@ -15,7 +15,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import psycopg
-from sqlalchemy import bindparam, text
+from sqlalchemy import text
 from sqlalchemy.engine import Connection, Dialect, Engine
 from sqlalchemy.exc import DBAPIError
 
@@ -28,7 +28,8 @@ _LIVE = (
     "SELECT id FROM procrastinate_workers "
     "WHERE last_heartbeat > now() - make_interval(secs => :lease)"
 )
-_UNFINISHED = tuple(sorted(state.value for state in UNFINISHED))  # JobState.finished, in SQL
+# not JobState.finished, in SQL: the states a job row may still leave
+_UNFINISHED = "(" + ", ".join(f"'{state.value}'" for state in sorted(UNFINISHED)) + ")"
 RUN_LOCK = 0x6272  # pg_advisory_lock(int, int) class key for finishing a run
 # NOTIFY channel: a slot is free (its server's name as payload, if one). Workers LISTEN on
 # it instead of polling the slots while every one is held; a slot freed by a lease running
@@ -106,7 +107,6 @@ def claim_job(
                 "at": utcnow(),
                 "own": json.dumps({"worker": worker, "took_over": False}),
                 "taken": json.dumps({"worker": worker, "took_over": True}),
-                "unfinished": list(_UNFINISHED),
             },
         ).one_or_none()
         if row is None:
@@ -126,7 +126,7 @@ _CLAIM_JOB = text(
     "WITH cur AS (SELECT state, worker_id, worker_id IN (" + _LIVE + ") AS alive "
     "FROM jobs WHERE run_id = :run AND job_id = :job FOR UPDATE), "
     "took AS (UPDATE jobs j SET worker_id = :me FROM cur "
-    "WHERE j.run_id = :run AND j.job_id = :job AND cur.state = ANY(:unfinished) "
+    "WHERE j.run_id = :run AND j.job_id = :job AND cur.state IN " + _UNFINISHED + " "
     "AND (cur.worker_id IS NULL OR cur.worker_id = :me OR NOT cur.alive) "
     "RETURNING COALESCE(cur.worker_id <> :me, false) AS took_over), "
     "logged AS (INSERT INTO events (run_id, job_id, at, kind, data) "
@@ -159,7 +159,7 @@ def mark_submitting(
                 "THEN started_at ELSE now() END, "
                 "attempts = :attempt, submitted_at = now() "
                 "WHERE run_id = :run AND job_id = :job AND worker_id = :me "
-                "AND state IN ('pending', 'submitted', 'running')"
+                "AND state IN " + _UNFINISHED
             ),
             {
                 "prompt": prompt_id,
@@ -181,7 +181,7 @@ def mark_running(engine: Engine, run_id: int, job_id: str, worker_id: int, attem
             text(
                 "UPDATE jobs SET state = 'running', attempts = :attempt, started_at = now() "
                 "WHERE run_id = :run AND job_id = :job AND worker_id = :me "
-                "AND state IN ('pending', 'submitted', 'running')"
+                "AND state IN " + _UNFINISHED
             ),
             {"attempt": attempt, "run": run_id, "job": job_id, "me": worker_id},
         )
@@ -203,9 +203,9 @@ def fail_unfinished(engine: Engine, run_id: int, error: str) -> None:
         conn.execute(
             text(
                 "UPDATE jobs SET state = 'failed', error = :error, finished_at = now(), "
-                "worker_id = NULL WHERE run_id = :run AND state IN :unfinished"
-            ).bindparams(bindparam("unfinished", expanding=True)),
-            {"run": run_id, "error": error, "unfinished": list(_UNFINISHED)},
+                "worker_id = NULL WHERE run_id = :run AND state IN " + _UNFINISHED
+            ),
+            {"run": run_id, "error": error},
         )
 
 
@@ -264,7 +264,7 @@ def undeferred(engine: Engine, run_id: int, task: str, lease: float) -> tuple[se
             for r in conn.execute(
                 text(
                     "SELECT j.job_id FROM jobs j WHERE j.run_id = :run "
-                    "AND j.state IN ('pending', 'submitted', 'running') "
+                    "AND j.state IN " + _UNFINISHED + " "
                     "AND (j.worker_id IS NULL OR j.worker_id NOT IN (" + _LIVE + ")) "
                     "AND j.job_id NOT IN (SELECT q.args->>'job_id' FROM procrastinate_jobs q "
                     "WHERE q.task_name = :task AND q.status IN ('todo', 'doing') "
@@ -294,7 +294,7 @@ def any_unfinished(engine: Engine, run_id: int) -> bool:
             conn.execute(
                 text(
                     "SELECT EXISTS (SELECT 1 FROM jobs WHERE run_id = :run "
-                    "AND state IN ('pending', 'submitted', 'running'))"
+                    "AND state IN " + _UNFINISHED + ")"
                 ),
                 {"run": run_id},
             ).scalar()
@@ -599,7 +599,7 @@ def workers(engine: Engine) -> list[WorkerRow]:
         for j in conn.execute(
             text(
                 "SELECT worker_id, run_id, job_id FROM jobs WHERE worker_id IS NOT NULL "
-                "AND state IN ('pending', 'submitted', 'running') ORDER BY id"
+                "AND state IN " + _UNFINISHED + " ORDER BY id"
             )
         ):
             held.setdefault(j.worker_id, []).append(f"{j.run_id}:{j.job_id}")
@@ -679,4 +679,4 @@ def queue_exists(engine: Engine) -> bool:
 
 
 def unfinished(states: Mapping[str, JobState]) -> bool:
-    return any(s.value in _UNFINISHED for s in states.values())
+    return any(not s.finished for s in states.values())
