@@ -431,6 +431,21 @@ class _Farm:
             for i in range(workers)
         ]
 
+    def serving(self, timeout: float = 60.0) -> None:
+        """Wait until every worker is registered (set up and taking jobs), then a second
+        more for its start to settle: three workers starting at once on this two-core host
+        took up to 3.6 s, so a fixed pause let a run start while they still set up."""
+        import psycopg
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with contextlib.suppress(psycopg.Error):  # the tables may not exist yet
+                if len(self.query("SELECT 1 FROM workers")) >= len(self.workers):
+                    time.sleep(1.0)
+                    return
+            time.sleep(0.05)
+        raise TimeoutError(f"{len(self.workers)} workers did not all start in {timeout:.0f} s")
+
     def workers_cpu(self) -> float:
         """CPU seconds the worker processes and their ffprobes have used so far."""
         return sum(_cpu_seconds(proc.pid, children=True) for proc in self.workers)
@@ -566,7 +581,7 @@ def bench_workers(args: argparse.Namespace) -> dict[str, object]:
         for label, workers, affinity in cases[r % len(cases) :] + cases[: r % len(cases)]:
             farm = _Farm(servers, workers, job_s, switch_s, BRIDGE_AFFINITY=affinity)
             try:
-                time.sleep(3)  # the workers start
+                farm.serving()
                 since = int(time.time() * 1000)
                 cpu, database, commits = farm.workers_cpu(), _postgres_cpu(), farm.transactions()
                 run_id = farm.submit(_family_spec(farm.folder, jobs, families, "fam"))
@@ -594,7 +609,7 @@ def bench_workers(args: argparse.Namespace) -> dict[str, object]:
         figures.update(_medians(f"{label}:", results, list(results[0])))
     farm = _Farm(servers, 3, job_s, switch_s)
     try:
-        time.sleep(3)
+        farm.serving()
         normal = farm.submit(_family_spec(farm.folder, 500, families, "normal"))
         while not farm.query(
             "SELECT 1 FROM jobs WHERE run_id = %s AND state = 'succeeded'", normal
@@ -1378,7 +1393,7 @@ def bench_comfyui_affinity(args: argparse.Namespace) -> dict[str, object]:
     if _postgres_answers():  # one `bridge worker` on the same server, PostgreSQL's queue
         farm = _Farm(0, 1, 0, 0, COMFYUI_URL=url, MAX_CONCURRENT_JOBS="3")
         rounds["1 worker"] = []
-        time.sleep(3)  # the worker starts
+        farm.serving()
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         if farm is not None:
