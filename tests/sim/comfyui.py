@@ -76,6 +76,7 @@ class Prompt:
     outputs: list[str]
     client_id: str | None
     interrupted: bool = False
+    queued_at: float = 0.0  # on the loop's clock: when the POST was taken
 
 
 @dataclass
@@ -134,6 +135,7 @@ class Simulator:
         self.wake = asyncio.Event()
         self.interrupt_flag = False
         self.object_info_asked: list[str] = []  # "*" for the whole /object_info
+        self.free_at = 0.0  # on the loop's clock: when the last prompt's execution was due to end
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -320,7 +322,10 @@ class Simulator:
             extra["client_id"] = client_id
         extra["create_time"] = _now_ms()
         number = next(self.counter)
-        self.queue.append(Prompt(number, prompt_id, graph, extra, outputs, client_id))
+        queued_at = asyncio.get_running_loop().time()
+        self.queue.append(
+            Prompt(number, prompt_id, graph, extra, outputs, client_id, queued_at=queued_at)
+        )
         self.posted.append(prompt_id)
         self.posted_at.append(arrived)
         self.max_load = max(self.max_load, self._remaining())
@@ -572,14 +577,16 @@ class Simulator:
             prompt = min(self.queue, key=lambda p: p.number)
             self.queue.remove(prompt)
             self.running = prompt
-            started = asyncio.get_running_loop().time()
+            # A GPU starts a queued prompt as the last one ends, whenever this loop gets
+            # to it: the time a busy test host takes to wake it is not the server's.
+            started = self.free_at = max(self.free_at, prompt.queued_at)
             try:
                 await self._switch(prompt)
                 await self._execute(prompt)
             finally:
                 self.running = None
                 self.current_node = None
-                self.busy_seconds += asyncio.get_running_loop().time() - started
+                self.busy_seconds += self.free_at - started
 
     async def _switch(self, p: Prompt) -> None:
         """Load what the prompt's expensive nodes need when the last prompt had others
@@ -591,7 +598,8 @@ class Simulator:
         if needed and needed != self.loaded:
             self.switches += 1
             if self.switch_seconds:
-                await asyncio.sleep(self.switch_seconds)
+                self.free_at += self.switch_seconds
+                await _until(self.free_at)
         self.loaded = needed or self.loaded
 
     async def _execute(self, p: Prompt) -> None:
@@ -599,20 +607,20 @@ class Simulator:
         pid = p.prompt_id
         messages: list[list[Any]] = []
         self._status()
-        start = {"prompt_id": pid, "timestamp": _now_ms()}
+        start = {"prompt_id": pid, "timestamp": _wall_ms(self.free_at)}
         messages.append(["execution_start", start])
         self._send("execution_start", start, sid)
         order = _order(p.graph, p.outputs)
         keys = {nid: _node_key(p.graph, nid) for nid in order}
         cached = [nid for nid in order if keys[nid] in self.cache]
-        data = {"nodes": cached, "prompt_id": pid, "timestamp": _now_ms()}
+        data = {"nodes": cached, "prompt_id": pid, "timestamp": _wall_ms(self.free_at)}
         messages.append(["execution_cached", data])
         self._send("execution_cached", data, sid)
         outputs: dict[str, Any] = {}
         states: dict[str, dict[str, Any]] = {}
         to_run = [n for n in order if n not in cached]
         per_node = self.job_seconds / max(1, len(to_run))
-        node_end = asyncio.get_running_loop().time()  # nodes end on their share (_until)
+        node_end = self.free_at  # nodes end on their share (_until)
         black = self.black_outputs or self.black_prompts > 0
         if self.black_prompts > 0:
             self.black_prompts -= 1
@@ -689,8 +697,9 @@ class Simulator:
             states[nid] = _state(pid, nid, 1.0, 1.0, "finished")
             self._send("progress_state", {"prompt_id": pid, "nodes": dict(states)}, sid)
         self.current_node = None
+        self.free_at = min(node_end, asyncio.get_running_loop().time())  # interrupted: now
         if error is None:
-            done = {"prompt_id": pid, "timestamp": _now_ms()}
+            done = {"prompt_id": pid, "timestamp": _wall_ms(node_end)}
             messages.append(["execution_success", done])
             self._send("execution_success", done, sid)
             status = {"status_str": "success", "completed": True, "messages": messages}
@@ -786,6 +795,11 @@ class Simulator:
 
 
 _RENDERS_KEPT = 64
+
+
+def _wall_ms(moment: float) -> int:
+    """A moment on the loop's clock as ComfyUI stamps its messages: ms since the epoch."""
+    return int((time.time() + moment - asyncio.get_running_loop().time()) * 1000)
 
 
 async def _until(moment: float) -> None:
