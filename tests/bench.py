@@ -439,6 +439,9 @@ class _Farm:
 
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
+            ended = [proc.returncode for proc in self.workers if proc.poll() is not None]
+            if ended:
+                raise RuntimeError(f"a worker exited with {ended[0]} as the farm started")
             with contextlib.suppress(psycopg.Error):  # the tables may not exist yet
                 if len(self.query("SELECT 1 FROM workers")) >= len(self.workers):
                     time.sleep(1.0)
@@ -1393,11 +1396,11 @@ def bench_comfyui_affinity(args: argparse.Namespace) -> dict[str, object]:
     if _postgres_answers():  # one `bridge worker` on the same server, PostgreSQL's queue
         farm = _Farm(0, 1, 0, 0, COMFYUI_URL=url, MAX_CONCURRENT_JOBS="3")
         rounds["1 worker"] = []
-        farm.serving()
-    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         if farm is not None:
             stack.callback(farm.close)
+            farm.serving()
+        load_before = os.getloadavg()
         folder = Path(tmp)
         output = _current_output(folder)
         for r in range(args.real_repeat):
