@@ -87,6 +87,7 @@ async def submit(
             group=settings.affinity,
             lanes=lanes,
             lease=settings.lease_seconds,
+            settle=queue.FIRST_POSTED_WAIT,
         )
     ctx = farm_runs.RunContext(run_id, spec, plan, priority)
     runs = farm_runs.Runs(store, root, {}, Notifier())

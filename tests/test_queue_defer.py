@@ -1,9 +1,10 @@
 """Queueing a run's ready jobs on PostgreSQL: the jobs the servers run first in one
-statement, the rest of the run in another, and one by one where another worker queued some
-of them first."""
+statement, the rest of the run in another once those are posted, and one by one where
+another worker queued some of them first."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -111,5 +112,71 @@ async def test_the_jobs_each_server_runs_first_are_queued_before_the_rest_of_the
         assert [job for job, _, _ in _queued(store, run_id)] == [
             job for batch in batches for job, _ in batch
         ]
+    finally:
+        store.close()
+
+
+async def test_the_rest_of_a_run_waits_for_its_first_jobs_to_reach_the_servers(
+    pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only while a live worker may post them, and at most `settle` seconds."""
+    store, plan, run_id = await _submitted(pg_url, tmp_path, shots=9)
+    try:
+        app = queue.app_for(pg_url)
+        batches: list[list[str]] = []
+        batch_defer = app.job_manager.batch_defer_jobs_async
+
+        async def seen(entries: list[Any]) -> Any:
+            batches.append([e.task_kwargs["job_id"] for e in entries])
+            return await batch_defer(entries)
+
+        monkeypatch.setattr(app.job_manager, "batch_defer_jobs_async", seen)
+
+        async def defer(settle: float) -> int:
+            batches.clear()
+            with store.engine.begin() as conn:
+                conn.execute(text("DELETE FROM procrastinate_jobs"))
+            async with app.open_async():
+                return await queue.defer_ready(
+                    app,
+                    store.engine,
+                    run_id,
+                    plan,
+                    0,
+                    group=True,
+                    lanes=2,
+                    lease=30,
+                    settle=settle,
+                )
+
+        # no worker is alive to post them: no wait
+        assert await asyncio.wait_for(defer(60), 10) == 9
+        with store.engine.begin() as conn:
+            conn.execute(text("INSERT INTO procrastinate_workers DEFAULT VALUES"))
+        queueing = asyncio.create_task(defer(60))
+        while not batches:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.3)
+        assert len(batches) == 1
+        assert not queueing.done()
+        with store.engine.begin() as conn:  # one posted, one ended: the others still wait
+            for job_id, state in zip(batches[0][:2], ("submitted", "succeeded"), strict=True):
+                conn.execute(
+                    text("UPDATE jobs SET state = :s WHERE run_id = :r AND job_id = :j"),
+                    {"s": state, "r": run_id, "j": job_id},
+                )
+        await asyncio.sleep(0.3)
+        assert len(batches) == 1
+        with store.engine.begin() as conn:
+            conn.execute(
+                text("UPDATE jobs SET state = 'running' WHERE run_id = :r AND job_id = ANY(:j)"),
+                {"r": run_id, "j": batches[0][2:]},
+            )
+        assert await asyncio.wait_for(queueing, 10) == 9
+        assert [len(b) for b in batches] == [4, 5]
+        # a live worker that posts none of them (every slot held by other runs)
+        with store.engine.begin() as conn:
+            conn.execute(text("UPDATE jobs SET state = 'pending' WHERE run_id = :r"), {"r": run_id})
+        assert await asyncio.wait_for(defer(0.2), 10) == 9
     finally:
         store.close()

@@ -288,6 +288,21 @@ def states_of(engine: Engine, run_id: int, job_ids: Sequence[str]) -> dict[str, 
         return {r.job_id: JobState(r.state) for r in rows}
 
 
+def still_pending(engine: Engine, run_id: int, job_ids: Sequence[str], lease: float) -> int:
+    """How many of `job_ids` no worker has posted yet; 0 when no worker is alive to."""
+    with _reading(engine) as conn:
+        return int(
+            conn.execute(
+                text(
+                    "SELECT CASE WHEN EXISTS (" + _LIVE + ") THEN (SELECT count(*) FROM jobs "
+                    "WHERE run_id = :run AND job_id = ANY(:ids) AND state = 'pending') "
+                    "ELSE 0 END"
+                ),
+                {"run": run_id, "ids": list(job_ids), "lease": lease},
+            ).scalar_one()
+        )
+
+
 def any_unfinished(engine: Engine, run_id: int) -> bool:
     with _reading(engine) as conn:
         return bool(
