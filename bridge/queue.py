@@ -139,7 +139,7 @@ async def defer_ready(
     second copy while one waits, and the claim refuses one a live worker holds.
 
     The jobs the servers run first (two per server) go in a batch of their own; with
-    `settle`, the rest wait up to that many seconds for the live workers to post those.
+    `settle`, the rest wait up to that many seconds while the workers post those.
     Inserted at once, the rest (a 600-job run's: 50 ms of PostgreSQL's time, and a
     notification per entry to every worker) took the database and the CPU from the first
     jobs' claims, and they are not wanted before a slot frees: traced over 120-job runs
@@ -175,8 +175,8 @@ async def defer_ready(
 async def _until_posted(
     engine: Engine, run_id: int, job_ids: list[str], *, lease: float, most: float
 ) -> None:
-    """Until every one of `job_ids` is posted (or ended) or no worker is alive to post
-    them; at most `most` seconds (other runs may hold every slot)."""
+    """Until every one of `job_ids` is posted (or ended), or none can be posted now (no
+    live worker, no free slot); at most `most` seconds."""
     deadline = time.monotonic() + most
     while await asyncio.to_thread(farm.still_pending, engine, run_id, job_ids, lease):
         if time.monotonic() >= deadline:

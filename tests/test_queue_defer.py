@@ -152,7 +152,10 @@ async def test_the_rest_of_a_run_waits_for_its_first_jobs_to_reach_the_servers(
         # no worker is alive to post them: no wait
         assert await asyncio.wait_for(defer(60), 10) == 9
         with store.engine.begin() as conn:
-            conn.execute(text("INSERT INTO procrastinate_workers DEFAULT VALUES"))
+            worker = conn.execute(
+                text("INSERT INTO procrastinate_workers DEFAULT VALUES RETURNING id")
+            ).scalar_one()
+            conn.execute(text("INSERT INTO server_slots (server, slot) VALUES ('a', 0)"))
         queueing = asyncio.create_task(defer(60))
         while not batches:
             await asyncio.sleep(0.01)
@@ -174,9 +177,13 @@ async def test_the_rest_of_a_run_waits_for_its_first_jobs_to_reach_the_servers(
             )
         assert await asyncio.wait_for(queueing, 10) == 9
         assert [len(b) for b in batches] == [4, 5]
-        # a live worker that posts none of them (every slot held by other runs)
+        # a live worker with a free slot that posts none of them: at most `settle`
         with store.engine.begin() as conn:
             conn.execute(text("UPDATE jobs SET state = 'pending' WHERE run_id = :r"), {"r": run_id})
         assert await asyncio.wait_for(defer(0.2), 10) == 9
+        # every slot held by another job: none can be posted now, so no wait
+        with store.engine.begin() as conn:
+            conn.execute(text("UPDATE server_slots SET worker_id = :w"), {"w": worker})
+        assert await asyncio.wait_for(defer(60), 10) == 9
     finally:
         store.close()

@@ -289,12 +289,14 @@ def states_of(engine: Engine, run_id: int, job_ids: Sequence[str]) -> dict[str, 
 
 
 def still_pending(engine: Engine, run_id: int, job_ids: Sequence[str], lease: float) -> int:
-    """How many of `job_ids` no worker has posted yet; 0 when no worker is alive to."""
+    """How many of `job_ids` no worker has posted yet; 0 when none can be posted now: no
+    worker is alive, or no slot is free (other jobs hold them all)."""
     with _reading(engine) as conn:
         return int(
             conn.execute(
                 text(
-                    "SELECT CASE WHEN EXISTS (" + _LIVE + ") THEN (SELECT count(*) FROM jobs "
+                    "SELECT CASE WHEN EXISTS (" + _LIVE + ") AND EXISTS (SELECT 1 FROM "
+                    "server_slots s WHERE " + _FREE + ") THEN (SELECT count(*) FROM jobs "
                     "WHERE run_id = :run AND job_id = ANY(:ids) AND state = 'pending') "
                     "ELSE 0 END"
                 ),
