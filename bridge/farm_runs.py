@@ -275,7 +275,7 @@ def finish(
     webhooks: Notifier,
 ) -> Path:
     """The manifest, the run's final row and its `run_finished` webhook."""
-    errors = {r.job_id: r.error or "" for r in store.jobs(ctx.run_id) if r.state == "failed"}
+    errors = {r.job_id: r.error or "" for r in store.jobs(ctx.run_id, JobState.FAILED.value)}
     run = store.run(ctx.run_id)
     report = RunReport(
         run_id=ctx.run_id,
