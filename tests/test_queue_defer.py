@@ -10,9 +10,11 @@ from typing import Any
 
 import pytest
 from sqlalchemy import text
+from sqlalchemy.exc import OperationalError
 
 from bridge import queue, settings
 from bridge.compile import compile_plan
+from bridge.db import farm
 from bridge.db.store import Store
 from bridge.plan import Plan
 from bridge.runner import Selection
@@ -185,5 +187,28 @@ async def test_the_rest_of_a_run_waits_for_its_first_jobs_to_reach_the_servers(
         with store.engine.begin() as conn:
             conn.execute(text("UPDATE server_slots SET worker_id = :w"), {"w": worker})
         assert await asyncio.wait_for(defer(60), 10) == 9
+    finally:
+        store.close()
+
+
+async def test_a_failed_look_at_the_first_jobs_ends_the_wait_not_the_queueing(
+    pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store, plan, run_id = await _submitted(pg_url, tmp_path, shots=9)
+    try:
+        with store.engine.begin() as conn:
+            conn.execute(text("DELETE FROM procrastinate_jobs"))
+
+        def away(*_: Any) -> int:
+            raise OperationalError("SELECT", {}, Exception("server closed the connection"))
+
+        monkeypatch.setattr(farm, "still_pending", away)
+        app = queue.app_for(pg_url)
+        async with app.open_async():
+            count = await queue.defer_ready(
+                app, store.engine, run_id, plan, 0, group=True, lanes=2, lease=30, settle=60
+            )
+        assert count == 9
+        assert len(_queued(store, run_id)) == 9
     finally:
         store.close()
