@@ -5,6 +5,8 @@ another worker queued some of them first."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +37,11 @@ def _queued(store: Store, run_id: int) -> list[tuple[str, int, str]]:
         return [(r[0], r[1], r[2]) for r in rows]
 
 
-async def _submitted(pg_url: str, tmp_path: Path, *, shots: int) -> tuple[Store, Plan, int]:
-    """A submitted run of `shots` renders: its store, plan and id."""
+@contextlib.asynccontextmanager
+async def _submitted(
+    pg_url: str, tmp_path: Path, *, shots: int
+) -> AsyncIterator[tuple[Store, Plan, int]]:
+    """A submitted run of `shots` renders: its store (closed after), plan and id."""
     path = tmp_path / "q.yaml"
     path.write_text(smoke_spec("q", shots))
     config = settings.resolve(
@@ -47,17 +52,38 @@ async def _submitted(pg_url: str, tmp_path: Path, *, shots: int) -> tuple[Store,
     store = Store(pg_url)
     try:
         run_id = await submit(config, store, spec, plan, Selection(), priority=0)
-    except BaseException:
+        yield store, plan, run_id
+    finally:
         store.close()
-        raise
-    return store, plan, run_id
+
+
+def _batches(app: Any, monkeypatch: pytest.MonkeyPatch) -> list[list[tuple[str, int]]]:
+    """The queue's batch inserts from now on, each as its entries' (job id, lane)."""
+    batches: list[list[tuple[str, int]]] = []
+    batch_defer = app.job_manager.batch_defer_jobs_async
+
+    async def seen(entries: list[Any]) -> Any:
+        batches.append([(e.task_kwargs["job_id"], e.task_kwargs["lane"]) for e in entries])
+        return await batch_defer(entries)
+
+    monkeypatch.setattr(app.job_manager, "batch_defer_jobs_async", seen)
+    return batches
+
+
+async def _queue_again(app: Any, store: Store, plan: Plan, run_id: int, settle: float = 0) -> int:
+    """Empty the queue, then queue the run's ready jobs again as two servers' streams."""
+    with store.engine.begin() as conn:
+        conn.execute(text("DELETE FROM procrastinate_jobs"))
+    async with app.open_async():
+        return await queue.defer_ready(
+            app, store.engine, run_id, plan, 0, group=True, lanes=2, lease=30, settle=settle
+        )
 
 
 async def test_a_runs_ready_jobs_are_queued_in_order_and_another_workers_copy_is_kept(
     pg_url: str, tmp_path: Path
 ) -> None:
-    store, plan, run_id = await _submitted(pg_url, tmp_path, shots=5)
-    try:
+    async with _submitted(pg_url, tmp_path, shots=5) as (store, plan, run_id):
         first = _queued(store, run_id)
         renders = [j for j in plan.order if j.startswith("render:")]
         assert [job for job, _, _ in first] == renders
@@ -81,30 +107,15 @@ async def test_a_runs_ready_jobs_are_queued_in_order_and_another_workers_copy_is
         assert sorted(job for job, _, _ in again) == sorted(
             ["elsewhere", *renders[:2], *renders[3:]]
         )
-    finally:
-        store.close()
 
 
 async def test_the_jobs_each_server_runs_first_are_queued_before_the_rest_of_the_run(
     pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    store, plan, run_id = await _submitted(pg_url, tmp_path, shots=9)
-    try:
-        with store.engine.begin() as conn:
-            conn.execute(text("DELETE FROM procrastinate_jobs"))
+    async with _submitted(pg_url, tmp_path, shots=9) as (store, plan, run_id):
         app = queue.app_for(pg_url)
-        batches: list[list[tuple[str, int]]] = []
-        batch_defer = app.job_manager.batch_defer_jobs_async
-
-        async def seen(entries: list[Any]) -> Any:
-            batches.append([(e.task_kwargs["job_id"], e.task_kwargs["lane"]) for e in entries])
-            return await batch_defer(entries)
-
-        monkeypatch.setattr(app.job_manager, "batch_defer_jobs_async", seen)
-        async with app.open_async():
-            count = await queue.defer_ready(
-                app, store.engine, run_id, plan, 0, group=True, lanes=2, lease=30
-            )
+        batches = _batches(app, monkeypatch)
+        count = await _queue_again(app, store, plan, run_id)
         renders = [j for j in plan.order if j.startswith("render:")]
         assert count == len(renders) == 9
         # two servers, stretches of four and five: the first two jobs of each, then the rest
@@ -114,42 +125,19 @@ async def test_the_jobs_each_server_runs_first_are_queued_before_the_rest_of_the
         assert [job for job, _, _ in _queued(store, run_id)] == [
             job for batch in batches for job, _ in batch
         ]
-    finally:
-        store.close()
 
 
 async def test_the_rest_of_a_run_waits_for_its_first_jobs_to_reach_the_servers(
     pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Only while a live worker may post them, and at most `settle` seconds."""
-    store, plan, run_id = await _submitted(pg_url, tmp_path, shots=9)
-    try:
+    async with _submitted(pg_url, tmp_path, shots=9) as (store, plan, run_id):
         app = queue.app_for(pg_url)
-        batches: list[list[str]] = []
-        batch_defer = app.job_manager.batch_defer_jobs_async
-
-        async def seen(entries: list[Any]) -> Any:
-            batches.append([e.task_kwargs["job_id"] for e in entries])
-            return await batch_defer(entries)
-
-        monkeypatch.setattr(app.job_manager, "batch_defer_jobs_async", seen)
+        batches = _batches(app, monkeypatch)
 
         async def defer(settle: float) -> int:
             batches.clear()
-            with store.engine.begin() as conn:
-                conn.execute(text("DELETE FROM procrastinate_jobs"))
-            async with app.open_async():
-                return await queue.defer_ready(
-                    app,
-                    store.engine,
-                    run_id,
-                    plan,
-                    0,
-                    group=True,
-                    lanes=2,
-                    lease=30,
-                    settle=settle,
-                )
+            return await _queue_again(app, store, plan, run_id, settle)
 
         # no worker is alive to post them: no wait
         assert await asyncio.wait_for(defer(60), 10) == 9
@@ -165,7 +153,7 @@ async def test_the_rest_of_a_run_waits_for_its_first_jobs_to_reach_the_servers(
         assert len(batches) == 1
         assert not queueing.done()
         with store.engine.begin() as conn:  # one posted, one ended: the others still wait
-            for job_id, state in zip(batches[0][:2], ("submitted", "succeeded"), strict=True):
+            for (job_id, _), state in zip(batches[0][:2], ("submitted", "succeeded"), strict=True):
                 conn.execute(
                     text("UPDATE jobs SET state = :s WHERE run_id = :r AND job_id = :j"),
                     {"s": state, "r": run_id, "j": job_id},
@@ -175,7 +163,7 @@ async def test_the_rest_of_a_run_waits_for_its_first_jobs_to_reach_the_servers(
         with store.engine.begin() as conn:
             conn.execute(
                 text("UPDATE jobs SET state = 'running' WHERE run_id = :r AND job_id = ANY(:j)"),
-                {"r": run_id, "j": batches[0][2:]},
+                {"r": run_id, "j": [job_id for job_id, _ in batches[0][2:]]},
             )
         assert await asyncio.wait_for(queueing, 10) == 9
         assert [len(b) for b in batches] == [4, 5]
@@ -187,28 +175,17 @@ async def test_the_rest_of_a_run_waits_for_its_first_jobs_to_reach_the_servers(
         with store.engine.begin() as conn:
             conn.execute(text("UPDATE server_slots SET worker_id = :w"), {"w": worker})
         assert await asyncio.wait_for(defer(60), 10) == 9
-    finally:
-        store.close()
 
 
 async def test_a_failed_look_at_the_first_jobs_ends_the_wait_not_the_queueing(
     pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    store, plan, run_id = await _submitted(pg_url, tmp_path, shots=9)
-    try:
-        with store.engine.begin() as conn:
-            conn.execute(text("DELETE FROM procrastinate_jobs"))
+    async with _submitted(pg_url, tmp_path, shots=9) as (store, plan, run_id):
 
         def away(*_: Any) -> int:
             raise OperationalError("SELECT", {}, Exception("server closed the connection"))
 
         monkeypatch.setattr(farm, "still_pending", away)
-        app = queue.app_for(pg_url)
-        async with app.open_async():
-            count = await queue.defer_ready(
-                app, store.engine, run_id, plan, 0, group=True, lanes=2, lease=30, settle=60
-            )
+        count = await _queue_again(queue.app_for(pg_url), store, plan, run_id, settle=60)
         assert count == 9
         assert len(_queued(store, run_id)) == 9
-    finally:
-        store.close()
